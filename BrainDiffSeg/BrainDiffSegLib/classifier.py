@@ -1,0 +1,148 @@
+"""Pixel classifier: an ensemble of small MLPs (Linear-ReLU-BatchNorm, as in Baranchuk et al.) trained with a
+class-balanced loss and early stopping; predictions are averaged probabilities with per-pixel uncertainty."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import CancelledError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassifierOptions:
+    n_models: int = 5
+    hidden: tuple[int, ...] = (128, 32)
+    max_epochs: int = 12
+    patience: int = 2
+    batch_size: int = 2048
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1
+    max_pixels: int = 60000  # per member: a class-stratified random subset of the training pixels
+    seed: int = 0
+
+
+def make_mlp(n_in: int, n_classes: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(n_in, h), nn.ReLU(), nn.BatchNorm1d(h)]
+        n_in = h
+    layers.append(nn.Linear(n_in, n_classes))
+    return nn.Sequential(*layers)
+
+
+def _stratified_subset(y: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Indices of at most n pixels, keeping every class (small classes entirely when possible)."""
+    if len(y) <= n:
+        return torch.randperm(len(y), generator=gen)
+    classes = torch.unique(y)
+    idx, budget = [], n
+    counts = sorted(((int((y == c).sum()), int(c)) for c in classes))
+    for i, (cnt, c) in enumerate(counts):
+        share = budget // (len(counts) - i)
+        take = min(cnt, share)
+        members = torch.nonzero(y == c).flatten()
+        idx.append(members[torch.randperm(cnt, generator=gen)[:take]])
+        budget -= take
+    out = torch.cat(idx)
+    return out[torch.randperm(len(out), generator=gen)]
+
+
+class PixelEnsemble:
+    """Ensemble of MLPs over standardised per-pixel features."""
+
+    def __init__(self, n_features: int, n_classes: int, options: ClassifierOptions | None = None,
+                 device: torch.device | str = "cpu"):
+        self.opt = options or ClassifierOptions()
+        self.n_features, self.n_classes = n_features, n_classes
+        self.device = torch.device(device)
+        self.members: list[nn.Sequential] = []
+        self.mean = torch.zeros(n_features)
+        self.std = torch.ones(n_features)
+
+    def _standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(self.device, torch.float32) - self.mean) / self.std
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, progress: Callable[[float], None] | None = None,
+            cancelled: Callable[[], bool] | None = None) -> list[dict]:
+        """Train every member on features x (P, C) and class indices y (P,) in 0..n_classes-1."""
+        if x.shape[0] != y.shape[0] or x.shape[1] != self.n_features:
+            raise ValueError(f"features {tuple(x.shape)} and labels {tuple(y.shape)} do not match "
+                             f"{self.n_features} features")
+        xf = x.float()
+        self.mean = xf.mean(0).to(self.device)
+        self.std = xf.std(0).clamp_min(1e-3).to(self.device)
+        del xf
+        y = y.long()
+        counts = torch.bincount(y, minlength=self.n_classes).float()
+        weights = torch.where(counts > 0, counts.sum() / (counts.clamp_min(1) * (counts > 0).sum()), 0.0)
+        weights = weights.to(self.device)
+        history = []
+        self.members = []
+        for m in range(self.opt.n_models):
+            gen = torch.Generator().manual_seed(self.opt.seed * 1000 + m)
+            torch.manual_seed(self.opt.seed * 1000 + m)
+            idx = _stratified_subset(y, self.opt.max_pixels, gen)
+            n_val = max(1, int(len(idx) * self.opt.val_fraction))
+            val, tr = idx[:n_val], idx[n_val:]
+            xtr, ytr = self._standardise(x[tr]), y[tr].to(self.device)
+            xva, yva = self._standardise(x[val]), y[val].to(self.device)
+            net = make_mlp(self.n_features, self.n_classes, self.opt.hidden).to(self.device)
+            optim = torch.optim.AdamW(net.parameters(), lr=self.opt.lr, weight_decay=self.opt.weight_decay)
+            best, best_state, bad = math.inf, None, 0
+            for epoch in range(self.opt.max_epochs):
+                if cancelled is not None and cancelled():
+                    raise CancelledError("classifier training cancelled")
+                net.train()
+                perm = torch.randperm(len(xtr), generator=gen).to(self.device)
+                for s in range(0, len(perm), self.opt.batch_size):
+                    b = perm[s:s + self.opt.batch_size]
+                    if len(b) < 2:
+                        continue
+                    loss = F.cross_entropy(net(xtr[b]), ytr[b], weight=weights)
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optim.step()
+                net.eval()
+                with torch.no_grad():
+                    vloss = float(F.cross_entropy(net(xva), yva, weight=weights))
+                if vloss < best - 1e-4:
+                    best, best_state, bad = vloss, copy.deepcopy(net.state_dict()), 0
+                else:
+                    bad += 1
+                    if bad > self.opt.patience:
+                        break
+            net.load_state_dict(best_state)
+            net.eval()
+            self.members.append(net)
+            history.append({"member": m, "epochs": epoch + 1, "val_loss": best})
+            if progress is not None:
+                progress((m + 1) / self.opt.n_models)
+        log.info("trained %d MLPs on %d pixels (%s); val loss %s", len(self.members), len(y),
+                 counts.long().tolist(), [round(h["val_loss"], 3) for h in history])
+        return history
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean probabilities (P, K) float32, normalised entropy (P,) and member disagreement (P,) in [0, 1]."""
+        if not self.members:
+            raise RuntimeError("the ensemble is not trained")
+        probs, ent, dis = [], [], []
+        for s in range(0, len(x), chunk):
+            xb = self._standardise(x[s:s + chunk])
+            member_p = torch.stack([F.softmax(net(xb), dim=1) for net in self.members])  # (M, B, K)
+            p = member_p.mean(0)
+            hard = p.argmax(1)
+            probs.append(p.cpu())
+            ent.append((-(p * p.clamp_min(1e-8).log()).sum(1) / math.log(self.n_classes)).cpu())
+            dis.append((member_p.argmax(2) != hard).float().mean(0).cpu())
+        return torch.cat(probs), torch.cat(ent), torch.cat(dis)

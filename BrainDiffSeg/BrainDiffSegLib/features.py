@@ -1,0 +1,156 @@
+"""Per-pixel features from the backbone's decoder: activations of chosen decoder (up) blocks at chosen noise levels,
+with fixed seeded noise, upsampled to the native grid and concatenated, optionally with the normalised intensities.
+
+The forward pass stops after the last decoder block needed; features are produced slice batch by slice batch and
+returned only for the requested pixels, in float16.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+
+from .device import autocast
+from .model import BackboneConfig, build_scheduler, model_input
+from .preprocess import ModelGrid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureSpec:
+    """Which activations make a pixel's feature vector."""
+
+    blocks: tuple[int, ...] = (1, 2)  # indices into unet.up_blocks, outputs taken after each block
+    timesteps: tuple[int, ...] = (50, 200)
+    noise_seed: int = 0
+    intensities: bool = True  # append the normalised native intensities of each present sequence
+    smoothing: tuple[float, ...] = ()  # also append Gaussian-smoothed intensities at these sigmas (pixels)
+
+    def as_dict(self) -> dict:
+        return {"blocks": list(self.blocks), "timesteps": list(self.timesteps), "noise_seed": self.noise_seed,
+                "intensities": self.intensities, "smoothing": list(self.smoothing)}
+
+
+def decoder_activations(unet: UNet2DModel, sample: torch.Tensor, timesteps: torch.Tensor,
+                        blocks: tuple[int, ...]) -> list[torch.Tensor]:
+    """Run `unet` (a diffusers UNet2DModel) up to the last requested decoder block; return those blocks' outputs.
+
+    Mirrors `UNet2DModel.forward` (time embedding, conv_in, down blocks, mid block, up blocks) but returns early.
+    """
+    last = max(blocks)
+    if last >= len(unet.up_blocks) or min(blocks) < 0:
+        raise ValueError(f"decoder block indices must lie in 0..{len(unet.up_blocks) - 1}, got {blocks}")
+    emb = unet.time_embedding(unet.time_proj(timesteps).to(dtype=sample.dtype))
+    h = unet.conv_in(sample)
+    skips = (h,)
+    for block in unet.down_blocks:
+        h, res = block(hidden_states=h, temb=emb)
+        skips += res
+    h = unet.mid_block(h, emb)
+    out = []
+    for i, block in enumerate(unet.up_blocks):
+        n = len(block.resnets)
+        res, skips = skips[-n:], skips[:-n]
+        h = block(h, res, emb)
+        if i in blocks:
+            out.append(h)
+        if i == last:
+            break
+    return out
+
+
+def feature_channels(unet: UNet2DModel, spec: FeatureSpec, n_sequences: int) -> int:
+    rev = list(reversed(unet.config.block_out_channels))
+    n = sum(rev[b] for b in spec.blocks) * len(spec.timesteps)
+    if spec.intensities:
+        n += n_sequences * (1 + len(spec.smoothing))
+    return n
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, int(round(3 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
+    k = (k / k.sum()).to(x.device)
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+
+
+@dataclass
+class FeatureExtractor:
+    """Computes features of axial slices of one case.
+
+    `stack` is the (R, X, Y, Z) normalised image stack in role order, `present` the (R,) presence vector, `grid`
+    the case's model grid. Call `features(zs, masks)` for the pixels `masks` (len(zs), X, Y) of slices `zs`.
+    """
+
+    unet: UNet2DModel | None
+    cfg: BackboneConfig | None
+    spec: FeatureSpec
+    stack: np.ndarray
+    present: np.ndarray
+    grid: ModelGrid
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    batch_size: int = 16
+    _noise: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.unet is not None:
+            sched = build_scheduler(self.cfg)
+            self._alphas = sched.alphas_cumprod
+            g = torch.Generator().manual_seed(self.spec.noise_seed)
+            size = self.cfg.sample_size
+            self._noise = torch.randn((len(self.spec.timesteps), len(self.cfg.roles), size, size), generator=g)
+            for t in self.spec.timesteps:
+                if not 0 <= t < self.cfg.num_train_timesteps:
+                    raise ValueError(f"timestep {t} outside 0..{self.cfg.num_train_timesteps - 1}")
+
+    @property
+    def n_channels(self) -> int:
+        n = 0 if self.unet is None else feature_channels(self.unet, self.spec, 0)
+        if self.spec.intensities:
+            n += int(self.present.sum()) * (1 + len(self.spec.smoothing))
+        return n
+
+    @torch.no_grad()
+    def _diffusion_maps(self, zs: list[int], x0: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder activations for model-grid inputs x0 (B, R, S, S), each upsampled to S x S."""
+        present = torch.from_numpy(self.present).to(self.device)
+        x0 = x0 * present.view(1, -1, 1, 1)
+        maps = []
+        for i, t in enumerate(self.spec.timesteps):
+            a = float(self._alphas[t])
+            xt = a ** 0.5 * x0 + (1 - a) ** 0.5 * self._noise[i].to(self.device)
+            tt = torch.full((len(zs),), t, device=self.device, dtype=torch.long)
+            with autocast(self.device, self.precision):
+                acts = decoder_activations(self.unet, model_input(xt, present), tt, self.spec.blocks)
+            for a_ in acts:
+                maps.append(F.interpolate(a_.float(), size=x0.shape[-2:], mode="bilinear", align_corners=False))
+        return maps
+
+    @torch.no_grad()
+    def maps(self, zs: list[int]) -> torch.Tensor:
+        """(len(zs), C, S, S) feature maps of slices zs on the model grid (float32, on the device)."""
+        x0 = self.grid.to_model(np.moveaxis(self.stack[..., zs], -1, 0)).to(self.device)
+        parts = self._diffusion_maps(zs, x0) if self.unet is not None else []
+        if self.spec.intensities:
+            x = x0[:, torch.from_numpy(self.present).to(self.device)]
+            parts += [x] + [_gaussian_blur(x, s) for s in self.spec.smoothing]
+        return torch.cat(parts, dim=1)
+
+    def features(self, zs: list[int], masks: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Features (P, C) float16 of the True pixels of model-grid `masks` (len(zs), S, S), slice-major."""
+        out = []
+        masks = torch.as_tensor(masks, dtype=torch.bool)
+        for s in range(0, len(zs), self.batch_size):
+            zb = list(zs[s:s + self.batch_size])
+            maps = self.maps(zb)
+            m = masks[s:s + len(zb)].to(maps.device)
+            out.append(maps.permute(0, 2, 3, 1)[m].to(torch.float16))
+        return torch.cat(out) if out else torch.zeros((0, self.n_channels), dtype=torch.float16)

@@ -1,0 +1,125 @@
+"""Intensity normalisation, foreground mask, label/region mapping, and the in-plane grid of the model (128x128).
+
+The model grid is the square in-plane bounding box of the head (with a margin), resized to `size` x `size`; the same
+box is used for every axial slice of a case, so features map back to the native grid by one resize per slice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .io import ROLES
+
+REGIONS_BRATS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+
+
+def foreground_mask(images: dict[str, np.ndarray], rel_threshold: float = 0.05) -> np.ndarray:
+    """Head/brain voxels: any sequence above a small fraction of its robust maximum, holes filled per slice."""
+    mask = np.zeros(next(iter(images.values())).shape, dtype=bool)
+    for img in images.values():
+        hi = np.percentile(img[img > 0], 99.5) if np.any(img > 0) else img.max()
+        mask |= img > rel_threshold * hi
+    for z in range(mask.shape[-1]):
+        if mask[..., z].any():
+            mask[..., z] = ndimage.binary_fill_holes(mask[..., z])
+    return mask
+
+
+def normalize(img: np.ndarray, mask: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Robust per-sequence scaling: percentiles of the foreground to [-1, 1], background -1."""
+    values = img[mask]
+    if values.size == 0:
+        values = img.ravel()
+    lo, hi = np.percentile(values, [low, high])
+    if hi <= lo:
+        hi = lo + 1.0
+    out = np.clip((img - lo) / (hi - lo), 0.0, 1.0) * 2.0 - 1.0
+    out[~mask] = -1.0
+    return out.astype(np.float32)
+
+
+def normalize_case(images: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    mask = foreground_mask(images)
+    return {r: normalize(v, mask) for r, v in images.items()}, mask
+
+
+def stack_roles(images: dict[str, np.ndarray], roles: tuple[str, ...] = ROLES) -> tuple[np.ndarray, np.ndarray]:
+    """(R, X, Y, Z) array in role order (absent roles zero) and the (R,) presence vector."""
+    shape = next(iter(images.values())).shape
+    stack = np.zeros((len(roles),) + shape, dtype=np.float32)
+    present = np.zeros(len(roles), dtype=bool)
+    for i, r in enumerate(roles):
+        if r in images:
+            stack[i] = images[r]
+            present[i] = True
+    return stack, present
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """Square in-plane box [x0, x0+side) x [y0, y0+side) of the native grid, shown to the model at size x size."""
+
+    x0: int
+    y0: int
+    side: int
+    size: int
+    native_xy: tuple[int, int]
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, size: int = 128, margin: int = 4) -> "ModelGrid":
+        proj = mask.any(axis=-1)
+        if not proj.any():
+            proj = np.ones_like(proj)
+        xs, ys = np.nonzero(proj)
+        x0, x1 = xs.min() - margin, xs.max() + 1 + margin
+        y0, y1 = ys.min() - margin, ys.max() + 1 + margin
+        side = int(max(x1 - x0, y1 - y0))
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        return cls(int(cx - side // 2), int(cy - side // 2), side, size, tuple(mask.shape[:2]))
+
+    def _crop(self, vol: torch.Tensor, fill: float) -> torch.Tensor:
+        """vol (..., X, Y) -> (..., side, side), padding with `fill` outside the native grid."""
+        X, Y = self.native_xy
+        out = vol.new_full(vol.shape[:-2] + (self.side, self.side), fill)
+        sx0, sy0 = max(self.x0, 0), max(self.y0, 0)
+        sx1, sy1 = min(self.x0 + self.side, X), min(self.y0 + self.side, Y)
+        out[..., sx0 - self.x0:sx1 - self.x0, sy0 - self.y0:sy1 - self.y0] = vol[..., sx0:sx1, sy0:sy1]
+        return out
+
+    def to_model(self, slices: np.ndarray | torch.Tensor, fill: float = -1.0) -> torch.Tensor:
+        """(N, C, X, Y) native slices -> (N, C, size, size) model input (bilinear, antialiased)."""
+        t = torch.as_tensor(slices, dtype=torch.float32)
+        t = self._crop(t, fill)
+        return F.interpolate(t, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+
+    def to_native(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) maps on the model box -> (N, C, X, Y) native grid (bilinear); zero outside the box."""
+        X, Y = self.native_xy
+        up = F.interpolate(maps, size=(self.side, self.side), mode="bilinear", align_corners=False)
+        out = maps.new_zeros(maps.shape[:2] + (X, Y))
+        sx0, sy0 = max(self.x0, 0), max(self.y0, 0)
+        sx1, sy1 = min(self.x0 + self.side, X), min(self.y0 + self.side, Y)
+        out[..., sx0:sx1, sy0:sy1] = up[..., sx0 - self.x0:sx1 - self.x0, sy0 - self.y0:sy1 - self.y0]
+        return out
+
+
+def label_values(label: np.ndarray) -> list[int]:
+    return [int(v) for v in np.unique(label)]
+
+
+def is_brats_labels(values) -> bool:
+    vals = set(int(v) for v in values) - {0}
+    return bool(vals) and vals <= {1, 2, 4} and bool(vals & {2, 4})
+
+
+def regions_of(label: np.ndarray, brats: bool | None = None) -> dict[str, np.ndarray]:
+    """Evaluation regions: BraTS WT/TC/ET, or WT = any label for a 0/1 (or other) mask."""
+    if brats is None:
+        brats = is_brats_labels(label_values(label))
+    if brats:
+        return {name: np.isin(label, vals) for name, vals in REGIONS_BRATS.items()}
+    return {"WT": label > 0}

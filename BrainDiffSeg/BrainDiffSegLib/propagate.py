@@ -1,0 +1,201 @@
+"""Patient-level propagation: a few annotated axial slices of one case -> a label volume for the whole case.
+
+Volumes in (arrays with the axial axis last), label volume out. Slices of the annotation that contain any label are
+the annotated slices: they keep all their labels (background included) and train the pixel classifier; every other
+slice is predicted. Features of predicted slices are computed batch by batch and discarded after prediction, so
+memory stays bounded whatever the volume size.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .classifier import ClassifierOptions, PixelEnsemble
+from .device import pick_device, seed_everything
+from .errors import CancelledError, InputError
+from .features import FeatureExtractor, FeatureSpec
+from .io import ROLES
+from .model import load_backbone
+from .preprocess import ModelGrid, normalize_case, stack_roles
+from .resources import default_checkpoint
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class PropagationOptions:
+    method: str = "diffusion"  # "diffusion": backbone features (+ intensities); "raw": intensities + filters only
+    checkpoint: str | None = None  # backbone folder; default: the bundled model
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    classifier: ClassifierOptions = field(default_factory=ClassifierOptions)
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 16
+    postprocess: bool = True  # keep only tumour connected in 3D to the annotated tumour
+    seed: int = 0
+
+
+@dataclass
+class PropagationResult:
+    labels: np.ndarray  # label values of the annotation, axial axis last
+    entropy: np.ndarray  # normalised entropy of the mean prediction, 0 on annotated slices / background
+    disagreement: np.ndarray  # fraction of ensemble members disagreeing with the ensemble
+    annotated_slices: list[int]
+    label_values: list[int]
+    timings: dict[str, float]
+    device: str
+
+    def least_certain_slices(self, n: int = 5) -> list[tuple[int, float]]:
+        """Predicted slices ranked by mean uncertainty over their tumour-or-uncertain pixels."""
+        score = []
+        for z in range(self.labels.shape[-1]):
+            if z in self.annotated_slices:
+                continue
+            e = self.entropy[..., z]
+            roi = (self.labels[..., z] > 0) | (e > 0.5)
+            if roi.any():
+                score.append((z, float(e[roi].mean())))
+        return sorted(score, key=lambda s: -s[1])[:n]
+
+
+def check_annotation(annotation: np.ndarray, shape: tuple, foreground: np.ndarray) -> tuple[list[int], list[int]]:
+    """Annotated slice indices and label values; clear errors for empty or one-class annotations."""
+    if annotation.shape != tuple(shape):
+        raise InputError(f"The annotation has shape {annotation.shape} but the images have {tuple(shape)}.")
+    zs = [int(z) for z in np.nonzero(annotation.reshape(-1, annotation.shape[-1]).any(axis=0))[0]]
+    if not zs:
+        raise InputError("The annotation contains no tumour label: paint the tumour on at least one axial slice.")
+    ann = annotation[..., zs]
+    if not np.any((ann == 0) & foreground[..., zs]):
+        raise InputError("The annotated slices contain no background: the whole head is labelled as tumour; "
+                         "paint only the tumour.")
+    values = [int(v) for v in np.unique(ann)]
+    return zs, values
+
+
+def _postprocess(labels: np.ndarray, annotation: np.ndarray) -> np.ndarray:
+    """Drop predicted tumour islands that are not connected in 3D to any annotated tumour voxel."""
+    tumour = labels > 0
+    comp, n = ndimage.label(tumour, structure=ndimage.generate_binary_structure(3, 1))
+    if n == 0:
+        return labels
+    keep_ids = np.unique(comp[(annotation > 0) & tumour])
+    keep = np.isin(comp, keep_ids[keep_ids > 0])
+    return np.where(keep, labels, 0).astype(labels.dtype)
+
+
+def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: PropagationOptions | None = None,
+              progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> PropagationResult:
+    """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid."""
+    opt = options or PropagationOptions()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    report = progress or (lambda stage, f: None)
+
+    def check_cancel():
+        if cancelled is not None and cancelled():
+            raise CancelledError("propagation cancelled")
+
+    unknown = set(images) - set(ROLES)
+    if unknown or not images:
+        raise InputError(f"images must map roles {ROLES} to arrays; got {sorted(images)}")
+    shapes = {r: v.shape for r, v in images.items()}
+    if len(set(shapes.values())) != 1:
+        raise InputError(f"The sequences have different shapes {shapes}: they must share one grid.")
+    for r, v in images.items():
+        if not np.all(np.isfinite(v)):
+            raise InputError(f"Sequence '{r}' contains NaN or infinite values.")
+        if float(v.max()) == float(v.min()):
+            raise InputError(f"Sequence '{r}' is constant: it carries no information.")
+    seed_everything(opt.seed)
+    shape = next(iter(shapes.values()))
+    norm, fg = normalize_case(images)
+    zs_ann, values = check_annotation(annotation, shape, fg)
+    lut = {v: i for i, v in enumerate(values)}
+    stack, present = stack_roles(norm)
+    device = pick_device(opt.device)
+    report("preparing", 0.0)
+
+    unet, cfg = None, None
+    if opt.method == "diffusion":
+        unet, cfg = load_backbone(opt.checkpoint or default_checkpoint(), device=device)
+    elif opt.method != "raw":
+        raise InputError(f"Unknown propagation method {opt.method!r}; use 'diffusion' or 'raw'.")
+    spec = opt.features
+    if opt.method == "raw":
+        spec = FeatureSpec(blocks=(), timesteps=(), intensities=True, smoothing=spec.smoothing or (1.0, 2.0, 4.0))
+    grid = ModelGrid.from_mask(fg, cfg.sample_size if cfg else 128)
+    extractor = FeatureExtractor(unet, cfg, spec, stack, present, grid, device, opt.precision, opt.batch_size)
+    timings["load"] = time.perf_counter() - t0
+
+    # The classifier works on the model grid (S x S box around the head); class probabilities are resampled to the
+    # native grid. This keeps the cost per slice independent of the native resolution.
+    S = grid.size
+
+    def to_model(vol: np.ndarray, zs: list[int], fill: float = 0.0) -> torch.Tensor:  # (X, Y, Z) -> (n, S, S)
+        return grid.to_model(np.moveaxis(vol[..., zs], -1, 0)[:, None].astype(np.float32), fill=fill)[:, 0]
+
+    # 1. training pixels: the head pixels of the annotated slices, labels by area-weighted majority
+    t = time.perf_counter()
+    onehot = np.stack([(annotation[..., zs_ann] == v) for v in values], 0).astype(np.float32)  # (K, X, Y, n)
+    votes = torch.stack([to_model(onehot[k], list(range(len(zs_ann))), fill=float(k == 0))
+                         for k in range(len(values))], 1)  # (n, K, S, S)
+    y_grid = votes.argmax(1)
+    train_mask = (to_model(fg, zs_ann) > 0.5) | (y_grid > 0)
+    x = extractor.features(zs_ann, train_mask)
+    y = y_grid[train_mask]
+    timings["features_annotated"] = time.perf_counter() - t
+    check_cancel()
+
+    # 2. the ensemble
+    t = time.perf_counter()
+    report("training classifier", 0.1)
+    ens = PixelEnsemble(x.shape[1], len(values), opt.classifier, device)
+    ens.fit(x, y, progress=lambda f: report("training classifier", 0.1 + 0.2 * f), cancelled=cancelled)
+    del x
+    timings["train_classifier"] = time.perf_counter() - t
+
+    # 3. predict the other slices, batch by batch
+    t = time.perf_counter()
+    labels = np.zeros(shape, dtype=np.int16)
+    entropy = np.zeros(shape, dtype=np.float32)
+    disagreement = np.zeros(shape, dtype=np.float32)
+    todo = [z for z in range(shape[-1]) if z not in zs_ann and fg[..., z].any()]
+    values_arr = np.array(values, dtype=np.int16)
+    step = max(1, opt.batch_size)
+    for s in range(0, len(todo), step):
+        check_cancel()
+        zb = todo[s:s + step]
+        m = to_model(fg, zb) > 0.25
+        p, e, d = ens.predict(extractor.features(zb, m))
+        grid_maps = torch.zeros((len(zb), len(values) + 2, S, S))
+        grid_maps[:, 0] = 1.0  # background outside the head
+        grid_maps.permute(0, 2, 3, 1)[m] = torch.cat([p, e[:, None], d[:, None]], 1)
+        native = grid.to_native(grid_maps)  # (n, K + 2, X, Y)
+        lab = values_arr[native[:, :len(values)].argmax(1).numpy()]
+        lab[~np.moveaxis(fg[..., zb], -1, 0)] = 0
+        labels[..., zb] = np.moveaxis(lab, 0, -1)
+        entropy[..., zb] = np.moveaxis(native[:, -2].numpy(), 0, -1)
+        disagreement[..., zb] = np.moveaxis(native[:, -1].numpy(), 0, -1)
+        report("predicting", 0.3 + 0.7 * min(1.0, (s + step) / max(1, len(todo))))
+    timings["predict"] = time.perf_counter() - t
+    labels[..., zs_ann] = annotation[..., zs_ann]
+    if opt.postprocess:
+        labels = _postprocess(labels, annotation)
+    timings["total"] = time.perf_counter() - t0
+    report("done", 1.0)
+    log.info("propagated %d annotated slices to %d slices in %.1f s on %s", len(zs_ann), len(todo),
+             timings["total"], device)
+    return PropagationResult(labels, entropy, disagreement, zs_ann, values, timings, str(device))
+
+
+def default_backbone_exists() -> bool:
+    return (Path(default_checkpoint()) / "model.safetensors").is_file()

@@ -1,0 +1,31 @@
+"""Locating the bundled resources (default backbone) from the source tree or a CMake-built extension."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MODEL_ENV = "BRAINDIFFSEG_MODEL"
+DATA_ENV = "BRAINDIFFSEG_DATA"
+
+
+def resources_dir() -> Path:
+    """`Resources/` at the top of the source tree, or next to the module when installed by CMake."""
+    here = Path(__file__).resolve().parent  # .../BrainDiffSeg/BrainDiffSegLib
+    for candidate in (here.parent.parent / "Resources", here.parent / "Resources"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent.parent / "Resources"
+
+
+def default_checkpoint() -> Path:
+    """The backbone to use: $BRAINDIFFSEG_MODEL if set, else the bundled default model."""
+    env = os.environ.get(MODEL_ENV)
+    return Path(env) if env else resources_dir() / "Models" / "backbone"
+
+
+def data_root() -> Path:
+    """Root of the shared data: $BRAINDIFFSEG_DATA, default `../shared/data` beside the repository."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
