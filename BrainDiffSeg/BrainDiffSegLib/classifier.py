@@ -23,7 +23,7 @@ class ClassifierOptions:
     hidden: tuple[int, ...] = (128, 32)
     max_epochs: int = 12
     patience: int = 2
-    batch_size: int = 2048
+    batch_size: int = 2048  # upper bound; small training sets use smaller batches (at least ~40 steps an epoch)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
@@ -98,14 +98,15 @@ class PixelEnsemble:
             xva, yva = self._standardise(x[val]), y[val].to(self.device)
             net = make_mlp(self.n_features, self.n_classes, self.opt.hidden).to(self.device)
             optim = torch.optim.AdamW(net.parameters(), lr=self.opt.lr, weight_decay=self.opt.weight_decay)
-            best, best_state, bad = math.inf, None, 0
+            best, best_state, bad = math.inf, copy.deepcopy(net.state_dict()), 0
+            batch = int(min(self.opt.batch_size, max(64, len(xtr) // 40)))
             for epoch in range(self.opt.max_epochs):
                 if cancelled is not None and cancelled():
                     raise CancelledError("classifier training cancelled")
                 net.train()
                 perm = torch.randperm(len(xtr), generator=gen).to(self.device)
-                for s in range(0, len(perm), self.opt.batch_size):
-                    b = perm[s:s + self.opt.batch_size]
+                for s in range(0, len(perm), batch):
+                    b = perm[s:s + batch]
                     if len(b) < 2:
                         continue
                     loss = F.cross_entropy(net(xtr[b]), ytr[b], weight=weights)
@@ -130,6 +131,39 @@ class PixelEnsemble:
         log.info("trained %d MLPs on %d pixels (%s); val loss %s", len(self.members), len(y),
                  counts.long().tolist(), [round(h["val_loss"], 3) for h in history])
         return history
+
+    @torch.no_grad()
+    def predict_factored(self, diffusion: torch.Tensor | None, to_native: Callable[[torch.Tensor], torch.Tensor],
+                         mask: torch.Tensor, other: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Predict native pixels without materialising their upsampled diffusion features.
+
+        The first layer is linear and bilinear resampling is linear, so W·up(F) = up(W·F): each member's first layer
+        is applied to the diffusion maps on the model grid (`diffusion` (B, Cd, S, S)), only its h outputs are
+        resampled by `to_native` to (B, h, X, Y) and gathered at `mask` (B, X, Y); the native features `other`
+        (P, Ci) (intensities) are added through their own columns. The standardisation is folded into the weights.
+        Returns the same as `predict` for the pixels of `mask`, slice-major.
+        """
+        if not self.members:
+            raise RuntimeError("the ensemble is not trained")
+        n_d = 0 if diffusion is None else diffusion.shape[1]
+        member_p = []
+        for net in self.members:
+            lin = net[0]
+            w = lin.weight / self.std[None, :]  # (h, C)
+            b = lin.bias - (w * self.mean[None, :]).sum(1)
+            h = b.expand(int(mask.sum()), -1).clone()
+            if n_d:
+                hm = torch.einsum("bchw,oc->bohw", diffusion, w[:, :n_d])
+                h += to_native(hm).permute(0, 2, 3, 1)[mask]
+            if other is not None:
+                h += other.to(self.device, torch.float32) @ w[:, n_d:].T
+            member_p.append(F.softmax(net[1:](h), dim=1))
+        member_p = torch.stack(member_p)
+        p = member_p.mean(0)
+        hard = p.argmax(1)
+        ent = -(p * p.clamp_min(1e-8).log()).sum(1) / math.log(self.n_classes)
+        dis = (member_p.argmax(2) != hard).float().mean(0)
+        return p.cpu(), ent.cpu(), dis.cpu()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import ClassifierOptions
-from .errors import BrainDiffSegError
+from .errors import BrainDiffSegError, InputError
 from .features import FeatureSpec
 from .io import check_writable, load_case, load_label, save_volume
 from .protocol import region_dice, simulate_annotation
@@ -63,7 +63,8 @@ def _progress():
 
 def run_propagate(a) -> dict:
     case = load_case(a.case)
-    for target in [a.out] + ([a.uncertainty] if a.uncertainty else []) + ([a.overlay] if a.overlay else []):
+    # every output, the summary JSON included, is checked before any work is done
+    for target in [a.out] + [t for t in (a.uncertainty, a.overlay, getattr(a, "json", None)) if t]:
         check_writable(target, a.force)
     if a.simulate_annotation:
         if case.label is None:
@@ -83,6 +84,9 @@ def run_propagate(a) -> dict:
     summary = {"case": case.name, "sequences": list(case.roles), "annotated_slices": res.annotated_slices,
                "seconds": round(seconds, 2), "timings": {k: round(v, 2) for k, v in res.timings.items()},
                "device": res.device, "least_certain_slices": [z for z, _ in res.least_certain_slices()]}
+    import resource
+
+    summary["peak_memory_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2)
     if case.label is not None:
         summary["dice"] = {k: round(v, 4) for k, v in region_dice(res.labels, case.label,
                                                                    res.annotated_slices).items()}
@@ -100,7 +104,54 @@ def _print_summary(s: dict) -> None:
     print(f"case {s['case']} ({', '.join(s['sequences'])}); annotated slices {s['annotated_slices']}")
     if "dice" in s:
         print("Dice on the non-annotated slices: " + "  ".join(f"{k} {v:.3f}" for k, v in s["dice"].items()))
-    print(f"time {s['seconds']:.1f} s on {s['device']} " + json.dumps(s["timings"]))
+    print(f"time {s['seconds']:.1f} s on {s['device']}, peak memory {s['peak_memory_gb']:.2f} GB; stages "
+          + json.dumps(s["timings"]))
+
+
+def _channels_config(channels: tuple[int, ...]):
+    """The default architecture with other widths: self-attention stays at the lowest resolution."""
+    from .model import BackboneConfig
+
+    base = BackboneConfig()
+    cfg = BackboneConfig(block_out_channels=tuple(channels), attention_levels=(len(channels) - 1,))
+    bad = [c for c in channels if c <= 0 or c % base.norm_num_groups]
+    if bad:
+        raise InputError(f"--channels {','.join(map(str, channels))}: every width must be a positive multiple of "
+                         f"{base.norm_num_groups} (the GroupNorm groups); {bad} is not.")
+    if channels[-1] < base.attention_head_dim:
+        raise InputError(f"--channels {','.join(map(str, channels))}: the last width ({channels[-1]}, with "
+                         f"self-attention) must be at least the attention head size {base.attention_head_dim}.")
+    return cfg
+
+
+def _select_cases(data: list[str] | None, split: str) -> list[Path]:
+    from .benchmark import data_split
+    from .io import find_cases
+
+    roots = [Path(d) for d in data] if data else [data_root()]
+    if len(roots) == 1 and (roots[0] / "brats2018").exists() and split != "all":
+        return data_split(roots[0])[split]
+    return find_cases(roots)
+
+
+def _benchmark(a) -> int:
+    from . import benchmark
+
+    if a.benchmark == "propagation":
+        cases = _select_cases(a.data, a.split)
+        cases = cases[:a.max_cases] if a.max_cases else cases
+        log.info("%d cases, k=%s, methods %s", len(cases), a.k, a.methods)
+        records = benchmark.benchmark_propagation(cases, a.k, a.methods, Path(a.out), _options(a))
+        print((Path(a.out) / "table.md").read_text())
+        return 0 if records else 1
+    cases = benchmark.data_split(Path(a.data) if a.data else data_root())["tuning"]
+    if a.max_cases:  # as many LGG as BraTS cases
+        lgg = [c for c in cases if c.name.startswith("TCGA")]
+        other = [c for c in cases if c not in lgg]
+        cases = other[:(a.max_cases + 1) // 2] + lgg[:a.max_cases // 2]
+    benchmark.select_features(cases, a.checkpoint or str(default_checkpoint()), Path(a.out), a.k)
+    print((Path(a.out) / "feature_selection.md").read_text())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,19 +191,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=_ints, default=None, help="U-Net widths per level, e.g. '32,64,128,128'")
 
+    p = sub.add_parser("benchmark", help="benchmarks (results as JSON, Markdown and PNG)")
+    bsub = p.add_subparsers(dest="benchmark", required=True)
+    b = bsub.add_parser("propagation", help="patient-level propagation under the protocol, several methods")
+    b.add_argument("--data", nargs="+", default=None, help="case folders or folders above them "
+                   "(default: the test split of $BRAINDIFFSEG_DATA)")
+    b.add_argument("--split", choices=["test", "tuning", "all"], default="test",
+                   help="with a data root: which part of the project's split to run")
+    b.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 5])
+    b.add_argument("--methods", nargs="+", default=["diffusion-mlp", "raw-mlp", "growcut", "fill-between"])
+    b.add_argument("--max-cases", type=int, default=0, help="only the first N cases (0: all)")
+    b.add_argument("--out", required=True)
+    _add_propagation_args(b)
+    b = bsub.add_parser("features", help="the feature-selection experiment on the tuning cases")
+    b.add_argument("--data", default=None, help="data root (default $BRAINDIFFSEG_DATA)")
+    b.add_argument("--checkpoint", default=None)
+    b.add_argument("--k", type=int, default=3)
+    b.add_argument("--max-cases", type=int, default=0)
+    b.add_argument("--out", required=True)
+
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         if a.command == "train-ddpm":
             from .ddpm_train import TrainOptions, train_ddpm
-            from .model import BackboneConfig
 
-            cfg = BackboneConfig(block_out_channels=a.channels) if a.channels else None
-            train_ddpm(TrainOptions(data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                                    crop=a.crop, precision=a.precision, device=a.device, seed=a.seed,
-                                    max_minutes=a.max_minutes, save_every=a.save_every, config=cfg))
+            cfg = _channels_config(a.channels) if a.channels else None
+            try:
+                train_ddpm(TrainOptions(data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                                        crop=a.crop, precision=a.precision, device=a.device, seed=a.seed,
+                                        max_minutes=a.max_minutes, save_every=a.save_every, config=cfg))
+            except FileNotFoundError as exc:  # no case folders below --data
+                raise InputError(str(exc)) from exc
             return 0
+        if a.command == "benchmark":
+            return _benchmark(a)
         if a.command == "demo":
             out = Path(a.out_dir)
             a.case = a.case or str(data_root() / DEMO_CASE)

@@ -1,8 +1,9 @@
 """Per-pixel features from the backbone's decoder: activations of chosen decoder (up) blocks at chosen noise levels,
-with fixed seeded noise, upsampled to the native grid and concatenated, optionally with the normalised intensities.
+with fixed seeded noise, upsampled and concatenated, optionally with the normalised intensities.
 
 The forward pass stops after the last decoder block needed; features are produced slice batch by slice batch and
-returned only for the requested pixels, in float16.
+returned only for the requested pixels, in float16. Diffusion features live on the model grid (S x S box around the
+head) and are resampled bilinearly to the native grid; intensities are taken on the native grid.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class FeatureSpec:
     blocks: tuple[int, ...] = (1, 2)  # indices into unet.up_blocks, outputs taken after each block
     timesteps: tuple[int, ...] = (50, 200)
     noise_seed: int = 0
-    intensities: bool = True  # append the normalised native intensities of each present sequence
+    intensities: bool = True  # append the normalised intensities of each present sequence
     smoothing: tuple[float, ...] = ()  # also append Gaussian-smoothed intensities at these sigmas (pixels)
 
     def as_dict(self) -> dict:
@@ -133,6 +134,44 @@ class FeatureExtractor:
             for a_ in acts:
                 maps.append(F.interpolate(a_.float(), size=x0.shape[-2:], mode="bilinear", align_corners=False))
         return maps
+
+    @property
+    def n_diffusion_channels(self) -> int:
+        return 0 if self.unet is None else feature_channels(self.unet, self.spec, 0)
+
+    @torch.no_grad()
+    def diffusion_maps(self, zs: list[int]) -> torch.Tensor | None:
+        """(len(zs), Cd, S, S) decoder features on the model grid (float32, on the device), or None in raw mode."""
+        if self.unet is None or not self.spec.blocks:
+            return None
+        x0 = self.grid.to_model(np.moveaxis(self.stack[..., zs], -1, 0)).to(self.device)
+        return torch.cat(self._diffusion_maps(zs, x0), dim=1)
+
+    def intensity_maps(self, zs: list[int]) -> torch.Tensor | None:
+        """(len(zs), Ci, X, Y) normalised intensities (+ smoothed) on the native grid, or None."""
+        if not self.spec.intensities:
+            return None
+        x = torch.from_numpy(np.moveaxis(self.stack[self.present][..., zs], -1, 0).copy()).to(self.device)
+        return torch.cat([x] + [_gaussian_blur(x, s) for s in self.spec.smoothing], dim=1)
+
+    def native_features(self, zs: list[int], masks: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Features (P, C) float16 of the True pixels of native `masks` (len(zs), X, Y): diffusion features
+        bilinearly resampled to the native grid, then native intensities. Used for the (few) training slices;
+        prediction avoids materialising these (see PixelEnsemble.predict_factored)."""
+        out = []
+        masks = torch.as_tensor(masks, dtype=torch.bool)
+        for s in range(0, len(zs), self.batch_size):
+            zb = list(zs[s:s + self.batch_size])
+            m = masks[s:s + len(zb)].to(self.device)
+            parts = []
+            d = self.diffusion_maps(zb)
+            if d is not None:
+                parts.append(self.grid.to_native(d).permute(0, 2, 3, 1)[m])
+            i = self.intensity_maps(zb)
+            if i is not None:
+                parts.append(i.permute(0, 2, 3, 1)[m])
+            out.append(torch.cat(parts, dim=1).to(torch.float16))
+        return torch.cat(out) if out else torch.zeros((0, self.n_channels), dtype=torch.float16)
 
     @torch.no_grad()
     def maps(self, zs: list[int]) -> torch.Tensor:

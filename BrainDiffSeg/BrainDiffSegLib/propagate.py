@@ -93,8 +93,12 @@ def _postprocess(labels: np.ndarray, annotation: np.ndarray) -> np.ndarray:
 
 
 def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: PropagationOptions | None = None,
-              progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> PropagationResult:
-    """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid."""
+              progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
+              extractor: FeatureExtractor | None = None) -> PropagationResult:
+    """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid.
+
+    `extractor` replaces the feature extractor built from `options` (experiments pass one with cached features).
+    """
     opt = options or PropagationOptions()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -125,7 +129,9 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     report("preparing", 0.0)
 
     unet, cfg = None, None
-    if opt.method == "diffusion":
+    if extractor is not None:
+        unet, cfg = extractor.unet, extractor.cfg
+    elif opt.method == "diffusion":
         unet, cfg = load_backbone(opt.checkpoint or default_checkpoint(), device=device)
     elif opt.method != "raw":
         raise InputError(f"Unknown propagation method {opt.method!r}; use 'diffusion' or 'raw'.")
@@ -133,25 +139,17 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     if opt.method == "raw":
         spec = FeatureSpec(blocks=(), timesteps=(), intensities=True, smoothing=spec.smoothing or (1.0, 2.0, 4.0))
     grid = ModelGrid.from_mask(fg, cfg.sample_size if cfg else 128)
-    extractor = FeatureExtractor(unet, cfg, spec, stack, present, grid, device, opt.precision, opt.batch_size)
+    if extractor is None:
+        extractor = FeatureExtractor(unet, cfg, spec, stack, present, grid, device, opt.precision, opt.batch_size)
+    elif extractor.grid != grid:
+        raise ValueError("the given extractor was built for another case")
     timings["load"] = time.perf_counter() - t0
 
-    # The classifier works on the model grid (S x S box around the head); class probabilities are resampled to the
-    # native grid. This keeps the cost per slice independent of the native resolution.
-    S = grid.size
-
-    def to_model(vol: np.ndarray, zs: list[int], fill: float = 0.0) -> torch.Tensor:  # (X, Y, Z) -> (n, S, S)
-        return grid.to_model(np.moveaxis(vol[..., zs], -1, 0)[:, None].astype(np.float32), fill=fill)[:, 0]
-
-    # 1. training pixels: the head pixels of the annotated slices, labels by area-weighted majority
+    # 1. training pixels: every head pixel (and every labelled pixel) of the annotated slices, native grid
     t = time.perf_counter()
-    onehot = np.stack([(annotation[..., zs_ann] == v) for v in values], 0).astype(np.float32)  # (K, X, Y, n)
-    votes = torch.stack([to_model(onehot[k], list(range(len(zs_ann))), fill=float(k == 0))
-                         for k in range(len(values))], 1)  # (n, K, S, S)
-    y_grid = votes.argmax(1)
-    train_mask = (to_model(fg, zs_ann) > 0.5) | (y_grid > 0)
-    x = extractor.features(zs_ann, train_mask)
-    y = y_grid[train_mask]
+    train_mask = np.moveaxis(fg[..., zs_ann] | (annotation[..., zs_ann] > 0), -1, 0)
+    x = extractor.native_features(zs_ann, train_mask)
+    y = torch.from_numpy(np.searchsorted(values, np.moveaxis(annotation[..., zs_ann], -1, 0)[train_mask]))
     timings["features_annotated"] = time.perf_counter() - t
     check_cancel()
 
@@ -163,7 +161,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     del x
     timings["train_classifier"] = time.perf_counter() - t
 
-    # 3. predict the other slices, batch by batch
+    # 3. predict the other slices, batch by batch; diffusion features stay on the model grid (predict_factored)
     t = time.perf_counter()
     labels = np.zeros(shape, dtype=np.int16)
     entropy = np.zeros(shape, dtype=np.float32)
@@ -174,17 +172,15 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     for s in range(0, len(todo), step):
         check_cancel()
         zb = todo[s:s + step]
-        m = to_model(fg, zb) > 0.25
-        p, e, d = ens.predict(extractor.features(zb, m))
-        grid_maps = torch.zeros((len(zb), len(values) + 2, S, S))
-        grid_maps[:, 0] = 1.0  # background outside the head
-        grid_maps.permute(0, 2, 3, 1)[m] = torch.cat([p, e[:, None], d[:, None]], 1)
-        native = grid.to_native(grid_maps)  # (n, K + 2, X, Y)
-        lab = values_arr[native[:, :len(values)].argmax(1).numpy()]
-        lab[~np.moveaxis(fg[..., zb], -1, 0)] = 0
-        labels[..., zb] = np.moveaxis(lab, 0, -1)
-        entropy[..., zb] = np.moveaxis(native[:, -2].numpy(), 0, -1)
-        disagreement[..., zb] = np.moveaxis(native[:, -1].numpy(), 0, -1)
+        m = np.moveaxis(fg[..., zb], -1, 0)
+        mt = torch.from_numpy(m).to(device)
+        inten = extractor.intensity_maps(zb)
+        other = inten.permute(0, 2, 3, 1)[mt] if inten is not None else None
+        p, e, d = ens.predict_factored(extractor.diffusion_maps(zb), grid.to_native, mt, other)
+        for arr, val in ((labels, values_arr[p.argmax(1).numpy()]), (entropy, e.numpy()), (disagreement, d.numpy())):
+            block = np.zeros(m.shape, dtype=arr.dtype)
+            block[m] = val
+            arr[..., zb] = np.moveaxis(block, 0, -1)
         report("predicting", 0.3 + 0.7 * min(1.0, (s + step) / max(1, len(todo))))
     timings["predict"] = time.perf_counter() - t
     labels[..., zs_ann] = annotation[..., zs_ann]

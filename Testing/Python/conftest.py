@@ -78,6 +78,68 @@ def write_case(folder: Path, layout: str = "brats2021", roles=("t1", "t1ce", "t2
     return folder, {r: images[r] for r in roles}, label
 
 
+TUMOUR_SHAPE = (64, 64, 24)
+# intensity of (healthy tissue, edema [2], enhancing [4], necrosis [1]) per sequence, relative to healthy tissue
+TUMOUR_CONTRAST = {"t1": (1.0, 0.8, 0.9, 0.5), "t1ce": (1.0, 0.9, 2.0, 0.4), "t2": (1.0, 1.8, 1.5, 2.2),
+                   "flair": (1.0, 2.0, 1.6, 1.2)}
+
+
+def synthetic_tumour_case(shape=TUMOUR_SHAPE, seed=0):
+    """Four sequences of an ellipsoidal 'head' on a zero background with a spherical BraTS-like tumour: edema (2)
+    around an enhancing shell (4) around a necrotic core (1). Returns (images by role, label, head mask).
+
+    The geometry is laid out for the default 64 x 64 x 24 grid."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    head = ((x - 32) / 27) ** 2 + ((y - 32) / 24) ** 2 + ((z - 12) / 40) ** 2 < 1
+    r = np.sqrt(((x - 38) / 11) ** 2 + ((y - 28) / 11) ** 2 + ((z - 12) / 7.5) ** 2)
+    label = np.zeros(shape, np.uint8)
+    label[r < 1.0] = 2
+    label[r < 0.6] = 4
+    label[r < 0.35] = 1
+    label[~head] = 0
+    tissue = {0: 0, 2: 1, 4: 2, 1: 3}
+    images = {}
+    for role, c in TUMOUR_CONTRAST.items():
+        img = np.zeros(shape, np.float32)
+        for v, i in tissue.items():
+            img[label == v] = c[i]
+        img *= 1000.0 * (1 + 0.03 * np.sin(x / 5.0))  # a little smooth inhomogeneity
+        img += 50.0 * rng.standard_normal(shape)
+        img[~head] = 0.0
+        images[role] = np.clip(img, 0, None).astype(np.float32)
+    return images, label, head
+
+
+def write_tumour_case(folder: Path, seed: int = 0, shape=TUMOUR_SHAPE, affine: np.ndarray | None = None,
+                      name: str | None = None, seg: bool = True):
+    """Write `synthetic_tumour_case` as a BraTS 2021-named case folder (`NAME_t1.nii.gz` ... `NAME_seg.nii.gz`).
+
+    Returns (folder, images by role, label)."""
+    folder = Path(folder)
+    name = name or folder.name
+    images, label, _ = synthetic_tumour_case(shape, seed)
+    for role, img in images.items():
+        write_nifti(folder / f"{name}{LAYOUTS['brats2021'][role]}.nii.gz", img, affine)
+    if seg:
+        write_nifti(folder / f"{name}_seg.nii.gz", label, affine)
+    return folder, images, label
+
+
+TINY_3_LEVELS = dict(sample_size=32, block_out_channels=(8, 16, 16), attention_levels=(2,), norm_num_groups=4,
+                     attention_head_dim=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained 3-level backbone checkpoint on a 32 x 32 grid (decoder blocks 0, 1, 2 of 16, 16, 8 channels)."""
+    from BrainDiffSegLib.model import BackboneConfig, build_unet, save_backbone
+
+    cfg = BackboneConfig(**TINY_3_LEVELS)
+    torch.manual_seed(0)
+    return save_backbone(tmp_path_factory.mktemp("ckpt") / "tiny", build_unet(cfg).state_dict(), cfg)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
@@ -122,6 +184,18 @@ def case_writer():
 def head():
     """synthetic_head(shape, seed, scale, tumour) -> (images by role, label)."""
     return synthetic_head
+
+
+@pytest.fixture
+def tumour_case():
+    """synthetic_tumour_case(shape=(64, 64, 24), seed=0) -> (images by role, label, head mask)."""
+    return synthetic_tumour_case
+
+
+@pytest.fixture
+def tumour_case_writer():
+    """write_tumour_case(folder, seed=0, shape=..., affine=None, name=None, seg=True) -> (folder, images, label)."""
+    return write_tumour_case
 
 
 @pytest.fixture

@@ -1,0 +1,212 @@
+"""The pixel classifier: an ensemble of MLPs with a class-balanced loss, early stopping and uncertainty."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from BrainDiffSegLib.classifier import ClassifierOptions, PixelEnsemble, _stratified_subset, make_mlp
+from BrainDiffSegLib.errors import CancelledError
+
+DIM = 10
+COUNTS = (20000, 2000, 500, 100)  # strongly unbalanced, like background / edema / core / enhancing
+
+
+def _centres():
+    # four blob centres, pairwise 6 standard deviations apart
+    c = torch.zeros((4, DIM))
+    for k in range(4):
+        c[k, k] = 6 / 2 ** 0.5
+    return c + 2.0  # not centred on the origin: standardisation matters
+
+
+def _blobs(counts, seed):
+    g = torch.Generator().manual_seed(seed)
+    c = _centres()
+    xs, ys = [], []
+    for k, n in enumerate(counts):
+        xs.append(c[k] + torch.randn((n, DIM), generator=g))
+        ys.append(torch.full((n,), k))
+    x, y = torch.cat(xs), torch.cat(ys)
+    perm = torch.randperm(len(y), generator=g)
+    return x[perm], y[perm]
+
+
+def _balanced_accuracy(pred, y):
+    recalls = [float((pred[y == k] == k).float().mean()) for k in torch.unique(y)]
+    return float(np.mean(recalls)), recalls
+
+
+def _midpoints(n=400, seed=3):
+    """Points half-way between two blob centres (every pair), with a little jitter along the other axes."""
+    g = torch.Generator().manual_seed(seed)
+    c = _centres()
+    pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)]
+    pts = []
+    for i in range(n):
+        a, b = pairs[i % len(pairs)]
+        pts.append((c[a] + c[b]) / 2 + 0.1 * torch.randn(DIM, generator=g))
+    return torch.stack(pts)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _blobs(COUNTS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    x, y = data
+    ens = PixelEnsemble(DIM, 4, ClassifierOptions(n_models=3, max_epochs=12, batch_size=1024, seed=0))
+    history = ens.fit(x.half(), y)  # float16 features, as the extractor produces them
+    return ens, history
+
+
+def test_separable_unbalanced_problem_is_learned(trained):
+    ens, history = trained
+    assert len(ens.members) == 3 and len(history) == 3
+    x, y = _blobs((2000, 2000, 2000, 2000), seed=1)  # held out, balanced
+    p, _, _ = ens.predict(x)
+    bacc, recalls = _balanced_accuracy(p.argmax(1), y)
+    assert bacc > 0.95, recalls
+    assert min(recalls) > 0.95, recalls  # including the smallest class (100 training samples)
+
+
+def test_loss_is_class_balanced(trained):
+    """Half-way between the largest and the smallest class, a class-balanced classifier gives the small class a fair
+    share (ideally 0.5); an unweighted one (200:1 prior) gives it almost nothing there (about 0.01 when tried)."""
+    ens, _ = trained
+    c = _centres()
+    g = torch.Generator().manual_seed(4)
+    mid = (c[0] + c[3]) / 2 + 0.1 * torch.randn((300, DIM), generator=g)
+    p, _, _ = ens.predict(mid)
+    p3 = float(p[:, 3].mean())
+    assert 0.1 < p3 < 0.9, p3
+    assert float(p[:, [0, 3]].sum(1).mean()) > 0.85
+
+
+def test_probabilities_and_uncertainty(trained):
+    ens, _ = trained
+    centres = _centres()
+    mid = _midpoints()
+    for pts in (centres, mid):
+        p, e, d = ens.predict(pts)
+        assert p.shape == (len(pts), 4) and p.dtype == torch.float32
+        torch.testing.assert_close(p.sum(1), torch.ones(len(pts)))
+        assert torch.all(p >= 0)
+        assert e.shape == d.shape == (len(pts),)
+        assert torch.all((e >= 0) & (e <= 1 + 1e-6)) and torch.all((d >= 0) & (d <= 1))
+    p_c, e_c, d_c = ens.predict(centres)
+    p_m, e_m, d_m = ens.predict(mid)
+    assert torch.equal(p_c.argmax(1), torch.arange(4))
+    assert float(e_c.max()) < 0.35
+    assert float(e_m.mean()) > float(e_c.max())  # uncertain between the blobs, confident at their centres
+    assert float(d_m.mean()) > float(d_c.mean())
+    assert float(d_c.max()) == 0.0  # every member agrees at the blob centres
+    # the entropy is normalised: a uniform prediction would have entropy 1
+    assert float(e_m.max()) <= 1.0 + 1e-6
+
+
+def test_predict_in_chunks_matches_one_chunk(trained):
+    ens, _ = trained
+    x, _ = _blobs((50, 50, 50, 50), seed=5)
+    a = ens.predict(x)
+    b = ens.predict(x, chunk=7)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v)
+
+
+def test_training_is_deterministic_for_a_seed():
+    x, y = _blobs((800, 300, 100, 40), seed=2)
+    opt = dict(n_models=2, max_epochs=3, hidden=(16,), batch_size=256)
+    probe = _midpoints(40)
+
+    def run(seed):
+        ens = PixelEnsemble(DIM, 4, ClassifierOptions(seed=seed, **opt))
+        hist = ens.fit(x, y)
+        return ens.predict(probe)[0], hist
+
+    p1, h1 = run(0)
+    torch.manual_seed(123)  # global RNG state must not matter
+    p2, h2 = run(0)
+    assert torch.equal(p1, p2)
+    assert h1 == h2
+    p3, _ = run(1)
+    assert not torch.equal(p1, p3)
+
+
+def test_early_stopping_on_an_easy_problem():
+    """Overlapping classes: the validation loss reaches its floor (the Bayes loss) within a few epochs and then only
+    fluctuates, so training must stop long before max_epochs. (On perfectly separable blobs the loss keeps shrinking
+    as the logits grow, so it would not stop.)"""
+    g = torch.Generator().manual_seed(6)
+    y = torch.randint(0, 4, (4000,), generator=g)
+    x = torch.randn((4000, DIM), generator=g)
+    x[torch.arange(4000), y] += 1.0
+    opt = ClassifierOptions(n_models=2, max_epochs=200, patience=2, hidden=(16,), batch_size=256)
+    history = PixelEnsemble(DIM, 4, opt).fit(x, y)
+    assert [h["member"] for h in history] == [0, 1]
+    for h in history:
+        assert opt.patience + 2 <= h["epochs"] < 80, history
+        assert np.isfinite(h["val_loss"]) and h["val_loss"] < np.log(4)  # better than chance
+
+
+def test_progress_is_reported_per_member():
+    x, y = _blobs((300, 100, 50, 20), seed=7)
+    seen = []
+    PixelEnsemble(DIM, 4, ClassifierOptions(n_models=3, max_epochs=2, hidden=(8,))).fit(x, y, progress=seen.append)
+    assert seen == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_cancellation():
+    x, y = _blobs((300, 100, 50, 20), seed=7)
+    ens = PixelEnsemble(DIM, 4, ClassifierOptions(n_models=2, max_epochs=2, hidden=(8,)))
+    with pytest.raises(CancelledError):
+        ens.fit(x, y, cancelled=lambda: True)
+    calls = []
+
+    def later():  # cancel during the second member
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(CancelledError):
+        ens.fit(x, y, cancelled=later)
+    assert len(calls) == 4
+    # never cancelled: trains normally
+    assert len(ens.fit(x, y, cancelled=lambda: False)) == 2
+
+
+def test_shape_mismatch_and_untrained_use():
+    ens = PixelEnsemble(DIM, 4, ClassifierOptions(n_models=1))
+    with pytest.raises(ValueError, match="do not match"):
+        ens.fit(torch.zeros((10, DIM)), torch.zeros(9, dtype=torch.long))
+    with pytest.raises(ValueError, match="do not match"):
+        ens.fit(torch.zeros((10, DIM + 1)), torch.zeros(10, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="not trained"):
+        ens.predict(torch.zeros((3, DIM)))
+
+
+def test_stratified_subset_keeps_every_class():
+    y = torch.cat([torch.full((n,), k) for k, n in enumerate((50000, 3000, 40, 3))])
+    g = torch.Generator().manual_seed(0)
+    idx = _stratified_subset(y, 1000, g)
+    assert len(idx) <= 1000
+    assert len(torch.unique(idx)) == len(idx)  # no duplicates
+    counts = torch.bincount(y[idx], minlength=4)
+    assert counts[3] == 3 and counts[2] == 40  # small classes entirely
+    assert counts[0] > 0 and counts[1] > 0
+    assert abs(int(counts[0]) - int(counts[1])) <= 1  # the rest of the budget shared by the large classes
+    assert int(counts.sum()) == 1000
+    # fewer pixels than the budget: all of them, shuffled
+    idx = _stratified_subset(y[:500], 1000, g)
+    assert sorted(idx.tolist()) == list(range(500))
+    # a budget smaller than the number of classes still keeps what it can, without exceeding it
+    idx = _stratified_subset(y, 4, g)
+    assert len(idx) <= 4 and len(torch.unique(y[idx])) == 4
+
+
+def test_make_mlp_layout():
+    net = make_mlp(7, 3, (16, 8))
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Linear", "ReLU", "BatchNorm1d", "Linear", "ReLU", "BatchNorm1d", "Linear"]
+    assert net(torch.zeros((5, 7))).shape == (5, 3)
