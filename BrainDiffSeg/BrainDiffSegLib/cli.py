@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=_ints, default=None, help="U-Net widths per level, e.g. '32,64,128,128'")
+    p.add_argument("--init-from", default=None,
+                   help="start from this checkpoint's weights (e.g. Resources/Models/backbone) instead of random ones")
 
     p = sub.add_parser("benchmark", help="benchmarks (results as JSON, Markdown and PNG)")
     bsub = p.add_subparsers(dest="benchmark", required=True)
@@ -221,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 train_ddpm(TrainOptions(data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                                         crop=a.crop, precision=a.precision, device=a.device, seed=a.seed,
-                                        max_minutes=a.max_minutes, save_every=a.save_every, config=cfg))
+                                        max_minutes=a.max_minutes, save_every=a.save_every, config=cfg,
+                                    init_from=a.init_from))
             except FileNotFoundError as exc:  # no case folders below --data
                 raise InputError(str(exc)) from exc
             return 0

@@ -44,6 +44,7 @@ class TrainOptions:
     max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
     cache: str | None = None
     config: BackboneConfig | None = None
+    init_from: str | None = None  # start a new run from this checkpoint's (EMA) weights, e.g. the bundled model
 
 
 def _dist_info() -> tuple[int, int]:
@@ -75,8 +76,15 @@ def train_ddpm(opt: TrainOptions) -> Path:
     out = Path(opt.out)
     state_path = out / STATE
     resume = state_path.is_file()
-    cfg = read_config(out) if resume else (opt.config or BackboneConfig())
-    if opt.config is not None and resume and cfg.arch() != opt.config.arch():
+    init = None
+    if resume:
+        cfg = read_config(out)
+    elif opt.init_from:
+        init, cfg = load_backbone(opt.init_from)
+        cfg.training = {"init_from": str(opt.init_from), "init_training": cfg.training}
+    else:
+        cfg = opt.config or BackboneConfig()
+    if opt.config is not None and (resume or init is not None) and cfg.arch() != opt.config.arch():
         raise CheckpointError(f"{out} holds a run of a different architecture; choose a new --out to start afresh.")
 
     cases = find_cases(opt.data)
@@ -89,6 +97,9 @@ def train_ddpm(opt: TrainOptions) -> Path:
 
     torch.manual_seed(opt.seed)  # initial weights follow the seed (and are the same on every rank)
     model = build_unet(cfg).to(device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    init_info = cfg.training if init is not None else None
     optim = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=0.0)
     ema = EMAModel(model.parameters(), decay=opt.ema_decay)
     step, wall = 0, 0.0
@@ -123,6 +134,8 @@ def train_ddpm(opt: TrainOptions) -> Path:
                         "ema_decay": opt.ema_decay, "precision": opt.precision, "world_size": world,
                         "wall_seconds": round(wall + time.time() - start, 1), "device": _hardware(device),
                         "cases": len(cases), "slices": int(len(images)), "data": [str(d) for d in opt.data]}
+        if init_info:
+            cfg.training.update(init_info)
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
         save_backbone(out, model.state_dict(), cfg)

@@ -21,6 +21,8 @@ from BrainDiffSegLib.propagate import PropagationOptions, propagate
 from BrainDiffSegLib.protocol import protocol_slices, region_dice, simulate_annotation
 
 PNG = b"\x89PNG\r\n\x1a\n"
+# ITK's SWIG wrappers warn on import under Python 3.11+
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
 FAST = ClassifierOptions(n_models=1, max_epochs=6, hidden=(32, 16))
 
 
@@ -135,6 +137,8 @@ def test_benchmark_fill_between_scores(bench, cases):
     ann, zs = simulate_annotation(case.label, 2)
     pred = benchmark.run_method(case, ann, "fill-between", PropagationOptions())
     assert by[(name, 2, "fill-between")] == pytest.approx(region_dice(pred, label, zs), abs=1e-4)
+    # ITK's one-off loading of its filters is not counted in the first case's time
+    assert max(r["seconds"] for r in records if r["method"] == "fill-between") < 2.0
 
 
 def test_benchmark_table_and_plots(bench, cases):
