@@ -12,6 +12,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   python -m pip install -q --upgrade pip
   # torch first and pinned: the CPU wheel here; nothing later may pull another (CUDA) build
   python -m pip install -q torch==2.13.0
-  python -m pip install -q -e ".[baselines,test]"
+  python -m pip install -q -e ".[baselines,test,slicer]"
   touch "$stamp"
 fi

@@ -123,7 +123,6 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     shape = next(iter(shapes.values()))
     norm, fg = normalize_case(images)
     zs_ann, values = check_annotation(annotation, shape, fg)
-    lut = {v: i for i, v in enumerate(values)}
     stack, present = stack_roles(norm)
     device = pick_device(opt.device)
     report("preparing", 0.0)

@@ -11,7 +11,11 @@ DATA_ENV = "BRAINDIFFSEG_DATA"
 def resources_dir() -> Path:
     """`Resources/` at the top of the source tree, or next to the module when installed by CMake."""
     here = Path(__file__).resolve().parent  # .../BrainDiffSeg/BrainDiffSegLib
-    for candidate in (here.parent.parent / "Resources", here.parent / "Resources"):
+    candidates = (here.parent.parent / "Resources", here.parent / "Resources")  # source tree, CMake build/install
+    for candidate in candidates:
+        if (candidate / "Models").is_dir():
+            return candidate
+    for candidate in candidates:
         if candidate.is_dir():
             return candidate
     return here.parent.parent / "Resources"

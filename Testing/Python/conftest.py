@@ -6,9 +6,11 @@ Real data (`BRAINDIFFSEG_DATA`, default `<repo>/../shared/data`) is optional: te
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +204,42 @@ def tumour_case_writer():
 def default_affine() -> np.ndarray:
     """The affine `case_writer` / `nifti_writer` use when none is given (a copy)."""
     return DEFAULT_AFFINE.copy()
+
+
+# ------------------------------------------------------------------------------------------ Slicer (slicer-core)
+
+@contextlib.contextmanager
+def slicer_scene_context():
+    """A fresh MRML scene as `slicer.mrmlScene`, with `slicer.modules.segmentations/volumes.logic()` returning real
+    logics on it (what the Slicer application provides), under the `slicer-core` wheel (MRML without Qt).
+    Restores the previous `slicer.mrmlScene` / `slicer.modules` afterwards. Skips when slicer-core is missing."""
+    slicer = pytest.importorskip("slicer")
+    scene = slicer.vtkMRMLScene()
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(scene)
+    volumes = slicer.vtkSlicerVolumesLogic()
+    volumes.SetMRMLScene(scene)
+    modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentations),
+                                    volumes=types.SimpleNamespace(logic=lambda: volumes))
+    missing = object()
+    saved = {name: getattr(slicer, name, missing) for name in ("mrmlScene", "modules")}
+    slicer.mrmlScene, slicer.modules = scene, modules
+    try:
+        yield scene
+    finally:
+        for name, value in saved.items():
+            if value is missing:
+                delattr(slicer, name)
+            else:
+                setattr(slicer, name, value)
+        segmentations.SetMRMLScene(None)
+        volumes.SetMRMLScene(None)
+        scene.Clear(1)
+
+
+@pytest.fixture
+def mrml_scene():
+    """`slicer_scene_context()` for one test: a fresh scene as `slicer.mrmlScene`, module logics in
+    `slicer.modules`."""
+    with slicer_scene_context() as scene:
+        yield scene

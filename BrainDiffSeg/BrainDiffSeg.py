@@ -1,0 +1,682 @@
+"""BrainDiffSeg: the 3D Slicer scripted module (module description and the MRML Logic).
+
+Paint a brain tumour on a few axial slices of a multi-sequence MRI; BrainDiffSeg segments the whole volume with
+features of a denoising diffusion model and an ensemble of pixel classifiers (the engine in `BrainDiffSegLib`).
+
+`BrainDiffSegLogic` is the only place where MRML nodes become arrays and arrays become MRML nodes; all computation
+is done by the engine. The same file imports inside Slicer (real `slicer.ScriptedLoadableModule` base classes) and
+under the `slicer-core` wheel, which has MRML but no Qt (minimal stand-in base classes; used by the tests).
+The Logic never uses `slicer.app` nor `slicer.util.load*` / `save*`: files are read and written with storage nodes
+and the Volumes module logic, so it runs the same in the Slicer application, in `Slicer --no-main-window` and
+headless.
+
+Segments -> label values (what the engine trains on)
+----------------------------------------------------
+Each segment of the user's segmentation is classified by its name (case-insensitive), else by its terminology:
+
+* BraTS label 1 (necrotic / non-enhancing tumour core): names containing "necro", "non-enhancing" /
+  "nonenhancing", or the words "NCR" / "NET";
+* BraTS label 2 (edema): names containing "edema" / "oedema" / "peritumoral", or the word "ED";
+* BraTS label 4 (enhancing tumour): names containing "enhancing" (but not "non-enhancing"), or the word "ET".
+
+If *every* segment is recognised and no two segments fall in the same class, the segments get the BraTS values
+1 / 2 / 4 and the result uses the BraTS segment names 'Necrotic core', 'Edema', 'Enhancing tumour'. Otherwise the
+segments get the values 1..N in the order of the segments in the segmentation, and the result has one segment per
+user segment, with the user's names (and colours, unless two segments share a colour). Where segments overlap,
+the later segment in the list wins. Empty segments keep their value but produce no output segment.
+
+Axes: `slicer.util.arrayFromVolume` gives arrays in KJI order; the engine wants the IJK array with its axial
+(inferior-superior) axis moved last, which is what it gets from NIfTI files. The axial axis is the IJK axis whose
+direction in the IJK-to-RAS matrix is closest to superior-inferior; oblique volumes are refused.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import unittest
+from pathlib import Path
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+import slicer
+import slicer.util
+
+from BrainDiffSegLib.errors import BrainDiffSegError, InputError, OutputExistsError
+from BrainDiffSegLib.resources import resources_dir
+
+try:  # inside the Slicer application
+    from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                               ScriptedLoadableModuleTest)
+
+    SLICER_APPLICATION = True
+except ImportError:  # slicer-core (MRML without Qt): minimal stand-ins, enough for the Logic and the tests
+    SLICER_APPLICATION = False
+
+    class ScriptedLoadableModule:
+        """Stand-in for `slicer.ScriptedLoadableModule.ScriptedLoadableModule` where Slicer's Qt layer is absent."""
+
+        def __init__(self, parent=None):
+            super().__init__()
+            if parent is None:
+                import types
+
+                parent = types.SimpleNamespace(path=__file__)
+            self.parent = parent
+            self.moduleName = self.__class__.__name__
+            parent.title = ""
+            parent.categories = []
+            parent.dependencies = []
+            parent.contributors = []
+            parent.helpText = ""
+            parent.acknowledgementText = ""
+
+        def resourcePath(self, filename):
+            return os.path.join(os.path.dirname(self.parent.path), "Resources", filename)
+
+    class ScriptedLoadableModuleLogic:
+        """Stand-in for `slicer.ScriptedLoadableModule.ScriptedLoadableModuleLogic` (uses only `slicer.mrmlScene`)."""
+
+        def __init__(self, parent=None):
+            super().__init__()
+            self.moduleName = self.__class__.__name__
+            if self.moduleName.endswith("Logic"):
+                self.moduleName = self.moduleName[:-5]
+            self.isSingletonParameterNode = True
+
+        def getParameterNode(self):
+            node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+            if node is None:
+                node = slicer.mrmlScene.AddNode(self.createParameterNode())
+            return node
+
+        def createParameterNode(self):
+            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+            node.UnRegister(None)
+            node.SetSingletonTag(self.moduleName)
+            node.SetName(slicer.mrmlScene.GenerateUniqueName(self.moduleName))
+            node.SetAttribute("ModuleName", self.moduleName)
+            return node
+
+    ScriptedLoadableModuleTest = unittest.TestCase
+
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # slicer-core / older Slicer
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
+log = logging.getLogger(__name__)
+
+BINARY_LABELMAP = "Binary labelmap"
+ROLES = ("t1", "t1ce", "t2", "flair")  # = BrainDiffSegLib.io.ROLES (imported lazily: io needs nibabel)
+BRATS_SEGMENTS = {  # label value -> (segment name, colour)
+    1: ("Necrotic core", (0.90, 0.10, 0.10)),
+    2: ("Edema", (0.10, 0.80, 0.20)),
+    4: ("Enhancing tumour", (1.00, 0.85, 0.00)),
+}
+PALETTE = [(0.90, 0.10, 0.10), (0.10, 0.80, 0.20), (1.00, 0.85, 0.00), (0.10, 0.45, 0.95), (0.85, 0.30, 0.90),
+           (0.00, 0.80, 0.80), (1.00, 0.55, 0.10), (0.55, 0.35, 0.15)]
+UNCERTAINTY_REFERENCE_ROLE = "BrainDiffSeg.uncertainty"
+SOURCE_REFERENCE_ROLE = "BrainDiffSeg.sourceSegmentation"
+ENGINE_PACKAGES = ("torch", "numpy", "scipy", "nibabel", "skimage", "diffusers", "safetensors")
+GRID_TOLERANCE_MM = 1e-3  # as BrainDiffSegLib.io.AFFINE_TOLERANCE_MM
+
+
+#
+# BrainDiffSeg
+#
+
+class BrainDiffSeg(ScriptedLoadableModule):
+    """Module description shown by Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("BrainDiffSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations", "Volumes"]
+        self.parent.contributors = ["BrainDiffSeg developers"]
+        self.parent.helpText = _("""
+Few-slice brain-tumour segmentation. Load the co-registered MRI sequences of a case (any of T1, T1ce, T2, FLAIR, on
+one grid), paint the tumour on a few axial slices with the Segment Editor (one segment per class: e.g. 'Necrotic
+core', 'Edema', 'Enhancing tumour' for the BraTS classes, or any segments of your own), and propagate: every other
+axial slice is segmented by a pixel classifier trained on the painted slices, using features of a denoising
+diffusion model. The result is written to a new segmentation ('&lt;segmentation&gt; propagated'); the painted
+segmentation is left unchanged. Painted slices keep their labels exactly; an optional uncertainty volume shows
+where to correct.
+Segments are matched to BraTS labels by name (necrotic/NCR -> 1, edema/ED -> 2, enhancing/ET -> 4); other
+segments are numbered 1..N in segment order.
+""")
+        self.parent.acknowledgementText = _("""
+Method after Alshenoudy et al., <i>Semi-supervised Brain Tumor Segmentation Using Diffusion Models</i>, AIAI 2023
+(Artificial Intelligence Applications and Innovations, IFIP AICT, Springer), and Baranchuk D., Rubachev I., Voynov A.,
+Khrulkov V., Babenko A., <i>Label-Efficient Semantic Segmentation with Diffusion Models</i>, ICLR 2022.
+The bundled backbone was trained on BraTS (Menze et al. 2015; Bakas et al. 2017, 2018; Baid et al. 2021) and
+TCGA-LGG (Buda et al. 2019) images; their terms of use apply.
+""")
+        icon = self.iconPath()
+        if SLICER_APPLICATION and icon is not None and getattr(parent, "icon", None) is not None \
+                and parent.icon.isNull():
+            import qt  # only inside Slicer
+
+            parent.icon = qt.QIcon(str(icon))  # running from the source tree: Resources/ is at the top level
+
+    @staticmethod
+    def iconPath() -> Path | None:
+        """The module icon: `Resources/Icons/BrainDiffSeg.png` next to the module (built) or at the top level
+        of the source tree (the engine's `resources_dir()` looks in both places)."""
+        path = resources_dir() / "Icons" / "BrainDiffSeg.png"
+        return path if path.is_file() else None
+
+
+#
+# BrainDiffSegLogic
+#
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
+
+
+def bratsLabelOfName(text: str) -> int | None:
+    """BraTS label (1, 2, 4) a segment name or terminology string refers to, or None (see the module docstring)."""
+    t = text.lower()
+    words = _words(text)
+    if "necro" in t or re.search(r"non[\s_-]?enhanc", t) or "ncr" in words or "net" in words:
+        return 1
+    if "enhanc" in t or "et" in words:
+        return 4
+    if "edema" in t or "oedema" in t or "peritumo" in t or "ed" in words:
+        return 2
+    return None
+
+
+def labelValuesForSegments(names: list[str], terminologies: list[str] | None = None) -> tuple[list[int], bool]:
+    """Label value of each segment (in segment order) and whether the BraTS values were used.
+
+    BraTS values (1 necrotic core, 2 edema, 4 enhancing) when every segment is recognised by its name, or else by
+    its terminology, and no two segments fall in the same class; otherwise 1..N in segment order."""
+    terminologies = terminologies or [""] * len(names)
+    brats = []
+    for name, term in zip(names, terminologies):
+        value = bratsLabelOfName(name)
+        if value is None and term:
+            # a terminology entry is 'context~category~type~modifier~...'; the type and modifier carry the meaning
+            value = bratsLabelOfName(" ".join(term.split("~")[2:4]).replace("^", " "))
+        brats.append(value)
+    if names and None not in brats and len(set(brats)) == len(brats):
+        return brats, True
+    return list(range(1, len(names) + 1)), False
+
+
+class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
+    """MRML nodes <-> engine arrays. Blocking calls, usable from scripts, the module GUI and tests.
+
+    `propagate(volumeNodes, segmentationNode)` -> a new segmentation node; `loadCase(caseDir)` -> volume nodes;
+    `saveSegmentation(node, path)`. After `propagate`, `lastResult` holds the engine's `PropagationResult`
+    (timings, annotated slices, least certain slices) and `lastUncertaintyNode` the uncertainty volume if one was
+    requested.
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.lastResult = None
+        self.lastUncertaintyNode = None
+        self._ownLogics = {}
+
+    # ------------------------------------------------------------------ environment
+
+    @staticmethod
+    def missingPackages() -> list[str]:
+        """Python packages the engine needs that are not importable (to be installed before propagating)."""
+        return [p for p in ENGINE_PACKAGES if importlib.util.find_spec(p) is None]
+
+    def _moduleLogic(self, module: str, className: str, scene=None):
+        """`slicer.modules.<module>.logic()` in Slicer. Headless (slicer-core without `slicer.modules`), a logic of
+        our own, attached to `scene` if one is given (attaching may add the subject hierarchy node)."""
+        modules = getattr(slicer, "modules", None)
+        owner = getattr(modules, module, None) if modules is not None else None
+        if owner is not None:
+            return owner.logic()
+        logic = self._ownLogics.get(module)
+        if logic is None or (scene is not None and logic.GetMRMLScene() is not scene):
+            logic = getattr(slicer, className)()
+            if scene is not None:
+                logic.SetMRMLScene(scene)
+            self._ownLogics[module] = logic
+        return logic
+
+    @staticmethod
+    def _scene(*nodes):
+        for node in nodes:
+            if node is not None and node.GetScene() is not None:
+                return node.GetScene()
+        return slicer.mrmlScene
+
+    # ------------------------------------------------------------------ geometry and arrays
+
+    @staticmethod
+    def ijkToRasArray(volumeNode) -> np.ndarray:
+        m = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(m)
+        return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+    @staticmethod
+    def axialAxis(volumeNode) -> int:
+        """IJK axis of the volume closest to superior-inferior (the engine's rule, as for NIfTI files);
+        InputError naming the node for oblique volumes."""
+        from BrainDiffSegLib.io import axial_axis_of
+
+        return axial_axis_of(BrainDiffSegLogic.ijkToRasArray(volumeNode), f"Volume '{volumeNode.GetName()}'")
+
+    @staticmethod
+    def toEngineArray(kji: np.ndarray, axialAxis: int) -> np.ndarray:
+        """A KJI array (slicer.util.arrayFromVolume) -> IJK with the axial axis last (the engine's convention)."""
+        return np.moveaxis(np.transpose(kji, (2, 1, 0)), axialAxis, -1)
+
+    @staticmethod
+    def fromEngineArray(array: np.ndarray, axialAxis: int) -> np.ndarray:
+        """Inverse of `toEngineArray`: an axial-last IJK array -> KJI, contiguous."""
+        return np.ascontiguousarray(np.transpose(np.moveaxis(array, -1, axialAxis), (2, 1, 0)))
+
+    @staticmethod
+    def _referenceImage(volumeNode):
+        """An empty vtkOrientedImageData with the geometry (extent, IJK-to-RAS) of the volume."""
+        ref = slicer.vtkOrientedImageData()
+        ref.SetExtent(volumeNode.GetImageData().GetExtent())
+        m = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(m)
+        ref.SetImageToWorldMatrix(m)
+        return ref
+
+    @staticmethod
+    def _orientedImageFromArray(kji: np.ndarray, volumeNode):
+        img = BrainDiffSegLogic._referenceImage(volumeNode)
+        vtkType = vtk.VTK_UNSIGNED_CHAR if kji.max(initial=0) < 256 and kji.min(initial=0) >= 0 else vtk.VTK_SHORT
+        img.AllocateScalars(vtkType, 1)
+        scalars = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars())
+        scalars[:] = kji.ravel()
+        return img
+
+    def _checkVolumes(self, volumeNodes: dict) -> dict:
+        """role -> node in ROLES order, None values dropped; every node a 3D scalar volume with voxels."""
+        if not isinstance(volumeNodes, dict):
+            raise InputError("volumeNodes must map sequence roles (t1, t1ce, t2, flair) to volume nodes.")
+        unknown = sorted(set(volumeNodes) - set(ROLES))
+        if unknown:
+            raise InputError(f"Unknown sequence role(s) {unknown}; use {list(ROLES)}.")
+        volumes = {r: volumeNodes[r] for r in ROLES if volumeNodes.get(r) is not None}
+        if not volumes:
+            raise InputError("No input volume selected: select at least one of T1, T1ce, T2, FLAIR.")
+        for role, node in volumes.items():
+            ok = (hasattr(node, "IsA") and node.IsA("vtkMRMLScalarVolumeNode")
+                  and not node.IsA("vtkMRMLLabelMapVolumeNode"))
+            if not ok:
+                raise InputError(f"The {role} input '{getattr(node, 'GetName', lambda: node)()}' is not a scalar "
+                                 "volume.")
+            image = node.GetImageData()
+            if image is None or image.GetNumberOfPoints() == 0:
+                raise InputError(f"Volume '{node.GetName()}' ({role}) has no voxels.")
+            if image.GetNumberOfScalarComponents() != 1:
+                raise InputError(f"Volume '{node.GetName()}' ({role}) has {image.GetNumberOfScalarComponents()} "
+                                 "components per voxel; use a grey-level (scalar) MRI volume.")
+        return volumes
+
+    @staticmethod
+    def _checkSameGrid(volumes: dict) -> None:
+        """All volumes share dimensions, spacing, origin and axis directions (clear InputError otherwise)."""
+        (refRole, ref), *others = volumes.items()
+        refMatrix = BrainDiffSegLogic.ijkToRasArray(ref)
+        for role, node in others:
+            what = None
+            if node.GetImageData().GetDimensions() != ref.GetImageData().GetDimensions():
+                what = ("dimensions", node.GetImageData().GetDimensions(), ref.GetImageData().GetDimensions())
+            elif not np.allclose(node.GetSpacing(), ref.GetSpacing(), atol=GRID_TOLERANCE_MM):
+                what = ("spacing", node.GetSpacing(), ref.GetSpacing())
+            elif not np.allclose(node.GetOrigin(), ref.GetOrigin(), atol=GRID_TOLERANCE_MM):
+                what = ("origin", node.GetOrigin(), ref.GetOrigin())
+            elif not np.allclose(BrainDiffSegLogic.ijkToRasArray(node), refMatrix, atol=GRID_TOLERANCE_MM):
+                what = ("axis directions", "", "")
+            if what:
+                name, mine, theirs = what
+                detail = f" {tuple(round(float(v), 4) for v in mine)}" if len(mine) else ""
+                other = f" {tuple(round(float(v), 4) for v in theirs)}" if len(theirs) else ""
+                raise InputError(
+                    f"Volume '{node.GetName()}' ({role}) and volume '{ref.GetName()}' ({refRole}) are not on one "
+                    f"grid: different {name}{detail} vs{other}. All sequences must be co-registered on one grid "
+                    "(resample them onto one of them first).")
+
+    @staticmethod
+    def _checkTransforms(volumes: dict, segmentationNode) -> str | None:
+        pairs = [(n.GetName(), n.GetTransformNodeID() or "") for n in list(volumes.values()) + [segmentationNode]]
+        if len({tid for _, tid in pairs}) > 1:
+            where = ", ".join(f"'{n}': {t or 'no transform'}" for n, t in pairs)
+            raise InputError("The input volumes and the segmentation are under different transforms: harden the "
+                             "transforms (Data module, right-click > Harden transform) or put all of them under the "
+                             f"same one ({where}).")
+        return segmentationNode.GetTransformNodeID()
+
+    def volumeArray(self, volumeNode, axialAxis: int) -> np.ndarray:
+        """The voxels of a volume node as float32, IJK with the axial axis last (a copy)."""
+        return self.toEngineArray(slicer.util.arrayFromVolume(volumeNode), axialAxis).astype(np.float32)
+
+    # ------------------------------------------------------------------ segments <-> labels
+
+    def segmentLabelInfo(self, segmentationNode) -> tuple[list[str], list[int], bool]:
+        """Segment ids in order, their label values and whether the BraTS values are used."""
+        segmentation = segmentationNode.GetSegmentation()
+        ids = list(segmentation.GetSegmentIDs())
+        names, terms = [], []
+        for sid in ids:
+            segment = segmentation.GetSegment(sid)
+            names.append(segment.GetName() or sid)
+            terms.append(segment.GetTerminology() if hasattr(segment, "GetTerminology") else "")
+        values, brats = labelValuesForSegments(names, terms)
+        return ids, values, brats
+
+    def labelArrayFromSegmentation(self, segmentationNode, referenceVolumeNode) -> tuple[np.ndarray, dict, bool]:
+        """The segments as one label array (KJI, on the reference volume's grid), label value -> segment id, and
+        whether the BraTS values are used. The segmentation node is only read: conversions, if any, are made on a
+        copy outside the scene."""
+        ids, values, brats = self.segmentLabelInfo(segmentationNode)
+        dims = referenceVolumeNode.GetImageData().GetDimensions()
+        labels = np.zeros(tuple(reversed(dims)), dtype=np.int16)
+        if not ids:
+            return labels, {}, brats
+        # Creating the Segmentations logic registers the representation converters (no scene needed).
+        self._moduleLogic("segmentations", "vtkSlicerSegmentationsModuleLogic")
+        reference = self._referenceImage(referenceVolumeNode)
+        source = segmentationNode
+        if not segmentationNode.GetSegmentation().ContainsRepresentation(BINARY_LABELMAP):
+            source = slicer.vtkMRMLSegmentationNode()  # not added to the scene
+            source.GetSegmentation().DeepCopy(segmentationNode.GetSegmentation())
+            source.GetSegmentation().SetConversionParameter(
+                slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
+                slicer.vtkSegmentationConverter.SerializeImageGeometry(reference))
+            if not source.GetSegmentation().CreateRepresentation(BINARY_LABELMAP):
+                raise InputError(f"Segmentation '{segmentationNode.GetName()}' cannot be converted to a binary "
+                                 "labelmap.")
+        segmentIdOfValue = {}
+        for sid, value in zip(ids, values):
+            image = slicer.vtkOrientedImageData()
+            if not source.GetBinaryLabelmapRepresentation(sid, image):
+                raise InputError(f"Segment '{sid}' of '{segmentationNode.GetName()}' has no binary labelmap.")
+            resampled = slicer.vtkOrientedImageData()
+            slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+                image, reference, resampled, False, False)
+            if resampled.GetPointData().GetScalars() is None or resampled.GetDimensions() != dims:
+                continue  # nothing of this segment on the volume's grid
+            mask = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(labels.shape) > 0
+            if mask.any():
+                labels[mask] = value
+                segmentIdOfValue[value] = sid
+        return labels, segmentIdOfValue, brats
+
+    # ------------------------------------------------------------------ propagation
+
+    def propagate(self, volumeNodes: dict, segmentationNode, options=None, progress=None, cancelled=None,
+                  createUncertainty: bool = False):
+        """Segment the whole volume from the painted axial slices; returns a NEW segmentation node.
+
+        volumeNodes: role ('t1', 't1ce', 't2', 'flair') -> vtkMRMLScalarVolumeNode, all on one grid (None values
+        are ignored). segmentationNode: the painted slices; left unchanged. options: a
+        `BrainDiffSegLib.propagate.PropagationOptions` (default: the diffusion method with the bundled backbone).
+        progress(stage, fraction) and cancelled() -> bool are passed to the engine; when cancelled, a
+        `BrainDiffSegLib.errors.CancelledError` is raised and the scene is left as it was. With createUncertainty,
+        an uncertainty (normalised entropy) volume is added too: `lastUncertaintyNode`, also referenced from the
+        result node by the role 'BrainDiffSeg.uncertainty'.
+        Bad input raises `BrainDiffSegLib.errors.InputError` with a message naming the nodes.
+        """
+        from BrainDiffSegLib.propagate import PropagationOptions
+        from BrainDiffSegLib.propagate import propagate as enginePropagate
+
+        if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+            raise InputError("Select the segmentation with the painted slices.")
+        volumes = self._checkVolumes(volumeNodes)
+        reference = next(iter(volumes.values()))
+        axis = self.axialAxis(reference)
+        self._checkSameGrid(volumes)
+        transformId = self._checkTransforms(volumes, segmentationNode)
+        if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
+            raise InputError(f"Segmentation '{segmentationNode.GetName()}' has no segments: add one segment per "
+                             "tumour class and paint the tumour on a few axial slices.")
+        labelsKJI, segmentIdOfValue, brats = self.labelArrayFromSegmentation(segmentationNode, reference)
+        if not segmentIdOfValue:
+            raise InputError(f"Segmentation '{segmentationNode.GetName()}' is empty on the grid of volume "
+                             f"'{reference.GetName()}': paint the tumour on at least one axial slice.")
+        annotation = self.toEngineArray(labelsKJI, axis)
+        images = {role: self.volumeArray(node, axis) for role, node in volumes.items()}
+
+        result = enginePropagate(images, annotation, options or PropagationOptions(), progress=progress,
+                                 cancelled=cancelled)
+
+        # Only now is the scene modified; on any error the new nodes are removed again.
+        scene = self._scene(segmentationNode, reference)
+        created = []
+        try:
+            outputNode = self._addResultSegmentation(scene, segmentationNode, reference, result, axis, brats,
+                                                     segmentIdOfValue, transformId, created)
+            uncertaintyNode = None
+            if createUncertainty:
+                uncertaintyNode = self._addVolume(scene, f"{outputNode.GetName()} uncertainty",
+                                                  self.fromEngineArray(result.entropy.astype(np.float32), axis),
+                                                  reference, transformId, created)
+                outputNode.SetNodeReferenceID(UNCERTAINTY_REFERENCE_ROLE, uncertaintyNode.GetID())
+        except Exception:
+            self._removeNodes(scene, created)
+            raise
+        self.lastResult = result
+        self.lastUncertaintyNode = uncertaintyNode
+        return outputNode
+
+    def _addResultSegmentation(self, scene, sourceNode, reference, result, axis, brats, segmentIdOfValue,
+                               transformId, created):
+        name = f"{sourceNode.GetName()} propagated"
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+        created.append(node)
+        node.CreateDefaultDisplayNodes()
+        created.append(node.GetDisplayNode())
+        node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        if transformId:
+            node.SetAndObserveTransformNodeID(transformId)
+        labels = self.fromEngineArray(result.labels, axis)
+        shared = self._orientedImageFromArray(labels, reference)  # one shared labelmap, segment = label value
+        sourceSegmentation = sourceNode.GetSegmentation()
+        used = set()
+        for value in [v for v in result.label_values if v != 0 and np.any(labels == v)]:
+            if brats:
+                segmentName, color = BRATS_SEGMENTS[value]
+            else:
+                sourceSegment = sourceSegmentation.GetSegment(segmentIdOfValue[value])
+                segmentName, color = sourceSegment.GetName(), tuple(sourceSegment.GetColor())
+                if tuple(np.round(color, 3)) in used:
+                    color = next((c for c in PALETTE if tuple(np.round(c, 3)) not in used), color)
+            used.add(tuple(np.round(color, 3)))
+            segment = slicer.vtkSegment()
+            segment.SetName(segmentName)
+            segment.SetColor(*color)
+            segment.AddRepresentation(BINARY_LABELMAP, shared)
+            segment.SetLabelValue(int(value))
+            node.GetSegmentation().AddSegment(segment)
+        zs = [int(z) for z in result.annotated_slices]
+        node.SetAttribute("BrainDiffSeg.annotatedSlices", json.dumps({"axis": "IJK"[axis], "indices": zs}))
+        node.SetAttribute("BrainDiffSeg.labelValues", json.dumps([int(v) for v in result.label_values]))
+        node.SetNodeReferenceID(SOURCE_REFERENCE_ROLE, sourceNode.GetID())
+        return node
+
+    def _addVolume(self, scene, name, kji, reference, transformId, created):
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+        created.append(node)
+        m = vtk.vtkMatrix4x4()
+        reference.GetIJKToRASMatrix(m)
+        node.SetIJKToRASMatrix(m)
+        slicer.util.updateVolumeFromArray(node, kji)
+        node.CreateDefaultDisplayNodes()
+        created.append(node.GetDisplayNode())
+        if transformId:
+            node.SetAndObserveTransformNodeID(transformId)
+        return node
+
+    @staticmethod
+    def _removeNodes(scene, nodes):
+        for node in reversed([n for n in nodes if n is not None]):
+            if node.GetScene() is not None:
+                scene.RemoveNode(node)
+
+    @staticmethod
+    def uncertaintyNodeOf(resultNode):
+        """The uncertainty volume made with a propagated segmentation, or None."""
+        return resultNode.GetNodeReference(UNCERTAINTY_REFERENCE_ROLE) if resultNode is not None else None
+
+    # ------------------------------------------------------------------ files
+
+    def loadCase(self, caseDir, loadGroundTruth: bool = False) -> dict:
+        """Load the sequences of a case folder (BraTS 2018-2021, BraTS 2023 or LGG names) as volume nodes.
+
+        Returns role -> vtkMRMLScalarVolumeNode (and 'seg' -> vtkMRMLLabelMapVolumeNode with loadGroundTruth and
+        a label file present). Uses the Volumes module logic (archetype storage nodes); on any failure the nodes
+        loaded so far are removed again."""
+        from BrainDiffSegLib.io import find_case_files
+
+        files = find_case_files(caseDir)
+        scene = slicer.mrmlScene
+        volumesLogic = self._moduleLogic("volumes", "vtkSlicerVolumesLogic", scene)
+        wanted = [r for r in ROLES if r in files] + (["seg"] if loadGroundTruth and "seg" in files else [])
+        loaded = {}
+        try:
+            for role in wanted:
+                path = Path(files[role])
+                name = re.sub(r"\.nii(\.gz)?$", "", path.name)
+                node = volumesLogic.AddArchetypeVolume(str(path), name, 1 if role == "seg" else 0)
+                if node is None or node.GetImageData() is None:
+                    raise InputError(f"Cannot read {path} ({role}).")
+                loaded[role] = node
+        except Exception:
+            for node in loaded.values():
+                self._removeVolumeNode(scene, node)
+            raise
+        return loaded
+
+    @staticmethod
+    def _removeVolumeNode(scene, node):
+        extra = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        extra.append(node.GetStorageNode())
+        scene.RemoveNode(node)
+        for n in extra:
+            if n is not None and n.GetScene() is not None:
+                scene.RemoveNode(n)
+
+    def saveSegmentation(self, segmentationNode, path, referenceVolumeNode=None, force: bool = False) -> Path:
+        """Write a segmentation with a storage node, never overwriting an existing file unless `force`.
+
+        `.seg.nrrd` / `.nrrd` (and `.nhdr`): Slicer's segmentation file, segment names and colours included.
+        `.nii` / `.nii.gz`: a label volume on the grid of `referenceVolumeNode` (default: the segmentation's
+        reference geometry volume) with the label values of the segment rule in the module docstring (BraTS 1/2/4
+        for BraTS segments, as the engine and the command line write them).
+        """
+        path = Path(path)
+        if path.exists() and not force:
+            raise OutputExistsError(f"{path} exists; pass force=True to overwrite it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lower = path.name.lower()
+        if lower.endswith((".nii", ".nii.gz")):
+            reference = referenceVolumeNode or segmentationNode.GetNodeReference(
+                slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+            if reference is None:
+                raise InputError(f"Saving '{segmentationNode.GetName()}' as {path.name} needs a reference volume "
+                                 "(the grid of the label volume).")
+            labels, _, _ = self.labelArrayFromSegmentation(segmentationNode, reference)
+            labelNode = slicer.vtkMRMLLabelMapVolumeNode()  # not added to the scene
+            m = vtk.vtkMatrix4x4()
+            reference.GetIJKToRASMatrix(m)
+            labelNode.SetIJKToRASMatrix(m)
+            image = self._orientedImageFromArray(labels, reference)
+            plain = vtk.vtkImageData()
+            plain.ShallowCopy(image)
+            plain.SetOrigin(0, 0, 0)
+            plain.SetSpacing(1, 1, 1)
+            labelNode.SetAndObserveImageData(plain)
+            storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+            storage.SetUseCompression(lower.endswith(".gz"))
+        elif lower.endswith((".nrrd", ".nhdr")):
+            labelNode = segmentationNode
+            storage = segmentationNode.CreateDefaultStorageNode()
+        else:
+            raise InputError(f"Cannot save a segmentation as {path.name}: use .seg.nrrd or .nii.gz.")
+        storage.SetFileName(str(path))
+        if not storage.WriteData(labelNode):
+            raise BrainDiffSegError(f"Writing {path} failed.")
+        log.info("wrote %s", path)
+        return path
+
+
+#
+# BrainDiffSegTest (run by Slicer's self-test and by `slicer_add_python_unittest`)
+#
+
+class BrainDiffSegTest(ScriptedLoadableModuleTest):
+    """Propagation of a small synthetic case through the Logic, with the fast 'raw' features."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_propagate_synthetic()
+
+    def test_propagate_synthetic(self):
+        missing = BrainDiffSegLogic.missingPackages()
+        if missing:
+            self.skipTest(f"BrainDiffSeg's engine needs {', '.join(missing)}")
+        from BrainDiffSegLib.classifier import ClassifierOptions
+        from BrainDiffSegLib.propagate import PropagationOptions
+        from BrainDiffSegLib.protocol import dice, simulate_annotation
+
+        shape = (48, 48, 20)  # IJK, axial last
+        x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+        head = ((x - 24) / 20) ** 2 + ((y - 24) / 18) ** 2 + ((z - 10) / 30) ** 2 < 1
+        r = np.sqrt(((x - 28) / 8) ** 2 + ((y - 22) / 8) ** 2 + ((z - 10) / 5.5) ** 2)
+        truth = np.zeros(shape, np.int16)
+        truth[(r < 1) & head] = 2
+        truth[(r < 0.45) & head] = 4
+        rng = np.random.default_rng(0)
+        ijkToRas = np.array([[-1.0, 0, 0, 20], [0, -1.0, 0, 30], [0, 0, 2.0, -15], [0, 0, 0, 1]])
+        volumes = {}
+        for role, (edema, enhancing) in {"t1ce": (0.9, 2.0), "flair": (2.0, 1.5)}.items():
+            img = np.where(head, 1000.0, 0.0) + 40.0 * rng.standard_normal(shape)
+            img[truth == 2] *= edema
+            img[truth == 4] *= enhancing
+            img[~head] = 0
+            volumes[role] = slicer.util.addVolumeFromArray(
+                BrainDiffSegLogic.fromEngineArray(img.astype(np.float32), 2), ijkToRas, f"synthetic {role}")
+        ann, zs = simulate_annotation(truth, 2)
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumes["flair"])
+        for value, name in ((2, "Edema"), (4, "Enhancing tumour")):
+            sid = segmentationNode.GetSegmentation().AddEmptySegment("", name)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(
+                BrainDiffSegLogic.fromEngineArray((ann == value).astype(np.uint8), 2), segmentationNode, sid,
+                volumes["flair"])
+        before = slicer.mrmlScene.GetNumberOfNodes()
+
+        logic = BrainDiffSegLogic()
+        fast = ClassifierOptions(n_models=2, max_epochs=6, hidden=(32, 16), batch_size=1024)
+        out = logic.propagate(volumes, segmentationNode, PropagationOptions(method="raw", device="cpu",
+                                                                          classifier=fast))
+        self.assertEqual(out.GetName(), "Painted propagated")
+        self.assertGreater(slicer.mrmlScene.GetNumberOfNodes(), before)
+        names = [out.GetSegmentation().GetSegment(s).GetName() for s in out.GetSegmentation().GetSegmentIDs()]
+        self.assertEqual(names, ["Edema", "Enhancing tumour"])
+        labels, _, _ = logic.labelArrayFromSegmentation(out, volumes["flair"])
+        pred = BrainDiffSegLogic.toEngineArray(labels, 2)
+        keep = np.ones(shape[-1], bool)
+        keep[zs] = False
+        self.assertGreater(dice(pred[..., keep] > 0, truth[..., keep] > 0), 0.8)

@@ -1,0 +1,525 @@
+"""The 3D Slicer layer (`BrainDiffSeg/BrainDiffSeg.py`) under the `slicer-core` wheel: real MRML nodes, no Qt.
+
+The Logic is exercised on a crop of the real case BraTS2021_00006 loaded through `loadCase` (volumes and labels read
+by Slicer's archetype storage node), with a segmentation painted on the 3 protocol slices from the ground truth.
+Also: the module description, the packaging files (CMakeLists, catalog JSON, icon) and the rule that the engine
+never imports Slicer, Qt or VTK.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from BrainDiffSegLib.classifier import ClassifierOptions
+from BrainDiffSegLib.errors import CancelledError, InputError, OutputExistsError
+from BrainDiffSegLib.propagate import PropagationOptions
+from BrainDiffSegLib.protocol import protocol_slices, region_dice
+from BrainDiffSegLib.resources import default_checkpoint
+from conftest import REPO, slicer_scene_context
+
+CASE = "brats2021/BraTS2021_00006"
+CROP = (60, 100, 100)  # K, J, I (slicer.util.arrayFromVolume order): 100 x 100 voxels in-plane, 60 axial slices
+FAST = ClassifierOptions(n_models=2, max_epochs=6, hidden=(32, 16), batch_size=1024)
+RAW = PropagationOptions(method="raw", device="cpu", classifier=FAST)
+# painted segments, deliberately not in label order and with user-style names: mapped to BraTS 2, 1, 4 by name
+PAINTED = (("edema", 2, (0.2, 0.2, 0.9)), ("NCR", 1, (0.9, 0.5, 0.1)), ("enhancing tumor", 4, (0.8, 0.2, 0.8)))
+MODULE_FILE = REPO / "BrainDiffSeg" / "BrainDiffSeg.py"
+LIB = REPO / "BrainDiffSeg" / "BrainDiffSegLib"
+
+
+@pytest.fixture(scope="module")
+def M():
+    """The module file, imported under slicer-core."""
+    pytest.importorskip("slicer")
+    import BrainDiffSeg
+
+    return BrainDiffSeg
+
+
+@pytest.fixture(scope="module")
+def crop(data_root, M):
+    """BraTS2021_00006 loaded by `loadCase`, then cropped to CROP around the tumour: KJI arrays per role, the
+    ground truth and the crop's IJK-to-RAS matrix (the full volume's, moved to the crop's first voxel)."""
+    import slicer
+
+    case_dir = data_root / CASE
+    if not case_dir.is_dir():
+        pytest.skip(f"{case_dir} not available")
+    with slicer_scene_context() as scene:
+        nodes = M.BrainDiffSegLogic().loadCase(case_dir, loadGroundTruth=True)
+        assert set(nodes) == {"t1", "t1ce", "t2", "flair", "seg"}
+        assert all(n.IsA("vtkMRMLScalarVolumeNode") for n in nodes.values())
+        assert nodes["seg"].IsA("vtkMRMLLabelMapVolumeNode") and not nodes["t1"].IsA("vtkMRMLLabelMapVolumeNode")
+        assert nodes["flair"].GetName() == "BraTS2021_00006_flair"
+        full = {role: slicer.util.arrayFromVolume(n).copy() for role, n in nodes.items()}
+        ijk_to_ras = M.BrainDiffSegLogic.ijkToRasArray(nodes["flair"])
+        axis = M.BrainDiffSegLogic.axialAxis(nodes["flair"])
+        n_nodes = scene.GetNumberOfNodes()
+    tumour = np.argwhere(full["seg"] > 0)
+    centre = (tumour.min(0) + tumour.max(0)) // 2
+    start = np.clip(centre - np.array(CROP) // 2, 0, np.array(full["seg"].shape) - CROP)
+    window = tuple(slice(s, s + n) for s, n in zip(start, CROP))
+    shift = np.eye(4)
+    shift[:3, 3] = start[::-1]  # IJK offset of the crop's first voxel
+    arrays = {role: np.ascontiguousarray(a[window]) for role, a in full.items()}
+    return {"arrays": arrays, "ijk_to_ras": ijk_to_ras @ shift, "full": full, "full_ijk_to_ras": ijk_to_ras,
+            "axis": axis, "case_dir": case_dir, "loaded_nodes": n_nodes}
+
+
+def add_volumes(crop, roles=("t1", "t1ce", "t2", "flair")):
+    import slicer
+
+    return {r: slicer.util.addVolumeFromArray(crop["arrays"][r].astype(np.float32), crop["ijk_to_ras"], f"crop {r}")
+            for r in roles}
+
+
+def paint(scene, reference, label_kji, segments=PAINTED, name="Painted"):
+    """A segmentation with one segment per (name, value, colour), painted where label_kji == value."""
+    import slicer
+
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    for seg_name, value, colour in segments:
+        sid = node.GetSegmentation().AddEmptySegment("", seg_name, colour)
+        mask = (label_kji == value).astype(np.uint8)
+        if mask.any():
+            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, sid, reference)
+    return node
+
+
+def painted_truth(crop, M, k=3):
+    """Ground truth of the crop (KJI) kept on the k protocol slices only, and those slices."""
+    gt = crop["arrays"]["seg"]
+    zs = protocol_slices(M.BrainDiffSegLogic.toEngineArray(gt, crop["axis"]), k)
+    ann = np.zeros_like(gt)
+    ann[zs] = gt[zs]  # the axial axis is K here: the first axis of the KJI array
+    return ann, zs
+
+
+def snapshot(node):
+    """Everything a user sees of a segmentation: ids, names, colours, label values, voxels per segment, MTimes."""
+    import slicer
+
+    seg = node.GetSegmentation()
+    state = {"mtime": (node.GetMTime(), seg.GetMTime()), "segments": []}
+    for sid in seg.GetSegmentIDs():
+        s = seg.GetSegment(sid)
+        voxels = slicer.util.arrayFromSegmentInternalBinaryLabelmap(node, sid).copy()
+        state["segments"].append((sid, s.GetName(), tuple(s.GetColor()), s.GetLabelValue(), voxels))
+    return state
+
+
+def assert_same_snapshot(a, b):
+    assert a["mtime"] == b["mtime"]
+    assert [s[:4] for s in a["segments"]] == [s[:4] for s in b["segments"]]
+    for x, y in zip(a["segments"], b["segments"]):
+        np.testing.assert_array_equal(x[4], y[4])
+
+
+def scene_ids(scene):
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+@pytest.fixture(scope="module")
+def raw_run(crop, M):
+    """One propagation with the raw features through the Logic, uncertainty volume requested."""
+    with slicer_scene_context() as scene:
+        volumes = add_volumes(crop)
+        ann, zs = painted_truth(crop, M)
+        painted = paint(scene, volumes["flair"], ann)
+        before = snapshot(painted)
+        n_before = scene.GetNumberOfNodes()
+        stages = []
+        logic = M.BrainDiffSegLogic()
+        out = logic.propagate(volumes, painted, RAW, progress=lambda s, f: stages.append((s, f)),
+                              createUncertainty=True)
+        yield {"scene": scene, "logic": logic, "volumes": volumes, "painted": painted, "before": before,
+               "n_before": n_before, "out": out, "zs": zs, "ann": ann, "stages": stages}
+
+
+# ------------------------------------------------------------------------------------------ module and packaging
+
+def test_module_imports_under_slicer_core(M):
+    import types
+
+    assert M.SLICER_APPLICATION is False  # the stand-in base classes are in use
+    assert issubclass(M.BrainDiffSegLogic, M.ScriptedLoadableModuleLogic)
+    assert M.ScriptedLoadableModule is not object and M.ScriptedLoadableModuleLogic is not object
+    parent = types.SimpleNamespace(path=str(MODULE_FILE))
+    module = M.BrainDiffSeg(parent)
+    assert parent.title == "BrainDiffSeg" and parent.categories == ["Segmentation"]
+    assert parent.contributors and "propagat" in parent.helpText
+    assert "Alshenoudy" in parent.acknowledgementText and "AIAI 2023" in parent.acknowledgementText
+    assert "Baranchuk" in parent.acknowledgementText and "ICLR 2022" in parent.acknowledgementText
+    assert module.iconPath() == REPO / "Resources" / "Icons" / "BrainDiffSeg.png"
+    assert M.BrainDiffSegLogic().moduleName == "BrainDiffSeg"
+    assert M.BrainDiffSegLogic.missingPackages() == []
+
+
+def test_module_file_loads_without_the_engine_dependencies(tmp_path):
+    """Slicer loads the module before torch & co. are installed: importing it must not import them."""
+    pytest.importorskip("slicer")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import BrainDiffSeg; "
+            "heavy = [m for m in ('torch', 'diffusers', 'nibabel', 'skimage', 'scipy') if m in sys.modules]; "
+            "assert not heavy, heavy; print('ok')")
+    run = subprocess.run([sys.executable, "-c", code, str(MODULE_FILE.parent)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+def test_engine_never_imports_slicer_qt_or_vtk():
+    pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk\w*|mrml\w*|PythonQt|PySide\w*|PyQt\w*)\b",
+                         re.MULTILINE)
+    offenders = {p.name: pattern.findall(p.read_text()) for p in LIB.glob("*.py")}
+    assert len(offenders) >= 10 and not any(offenders.values()), offenders
+    code = ("import importlib, pkgutil, sys; sys.path.insert(0, sys.argv[1]); import BrainDiffSegLib as L; "
+            "[importlib.import_module('BrainDiffSegLib.' + m.name) for m in pkgutil.iter_modules(L.__path__)]; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('slicer', 'qt', 'ctk', 'vtk', 'vtkmodules')]; "
+            "assert not bad, bad; print('ok')")
+    run = subprocess.run([sys.executable, "-c", code, str(LIB.parent)], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+def test_cmake_lists_every_engine_file_and_the_resources():
+    text = (REPO / "BrainDiffSeg" / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert re.search(r"^\s*\$\{MODULE_NAME\}\.py\s*$", text, re.MULTILINE)
+    listed = set(re.findall(r"BrainDiffSegLib/(\w+\.py)", text))
+    assert listed == {p.name for p in LIB.glob("*.py")}
+    assert "Resources/Icons" in text and "Resources/Models" in text
+    top = (REPO / "CMakeLists.txt").read_text()
+    assert "add_subdirectory(BrainDiffSeg)" in top
+
+
+def test_extension_catalog_entry_and_icon():
+    entry = json.loads((REPO / "BrainDiffSeg.json").read_text())
+    assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+                                       "slicer-extension-catalog-entry-schema-v1.0.")
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
+    s4ext = dict(line.split(" ", 1) for line in (REPO / "BrainDiffSeg.s4ext").read_text().splitlines()
+                 if line and not line.startswith("#"))
+    assert entry["scm_url"] == s4ext["scmurl"] and entry["category"] == s4ext["category"] == "Segmentation"
+    assert entry["scm_revision"] == s4ext["scmrevision"] and entry["build_subdirectory"] == "."
+    assert isinstance(entry["build_dependencies"], list) and entry["tier"] in (1, 3, 5)
+    from PIL import Image
+
+    icon = Image.open(REPO / "Resources" / "Icons" / "BrainDiffSeg.png")
+    assert icon.size == (128, 128)
+    pixels = np.asarray(icon.convert("RGBA"))
+    assert len(np.unique(pixels.reshape(-1, 4), axis=0)) > 20  # drawn, not blank
+
+
+def test_segment_name_rule(M):
+    rule = M.labelValuesForSegments
+    assert rule(["Necrotic core", "Edema", "Enhancing tumour"]) == ([1, 2, 4], True)
+    assert rule(["ET", "ED", "NCR"]) == ([4, 2, 1], True)
+    assert rule(["non-enhancing tumour", "peritumoral oedema"]) == ([1, 2], True)
+    assert rule(["seg_ET", "Segment_1"]) == ([1, 2], False)  # not all recognised: 1..N in order
+    assert rule(["edema", "ED"]) == ([1, 2], False)  # two segments in one class
+    assert rule(["Tumor"]) == ([1], False)
+    term = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered " \
+           "Structure~SCT^6574001^Necrosis~^^~Anatomic codes~^^~^^"
+    assert rule(["Segment_1"], [term]) == ([1], True)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+def test_load_case_matches_the_engine_reader(crop, M):
+    """Volumes read by Slicer's storage node, in the engine's axes, equal the engine's (nibabel) arrays."""
+    from BrainDiffSegLib.io import load_case
+
+    case = load_case(crop["case_dir"])
+    assert crop["axis"] == case.axial_axis
+    np.testing.assert_allclose(crop["full_ijk_to_ras"], case.affine, atol=1e-4)
+    for role in ("t1", "t1ce", "t2", "flair"):
+        np.testing.assert_array_equal(M.BrainDiffSegLogic.toEngineArray(crop["full"][role], crop["axis"]),
+                                      case.images[role])
+    np.testing.assert_array_equal(M.BrainDiffSegLogic.toEngineArray(crop["full"]["seg"], crop["axis"]), case.label)
+    assert crop["loaded_nodes"] > 5
+
+
+def test_load_case_errors(mrml_scene, M, tmp_path):
+    with pytest.raises(InputError, match="No MRI sequence found"):
+        M.BrainDiffSegLogic().loadCase(tmp_path)
+    (tmp_path / "X_flair.nii.gz").write_bytes(b"not a nifti file")
+    n = mrml_scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="X_flair.nii.gz"):
+        M.BrainDiffSegLogic().loadCase(tmp_path)
+    assert mrml_scene.GetNumberOfNodes() == n
+
+
+# ------------------------------------------------------------------------------------------ propagation
+
+def test_propagation_creates_a_new_segmentation(raw_run, crop):
+    import slicer
+
+    out, scene = raw_run["out"], raw_run["scene"]
+    assert out.IsA("vtkMRMLSegmentationNode") and out.GetScene() is scene
+    assert out.GetName() == "Painted propagated" and out.GetID() != raw_run["painted"].GetID()
+    assert scene.GetNumberOfNodes() > raw_run["n_before"]
+    seg = out.GetSegmentation()
+    segments = [seg.GetSegment(s) for s in seg.GetSegmentIDs()]
+    assert [s.GetName() for s in segments] == ["Necrotic core", "Edema", "Enhancing tumour"]
+    assert [s.GetLabelValue() for s in segments] == [1, 2, 4]
+    assert len({tuple(np.round(s.GetColor(), 3)) for s in segments}) == 3
+    assert out.GetDisplayNode() is not None
+    assert json.loads(out.GetAttribute("BrainDiffSeg.annotatedSlices")) == {"axis": "K", "indices": raw_run["zs"]}
+    assert out.GetNodeReference("BrainDiffSeg.sourceSegmentation") is raw_run["painted"]
+    assert raw_run["stages"][-1] == ("done", 1.0)
+    # geometry identical to the input volume
+    flair = raw_run["volumes"]["flair"]
+    ref = slicer.vtkOrientedImageData()
+    ref.SetExtent(flair.GetImageData().GetExtent())
+    ref.SetImageToWorldMatrix(_matrix(crop["ijk_to_ras"]))
+    geometry = out.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    assert geometry == slicer.vtkSegmentationConverter.SerializeImageGeometry(ref)
+    internal = out.GetBinaryLabelmapInternalRepresentation(seg.GetSegmentIDs()[0])
+    assert internal.GetExtent() == flair.GetImageData().GetExtent()
+    m = _matrix(np.eye(4))
+    internal.GetImageToWorldMatrix(m)
+    np.testing.assert_allclose(_array(m), crop["ijk_to_ras"], atol=1e-6)
+    np.testing.assert_allclose(_array(m), M_ijk(flair), atol=1e-6)
+
+
+def test_propagation_quality_and_annotated_slices_kept(raw_run, crop):
+    logic, out = raw_run["logic"], raw_run["out"]
+    labels, _, brats = logic.labelArrayFromSegmentation(out, raw_run["volumes"]["flair"])
+    assert brats
+    gt, zs = crop["arrays"]["seg"], raw_run["zs"]
+    np.testing.assert_array_equal(labels[zs], gt[zs])  # painted slices kept exactly (axial = first KJI axis)
+    np.testing.assert_array_equal(logic.toEngineArray(labels, 2), logic.lastResult.labels)
+    scores = region_dice(logic.toEngineArray(labels, 2), logic.toEngineArray(gt, 2), zs)
+    assert scores["WT"] > 0.85 and scores["TC"] > 0.7 and scores["ET"] > 0.6, scores
+
+
+def test_painted_segmentation_is_left_unchanged(raw_run):
+    assert_same_snapshot(raw_run["before"], snapshot(raw_run["painted"]))
+    labels, _, _ = raw_run["logic"].labelArrayFromSegmentation(raw_run["painted"], raw_run["volumes"]["flair"])
+    np.testing.assert_array_equal(labels, raw_run["ann"])
+
+
+def test_uncertainty_volume(raw_run, crop):
+    import slicer
+
+    unc = raw_run["logic"].lastUncertaintyNode
+    assert unc is not None and unc is raw_run["logic"].uncertaintyNodeOf(raw_run["out"])
+    assert unc.GetName() == "Painted propagated uncertainty" and unc.IsA("vtkMRMLScalarVolumeNode")
+    np.testing.assert_allclose(M_ijk(unc), crop["ijk_to_ras"], atol=1e-6)
+    values = slicer.util.arrayFromVolume(unc)
+    assert values.shape == CROP and values.min() >= 0 and values.max() <= 1 + 1e-5 and values.max() > 0.1
+    assert not values[raw_run["zs"]].any()  # no uncertainty on the painted slices
+
+
+def test_save_segmentation(raw_run, crop, tmp_path):
+    import nibabel as nib
+    import slicer
+
+    logic, out = raw_run["logic"], raw_run["out"]
+    nii = logic.saveSegmentation(out, tmp_path / "out" / "labels.nii.gz")
+    img = nib.load(str(nii))
+    np.testing.assert_allclose(img.affine, crop["ijk_to_ras"], atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), logic.lastResult.labels)  # axial-last IJK = NIfTI order
+    with pytest.raises(OutputExistsError):
+        logic.saveSegmentation(out, nii)
+    seg_file = logic.saveSegmentation(out, tmp_path / "labels.seg.nrrd")
+    loaded = slicer.modules.segmentations.logic().LoadSegmentationFromFile(str(seg_file), False)
+    assert loaded is not None
+    names = [loaded.GetSegmentation().GetSegment(s).GetName() for s in loaded.GetSegmentation().GetSegmentIDs()]
+    assert names == ["Necrotic core", "Edema", "Enhancing tumour"]
+    again, _, _ = logic.labelArrayFromSegmentation(loaded, raw_run["volumes"]["flair"])
+    np.testing.assert_array_equal(logic.toEngineArray(again, 2), logic.lastResult.labels)
+    with pytest.raises(InputError, match="use .seg.nrrd or .nii.gz"):
+        logic.saveSegmentation(out, tmp_path / "labels.png")
+
+
+@pytest.mark.skipif(not (default_checkpoint() / "model.safetensors").is_file(), reason="no bundled backbone")
+def test_propagation_with_the_default_diffusion_method(mrml_scene, crop, M):
+    volumes = add_volumes(crop)
+    ann, zs = painted_truth(crop, M)
+    painted = paint(mrml_scene, volumes["flair"], ann)
+    before = snapshot(painted)
+    logic = M.BrainDiffSegLogic()
+    out = logic.propagate(volumes, painted, PropagationOptions(device="cpu", classifier=FAST))
+    assert logic.lastResult.timings and out.GetSegmentation().GetNumberOfSegments() == 3
+    labels, _, _ = logic.labelArrayFromSegmentation(out, volumes["flair"])
+    scores = region_dice(logic.toEngineArray(labels, 2), logic.toEngineArray(crop["arrays"]["seg"], 2), zs)
+    assert scores["WT"] > 0.85, scores
+    assert_same_snapshot(before, snapshot(painted))
+
+
+def test_generic_segments_keep_their_names_and_values(mrml_scene, crop, M):
+    """Segments that are not BraTS classes are numbered 1..N in order and keep their names in the result."""
+    volumes = add_volumes(crop, roles=("flair", "t1ce"))
+    ann, _ = painted_truth(crop, M)
+    whole = np.where(ann > 0, 7, 0)
+    painted = paint(mrml_scene, volumes["flair"], whole, segments=(("Lesion", 7, (0.3, 0.6, 0.9)),), name="Mine")
+    out = M.BrainDiffSegLogic().propagate(volumes, painted, RAW)
+    seg = out.GetSegmentation()
+    assert out.GetName() == "Mine propagated"
+    assert [seg.GetSegment(s).GetName() for s in seg.GetSegmentIDs()] == ["Lesion"]
+    assert seg.GetSegment(seg.GetSegmentIDs()[0]).GetLabelValue() == 1
+    np.testing.assert_allclose(seg.GetSegment(seg.GetSegmentIDs()[0]).GetColor(), (0.3, 0.6, 0.9))
+
+
+@pytest.mark.parametrize("modules", ["slicer.modules", "no slicer.modules"])
+def test_cancel_leaves_the_scene_unchanged(mrml_scene, crop, M, modules, monkeypatch):
+    import slicer
+
+    volumes = add_volumes(crop, roles=("flair", "t1ce"))
+    ann, _ = painted_truth(crop, M)
+    painted = paint(mrml_scene, volumes["flair"], ann)
+    before, ids = snapshot(painted), scene_ids(mrml_scene)
+    if modules == "no slicer.modules":  # plain slicer-core: the Logic makes its own Segmentations logic
+        monkeypatch.delattr(slicer, "modules")
+    calls = []
+
+    def cancelled():
+        calls.append(1)
+        return len(calls) > 1  # False on the first call, True afterwards
+
+    logic = M.BrainDiffSegLogic()
+    with pytest.raises(CancelledError):
+        logic.propagate(volumes, painted, RAW, cancelled=cancelled, createUncertainty=True)
+    assert len(calls) >= 2
+    assert scene_ids(mrml_scene) == ids
+    assert logic.lastResult is None and logic.lastUncertaintyNode is None
+    assert_same_snapshot(before, snapshot(painted))
+
+
+def test_surface_only_segmentation_is_read_from_a_copy(mrml_scene, M):
+    """A segmentation whose only representation is a closed surface is rasterised on a copy outside the scene."""
+    import slicer
+
+    volume = slicer.util.addVolumeFromArray(np.ones((20, 40, 40), np.float32), np.diag([-1.0, -1.0, 2.0, 1.0]), "v")
+    painted = np.zeros((20, 40, 40), np.uint8)
+    painted[8:12, 10:25, 10:25] = 1
+    node = paint(mrml_scene, volume, painted, segments=(("Edema", 1, (0, 1, 0)),), name="Surface")
+    node.CreateClosedSurfaceRepresentation()
+    node.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    node.GetSegmentation().RemoveRepresentation("Binary labelmap")
+    mtimes, n_nodes = (node.GetMTime(), node.GetSegmentation().GetMTime()), mrml_scene.GetNumberOfNodes()
+    labels, ids, brats = M.BrainDiffSegLogic().labelArrayFromSegmentation(node, volume)
+    assert brats and set(ids) == {2} and set(np.unique(labels)) == {0, 2}
+    assert (labels > 0).sum() > 0.7 * painted.sum() and not labels[painted == 0].any()
+    assert (node.GetMTime(), node.GetSegmentation().GetMTime()) == mtimes
+    assert not node.GetSegmentation().ContainsRepresentation("Binary labelmap")
+    assert mrml_scene.GetNumberOfNodes() == n_nodes
+
+
+def test_the_modules_self_test_runs_headless(mrml_scene, M):
+    """BrainDiffSegTest (what Slicer's self-test and `slicer_add_python_unittest` run) passes under slicer-core."""
+    import unittest
+
+    result = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(
+        M.BrainDiffSegTest))
+    assert result.testsRun == 1 and result.wasSuccessful() and not result.skipped, result
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+def test_volumes_on_different_grids(mrml_scene, crop, M):
+    import slicer
+
+    volumes = add_volumes(crop, roles=("flair",))
+    shifted = crop["ijk_to_ras"].copy()
+    shifted[:3, 3] += 5.0
+    volumes["t1"] = slicer.util.addVolumeFromArray(crop["arrays"]["t1"].astype(np.float32), shifted, "moved t1")
+    painted = paint(mrml_scene, volumes["flair"], painted_truth(crop, M)[0])
+    with pytest.raises(InputError, match=r"'crop flair' \(flair\) and volume 'moved t1' \(t1\) are not on one "
+                       r"grid: different origin \(-78.0, 216.0, 47.0\) vs \(-73.0, 221.0, 52.0\)"):
+        M.BrainDiffSegLogic().propagate(volumes, painted, RAW)
+    volumes["t1"] = slicer.util.addVolumeFromArray(crop["arrays"]["t1"][:, :50].astype(np.float32),
+                                                   crop["ijk_to_ras"], "small t1")
+    with pytest.raises(InputError, match=r"'small t1' \(t1\) are not on one grid: different dimensions"):
+        M.BrainDiffSegLogic().propagate(volumes, painted, RAW)
+
+
+def test_empty_segmentation(mrml_scene, crop, M):
+    volumes = add_volumes(crop, roles=("flair",))
+    node = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Nothing")
+    with pytest.raises(InputError, match="'Nothing' has no segments"):
+        M.BrainDiffSegLogic().propagate(volumes, node, RAW)
+    blank = paint(mrml_scene, volumes["flair"], np.zeros(CROP, np.uint8), name="Blank")
+    assert blank.GetSegmentation().GetNumberOfSegments() == 3
+    ids = scene_ids(mrml_scene)
+    with pytest.raises(InputError, match="'Blank' is empty.*paint the tumour"):
+        M.BrainDiffSegLogic().propagate(volumes, blank, RAW)
+    assert scene_ids(mrml_scene) == ids
+
+
+def test_one_class_painted_on_the_whole_head(mrml_scene, crop, M):
+    volumes = add_volumes(crop, roles=("flair",))
+    _, zs = painted_truth(crop, M)
+    everything = np.zeros(CROP, np.uint8)
+    everything[zs] = 1
+    painted = paint(mrml_scene, volumes["flair"], everything, segments=(("Tumour", 1, (1, 0, 0)),))
+    with pytest.raises(InputError, match="no background"):
+        M.BrainDiffSegLogic().propagate(volumes, painted, RAW)
+
+
+def test_oblique_volume(mrml_scene, crop, M):
+    import slicer
+
+    angle = np.deg2rad(40)
+    rotation = np.eye(4)
+    rotation[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]  # about L-R
+    node = slicer.util.addVolumeFromArray(crop["arrays"]["flair"].astype(np.float32),
+                                          rotation @ crop["ijk_to_ras"], "tilted flair")
+    painted = paint(mrml_scene, node, painted_truth(crop, M)[0])
+    with pytest.raises(InputError, match="Volume 'tilted flair': the volume is oblique"):
+        M.BrainDiffSegLogic().propagate({"flair": node}, painted, RAW)
+
+
+def test_other_bad_input(mrml_scene, crop, M):
+    import slicer
+
+    volumes = add_volumes(crop, roles=("flair",))
+    painted = paint(mrml_scene, volumes["flair"], painted_truth(crop, M)[0])
+    logic = M.BrainDiffSegLogic()
+    with pytest.raises(InputError, match="Unknown sequence role"):
+        logic.propagate({"pd": volumes["flair"]}, painted, RAW)
+    with pytest.raises(InputError, match="No input volume"):
+        logic.propagate({"flair": None}, painted, RAW)
+    with pytest.raises(InputError, match="segmentation"):
+        logic.propagate(volumes, None, RAW)
+    label = slicer.util.addVolumeFromArray(crop["arrays"]["seg"], crop["ijk_to_ras"], "labels",
+                                           "vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(InputError, match="'labels' is not a scalar volume"):
+        logic.propagate({"flair": label}, painted, RAW)
+    transform = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Moved")
+    painted.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(InputError, match="different transforms"):
+        logic.propagate(volumes, painted, RAW)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _matrix(array):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    for i in range(4):
+        for j in range(4):
+            m.SetElement(i, j, float(array[i][j]))
+    return m
+
+
+def _array(m):
+    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def M_ijk(volume_node):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    return _array(m)
