@@ -133,13 +133,15 @@ class PixelEnsemble:
         return history
 
     @torch.no_grad()
-    def predict_factored(self, diffusion: torch.Tensor | None, to_native: Callable[[torch.Tensor], torch.Tensor],
+    def predict_factored(self, diffusion: torch.Tensor | None,
+                         sample_native: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                          mask: torch.Tensor, other: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """Predict native pixels without materialising their upsampled diffusion features.
 
         The first layer is linear and bilinear resampling is linear, so W·up(F) = up(W·F): each member's first layer
-        is applied to the diffusion maps on the model grid (`diffusion` (B, Cd, S, S)), only its h outputs are
-        resampled by `to_native` to (B, h, X, Y) and gathered at `mask` (B, X, Y); the native features `other`
+        is applied to the diffusion maps on the model grid (`diffusion` (B, Cd, S, S)), and only its h outputs are
+        resampled at the native pixels of `mask` (B, X, Y) by `sample_native` (ModelGrid.sample_native, giving
+        (P, h)); the native features `other`
         (P, Ci) (intensities) are added through their own columns. The standardisation is folded into the weights.
         Returns the same as `predict` for the pixels of `mask`, slice-major.
         """
@@ -154,7 +156,7 @@ class PixelEnsemble:
             h = b.expand(int(mask.sum()), -1).clone()
             if n_d:
                 hm = torch.einsum("bchw,oc->bohw", diffusion, w[:, :n_d])
-                h += to_native(hm).permute(0, 2, 3, 1)[mask]
+                h += sample_native(hm, mask)
             if other is not None:
                 h += other.to(self.device, torch.float32) @ w[:, n_d:].T
             member_p.append(F.softmax(net[1:](h), dim=1))

@@ -33,7 +33,9 @@ def _add_propagation_args(p: argparse.ArgumentParser) -> None:
                    help="diffusion: backbone features + intensities (default); raw: intensities + filters only")
     g.add_argument("--checkpoint", default=None, help=f"backbone folder (default: {default_checkpoint()})")
     g.add_argument("--blocks", type=_ints, default=d.blocks, help="decoder blocks, e.g. '1,2'")
-    g.add_argument("--timesteps", type=_ints, default=d.timesteps, help="noise levels, e.g. '50,200'")
+    g.add_argument("--timesteps", type=_ints, default=d.timesteps, help="noise levels, e.g. '100' or '25,250'")
+    g.add_argument("--smoothing", type=lambda v: tuple(float(x) for x in v.replace(",", " ").split()),
+                   default=d.smoothing, help="Gaussian sigmas (pixels) of smoothed-intensity features, e.g. '1,2,4'")
     g.add_argument("--ensemble", type=int, default=c.n_models, help="number of MLPs")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
@@ -43,7 +45,7 @@ def _add_propagation_args(p: argparse.ArgumentParser) -> None:
 
 
 def _options(a) -> PropagationOptions:
-    spec = FeatureSpec(blocks=a.blocks, timesteps=a.timesteps)
+    spec = FeatureSpec(blocks=a.blocks, timesteps=a.timesteps, smoothing=a.smoothing)
     return PropagationOptions(method=a.method, checkpoint=a.checkpoint, features=spec,
                               classifier=ClassifierOptions(n_models=a.ensemble, seed=a.seed), device=a.device,
                               precision=a.precision, batch_size=a.batch_size, postprocess=not a.no_postprocess,

@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 class FeatureSpec:
     """Which activations make a pixel's feature vector."""
 
+    # Defaults: the best diffusion configuration of the feature-selection experiment on the tuning cases
+    # (docs/results/features: `braindiffseg benchmark features --max-cases 4`).
     blocks: tuple[int, ...] = (1, 2)  # indices into unet.up_blocks, outputs taken after each block
-    timesteps: tuple[int, ...] = (50, 200)
+    timesteps: tuple[int, ...] = (100,)
     noise_seed: int = 0
     intensities: bool = True  # append the normalised intensities of each present sequence
-    smoothing: tuple[float, ...] = ()  # also append Gaussian-smoothed intensities at these sigmas (pixels)
+    smoothing: tuple[float, ...] = (1.0, 2.0, 4.0)  # also Gaussian-smoothed intensities at these sigmas (pixels)
 
     def as_dict(self) -> dict:
         return {"blocks": list(self.blocks), "timesteps": list(self.timesteps), "noise_seed": self.noise_seed,
@@ -166,7 +168,7 @@ class FeatureExtractor:
             parts = []
             d = self.diffusion_maps(zb)
             if d is not None:
-                parts.append(self.grid.to_native(d).permute(0, 2, 3, 1)[m])
+                parts.append(self.grid.sample_native(d, m))
             i = self.intensity_maps(zb)
             if i is not None:
                 parts.append(i.permute(0, 2, 3, 1)[m])

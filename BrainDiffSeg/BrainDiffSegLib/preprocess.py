@@ -107,6 +107,21 @@ class ModelGrid:
         return out
 
 
+    def sample_native(self, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Values (P, C) of `maps` (N, C, h, w) on the model box, bilinearly resampled at the True pixels of the native
+        `mask` (N, X, Y), in row-major order: `to_native(maps).permute(0, 2, 3, 1)[mask]` without building the
+        native maps. Pixels outside the box get 0."""
+        up = F.interpolate(maps, size=(self.side, self.side), mode="bilinear", align_corners=False)
+        n, xs, ys = torch.nonzero(mask, as_tuple=True)
+        bx, by = xs - self.x0, ys - self.y0
+        inside = (bx >= 0) & (bx < self.side) & (by >= 0) & (by < self.side)
+        if bool(inside.all()):
+            return up[n, :, bx, by]
+        out = up.new_zeros((len(n), up.shape[1]))
+        out[inside] = up[n[inside], :, bx[inside], by[inside]]
+        return out
+
+
 def label_values(label: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(label)]
 

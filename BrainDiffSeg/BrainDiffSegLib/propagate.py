@@ -175,7 +175,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         mt = torch.from_numpy(m).to(device)
         inten = extractor.intensity_maps(zb)
         other = inten.permute(0, 2, 3, 1)[mt] if inten is not None else None
-        p, e, d = ens.predict_factored(extractor.diffusion_maps(zb), grid.to_native, mt, other)
+        p, e, d = ens.predict_factored(extractor.diffusion_maps(zb), grid.sample_native, mt, other)
         for arr, val in ((labels, values_arr[p.argmax(1).numpy()]), (entropy, e.numpy()), (disagreement, d.numpy())):
             block = np.zeros(m.shape, dtype=arr.dtype)
             block[m] = val

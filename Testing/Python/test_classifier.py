@@ -210,3 +210,23 @@ def test_make_mlp_layout():
     kinds = [type(m).__name__ for m in net]
     assert kinds == ["Linear", "ReLU", "BatchNorm1d", "Linear", "ReLU", "BatchNorm1d", "Linear"]
     assert net(torch.zeros((5, 7))).shape == (5, 3)
+
+
+def test_predict_factored_equals_predict_on_native_features():
+    """W·up(F) = up(W·F): the factored prediction must equal the prediction on explicitly resampled features."""
+    from BrainDiffSegLib.preprocess import ModelGrid
+
+    gen = torch.Generator().manual_seed(1)
+    grid = ModelGrid(x0=3, y0=-2, side=28, size=16, native_xy=(30, 26))
+    diff = torch.randn((2, 6, 16, 16), generator=gen)  # diffusion maps on the model grid
+    other_maps = torch.randn((2, 3, 30, 26), generator=gen)  # native intensities
+    mask = torch.rand((2, 30, 26), generator=gen) > 0.3
+    x = torch.cat([grid.sample_native(diff, mask), other_maps.permute(0, 2, 3, 1)[mask]], 1)
+    y = (x[:, 0] + x[:, 7] > 0).long() + (x[:, 2] > 1).long()
+    ens = PixelEnsemble(9, 3, ClassifierOptions(n_models=2, max_epochs=3, seed=2))
+    ens.fit(x.half(), y)
+    p1, e1, d1 = ens.predict(x.half())
+    p2, e2, d2 = ens.predict_factored(diff, grid.sample_native, mask, other_maps.permute(0, 2, 3, 1)[mask])
+    assert torch.allclose(p1, p2, atol=2e-3)
+    assert torch.allclose(e1, e2, atol=5e-3)
+    assert (p1.argmax(1) != p2.argmax(1)).float().mean() < 0.01

@@ -229,3 +229,16 @@ def test_is_brats_labels(values, expected):
 def test_label_values():
     assert label_values(np.array([[4, 0], [2, 4]], np.int16)) == [0, 2, 4]
     assert all(type(v) is int for v in label_values(np.array([1, 0], np.uint8)))
+
+
+@pytest.mark.parametrize("box", [(10, 6, 30), (-5, 20, 40)])  # inside the grid; sticking out of it
+def test_sample_native_equals_to_native_then_mask(box):
+    x0, y0, side = box
+    g = ModelGrid(x0=x0, y0=y0, side=side, size=16, native_xy=(48, 52))
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.randn((3, 5, 16, 16), generator=gen)
+    mask = torch.rand((3, 48, 52), generator=gen) > 0.6
+    expected = g.to_native(maps).permute(0, 2, 3, 1)[mask]
+    got = g.sample_native(maps, mask)
+    assert got.shape == expected.shape == (int(mask.sum()), 5)
+    assert torch.allclose(got, expected, atol=1e-6)
