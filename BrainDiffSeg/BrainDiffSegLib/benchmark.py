@@ -131,7 +131,24 @@ def summarise(records: list[dict]) -> dict:
     return {key: (float(np.mean(v)), float(np.std(v)), len(v)) for key, v in groups.items()}
 
 
+def dataset_of(case: str) -> str:
+    return "LGG" if case.startswith("TCGA") else "BraTS"
+
+
 def write_table(records: list[dict], path: Path) -> None:
+    """Mean ± sd per method x k over all cases, then per dataset when there are several."""
+    sections = [("all cases", records)]
+    datasets = sorted({dataset_of(r["case"]) for r in records})
+    if len(datasets) > 1:
+        sections += [(d, [r for r in records if dataset_of(r["case"]) == d]) for d in datasets]
+    text = []
+    for title, recs in sections:
+        n_cases = len({r["case"] for r in recs})
+        text.append(f"### {title} ({n_cases} cases)\n\n" + _table(recs))
+    path.write_text("\n".join(text))
+
+
+def _table(records: list[dict]) -> str:
     s = summarise(records)
     regions = [r for r in ("WT", "TC", "ET") if any(k[2] == r for k in s)]
     lines = ["| method | k | n | " + " | ".join(f"{r} Dice" for r in regions) + " | s/case |",
@@ -141,7 +158,7 @@ def write_table(records: list[dict], path: Path) -> None:
                  for r in regions]
         n = s[(method, k, "seconds")][2]
         lines.append(f"| {method} | {k} | {n} | " + " | ".join(cells) + f" | {s[(method, k, 'seconds')][0]:.1f} |")
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def plot_dice_vs_k(records: list[dict], png: Path) -> None:

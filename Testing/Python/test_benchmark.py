@@ -144,8 +144,9 @@ def test_benchmark_fill_between_scores(bench, cases):
 def test_benchmark_table_and_plots(bench, cases):
     records, methods, out = bench
     lines = (out / "table.md").read_text().splitlines()
-    assert lines[0].startswith("| method | k | n | WT Dice | TC Dice | ET Dice |")
-    rows = [ln for ln in lines[2:] if ln.strip()]
+    assert lines[0] == "### all cases (2 cases)"  # synthetic cases are all one dataset: no per-dataset sections
+    assert lines[2].startswith("| method | k | n | WT Dice | TC Dice | ET Dice |")
+    rows = [ln for ln in lines[4:] if ln.strip()]
     assert len(rows) == 2 * len(methods)
     for method in methods:
         for k in (1, 2):
@@ -253,3 +254,16 @@ def test_select_features(cases, tiny_checkpoint, prepared, tmp_path):
         assert any(ln.startswith(f"| {r['spec']} | {r['channels']} | 1 |") for ln in body), (r, body)
     overall = [float(ln.strip("|").split("|")[-1]) for ln in body]
     assert overall == sorted(overall, reverse=True)  # best first
+
+
+def test_table_has_a_section_per_dataset(tmp_path):
+    recs = [{"case": "Brats18_X", "k": 1, "method": "raw-mlp", "seconds": 1.0, "dice": {"WT": 0.8, "TC": 0.7, "ET": 0.6}},
+            {"case": "Brats18_Y", "k": 1, "method": "raw-mlp", "seconds": 3.0, "dice": {"WT": 0.6, "TC": 0.5, "ET": 0.4}},
+            {"case": "TCGA_CS_1", "k": 1, "method": "raw-mlp", "seconds": 2.0, "dice": {"WT": 0.9}}]
+    benchmark.write_table(recs, tmp_path / "t.md")
+    text = (tmp_path / "t.md").read_text()
+    assert "### all cases (3 cases)" in text and "### BraTS (2 cases)" in text and "### LGG (1 cases)" in text
+    brats = text.split("### BraTS")[1].split("###")[0]
+    assert "| raw-mlp | 1 | 2 | 0.700 ± 0.100 | 0.600 ± 0.100 | 0.500 ± 0.100 | 2.0 |" in brats
+    lgg = text.split("### LGG")[1]
+    assert "| raw-mlp | 1 | 1 | 0.900 ± 0.000 | 2.0 |" in lgg
