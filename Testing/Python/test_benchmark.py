@@ -172,7 +172,8 @@ def test_unknown_benchmark_method(cases):
 # ------------------------------------------------------------------------------------------ feature selection
 
 SMOOTH = (1.0, 2.0, 4.0)
-CANDIDATES = [FeatureSpec(blocks=(0,), timesteps=(10,)), FeatureSpec(blocks=(1,), timesteps=(10, 50)),
+CANDIDATES = [FeatureSpec(blocks=(0,), timesteps=(10,), smoothing=()),
+              FeatureSpec(blocks=(1,), timesteps=(10, 50), smoothing=()),
               FeatureSpec(blocks=(), timesteps=(), smoothing=SMOOTH)]
 
 

@@ -103,9 +103,10 @@ def test_decoder_activations_reject_out_of_range_blocks(unet, blocks):
 # ------------------------------------------------------------------------------------------ extractor
 
 @pytest.mark.parametrize("spec,present,expected", [
-    (FeatureSpec(blocks=(1, 2), timesteps=(50, 200)), (1, 1, 1, 1), (16 + 8) * 2 + 4),
+    (FeatureSpec(blocks=(1, 2), timesteps=(50, 200), smoothing=()), (1, 1, 1, 1), (16 + 8) * 2 + 4),
+    (FeatureSpec(blocks=(1, 2), timesteps=(50, 200)), (1, 1, 1, 1), (16 + 8) * 2 + 4 * 4),  # default smoothing
     (FeatureSpec(blocks=(0,), timesteps=(10,), intensities=False), (1, 1, 1, 1), 16),
-    (FeatureSpec(blocks=(2,), timesteps=(10, 100, 400)), (1, 0, 0, 1), 8 * 3 + 2),
+    (FeatureSpec(blocks=(2,), timesteps=(10, 100, 400), smoothing=()), (1, 0, 0, 1), 8 * 3 + 2),
     (FeatureSpec(blocks=(0, 1, 2), timesteps=(5,), smoothing=(1.0, 2.0)), (0, 1, 1, 1), 40 + 3 * 3),
     (FeatureSpec(blocks=(1,), timesteps=(50,), intensities=False, smoothing=(1.0,)), (1, 1, 1, 1), 16),
 ])
