@@ -298,8 +298,9 @@ def select_features(case_dirs: list[Path], checkpoint: str, out: Path, k: int = 
         log.info("%s: cached %s features in %.1f s", case.name, tuple(extractors[0].rows.shape),
                  time.perf_counter() - t)
         for spec, cex in zip(candidates, extractors):
+            # the cache and its extractors live on the CPU, so the classifier runs there too (also on a GPU machine)
             opts = PropagationOptions(method="diffusion" if spec.blocks else "raw", features=spec,
-                                      classifier=ClassifierOptions(n_models=n_models))
+                                      classifier=ClassifierOptions(n_models=n_models), device="cpu")
             t = time.perf_counter()
             res = propagate(case.images, annotation, opts, extractor=cex)
             d = region_dice(res.labels, case.label, zs)
