@@ -6,6 +6,8 @@ import logging
 
 import torch
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -13,8 +15,11 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("A GPU was requested (--device cuda) but torch sees no CUDA device.")
-    return torch.device(name)
+        raise InputError(f"A GPU was requested (device '{name}') but torch sees no CUDA device; use 'auto' or 'cpu'.")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"Unknown device '{name}'; use 'auto', 'cpu' or 'cuda'.") from exc
 
 
 def autocast(device: torch.device, precision: str = "fp32"):

@@ -376,3 +376,15 @@ def test_benchmark_propagation_command(case_dir, tmp_path, capsys):
     records = json.loads((out / "results.json").read_text())["records"]
     assert [(r["case"], r["k"], r["method"]) for r in records] == [(CASE, 1, "raw-mlp")]
     assert "| raw-mlp | 1 | 1 |" in capsys.readouterr().out
+
+
+def test_unavailable_or_unknown_device_is_a_clear_error():
+    import torch
+
+    from BrainDiffSegLib.device import pick_device
+    from BrainDiffSegLib.errors import InputError
+
+    for device in (["cuda"] if not torch.cuda.is_available() else []) + ["tpu9"]:
+        with pytest.raises(InputError, match=device):
+            pick_device(device)
+    assert pick_device("cpu").type == "cpu"
