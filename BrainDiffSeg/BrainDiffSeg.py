@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import unittest
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +47,12 @@ from vtk.util import numpy_support
 import slicer
 import slicer.util
 
-from BrainDiffSegLib.errors import BrainDiffSegError, InputError, OutputExistsError
+from BrainDiffSegLib.errors import BrainDiffSegError, CancelledError, InputError, OutputExistsError
 from BrainDiffSegLib.resources import resources_dir
 
 try:  # inside the Slicer application
     from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                               ScriptedLoadableModuleTest)
+                                               ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
     SLICER_APPLICATION = True
 except ImportError:  # slicer-core (MRML without Qt): minimal stand-ins, enough for the Logic and the tests
@@ -102,6 +103,13 @@ except ImportError:  # slicer-core (MRML without Qt): minimal stand-ins, enough 
             node.SetAttribute("ModuleName", self.moduleName)
             return node
 
+    class ScriptedLoadableModuleWidget:
+        """Stand-in: the module's panel needs the Slicer application (Qt)."""
+
+        def __init__(self, parent=None):
+            raise RuntimeError("The BrainDiffSeg panel needs the 3D Slicer application; use BrainDiffSegLogic "
+                               "headless.")
+
     ScriptedLoadableModuleTest = unittest.TestCase
 
 try:
@@ -125,8 +133,18 @@ BRATS_SEGMENTS = {  # label value -> (segment name, colour)
 }
 PALETTE = [(0.90, 0.10, 0.10), (0.10, 0.80, 0.20), (1.00, 0.85, 0.00), (0.10, 0.45, 0.95), (0.85, 0.30, 0.90),
            (0.00, 0.80, 0.80), (1.00, 0.55, 0.10), (0.55, 0.35, 0.15)]
+# Terminology of the BraTS result segments (Slicer's 'category and type' list; SNOMED CT codes), anatomic region brain
+_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
+                "Structure~SCT^{code}^{meaning}~^^~Anatomic codes - DICOM master list~SCT^12738006^Brain~^^")
+BRATS_TERMINOLOGY = {
+    1: _TERMINOLOGY.format(code="6574001", meaning="Necrosis"),
+    2: _TERMINOLOGY.format(code="79654002", meaning="Edema"),
+    4: _TERMINOLOGY.format(code="108369006", meaning="Neoplasm"),
+}
 UNCERTAINTY_REFERENCE_ROLE = "BrainDiffSeg.uncertainty"
 SOURCE_REFERENCE_ROLE = "BrainDiffSeg.sourceSegmentation"
+ANNOTATED_SLICES_ATTRIBUTE = "BrainDiffSeg.annotatedSlices"
+LABEL_VALUES_ATTRIBUTE = "BrainDiffSeg.labelValues"
 ENGINE_PACKAGES = ("torch", "numpy", "scipy", "nibabel", "skimage", "diffusers", "safetensors")
 GRID_TOLERANCE_MM = 1e-3  # as BrainDiffSegLib.io.AFFINE_TOLERANCE_MM
 
@@ -216,6 +234,31 @@ def labelValuesForSegments(names: list[str], terminologies: list[str] | None = N
     return list(range(1, len(names) + 1)), False
 
 
+@dataclass
+class PropagationJob:
+    """The inputs of one propagation, read from the scene: arrays for the engine plus what is needed to write the
+    result back (made by `BrainDiffSegLogic.preparePropagation`)."""
+
+    images: dict  # role -> float32 array, IJK with the axial axis last
+    annotation: np.ndarray  # label values, same layout
+    axis: int  # IJK axis that is axial
+    referenceNode: object  # the volume whose grid the result gets
+    segmentationNode: object  # the painted segmentation (read only)
+    brats: bool  # BraTS label values / segment names
+    segmentIdOfValue: dict
+    transformId: str | None
+    outputNode: object = None  # an earlier result to update, or None for a new node
+    createUncertainty: bool = False
+
+
+@dataclass
+class PropagationRun:
+    """A propagation started in the background by `BrainDiffSegLogic.startPropagation`."""
+
+    job: PropagationJob
+    task: object  # BrainDiffSegLib.background.BackgroundTask
+
+
 class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
     """MRML nodes <-> engine arrays. Blocking calls, usable from scripts, the module GUI and tests.
 
@@ -229,6 +272,7 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.lastResult = None
         self.lastUncertaintyNode = None
+        self.lastMessages = []
         self._ownLogics = {}
 
     # ------------------------------------------------------------------ environment
@@ -421,29 +465,71 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ propagation
 
-    def propagate(self, volumeNodes: dict, segmentationNode, options=None, progress=None, cancelled=None,
-                  createUncertainty: bool = False):
-        """Segment the whole volume from the painted axial slices; returns a NEW segmentation node.
+    def propagate(self, volumeNodes, segmentationNode, options=None, progress=None, cancelled=None,
+                  createUncertainty: bool = False, outputNode=None, componentRoles=None):
+        """Segment the whole volume from the painted axial slices; returns a NEW segmentation node (blocking).
 
         volumeNodes: role ('t1', 't1ce', 't2', 'flair') -> vtkMRMLScalarVolumeNode, all on one grid (None values
-        are ignored). segmentationNode: the painted slices; left unchanged. options: a
-        `BrainDiffSegLib.propagate.PropagationOptions` (default: the diffusion method with the bundled backbone).
-        progress(stage, fraction) and cancelled() -> bool are passed to the engine; when cancelled, a
-        `BrainDiffSegLib.errors.CancelledError` is raised and the scene is left as it was. With createUncertainty,
-        an uncertainty (normalised entropy) volume is added too: `lastUncertaintyNode`, also referenced from the
-        result node by the role 'BrainDiffSeg.uncertainty'.
-        Bad input raises `BrainDiffSegLib.errors.InputError` with a message naming the nodes.
+        are ignored), or one multi-component volume (vtkMRMLVectorVolumeNode) whose components are the sequences
+        `componentRoles` (default: t1, t1ce, t2, flair for 4 components). segmentationNode: the painted slices;
+        left unchanged. options: a `BrainDiffSegLib.propagate.PropagationOptions` (default: the diffusion method
+        with the bundled backbone). progress(stage, fraction) and cancelled() -> bool are passed to the engine;
+        when cancelled, a `BrainDiffSegLib.errors.CancelledError` is raised and the scene is left as it was.
+        With createUncertainty, an uncertainty (normalised entropy) volume is added too: `lastUncertaintyNode`,
+        also referenced from the result node by the role 'BrainDiffSeg.uncertainty'. outputNode: a segmentation
+        made by an earlier propagation of the same painted segmentation, to be updated in place instead of
+        creating a new node (re-running after painting one more slice); any other node is refused.
+        Bad input raises `BrainDiffSegLib.errors.InputError` with a message naming the nodes. If the GPU runs
+        out of memory, the work is redone on the CPU (`lastMessages` says so).
         """
-        from BrainDiffSegLib.propagate import PropagationOptions
-        from BrainDiffSegLib.propagate import propagate as enginePropagate
+        job = self.preparePropagation(volumeNodes, segmentationNode, outputNode=outputNode,
+                                      componentRoles=componentRoles)
+        result = self.runEngine(job, options, progress=progress, cancelled=cancelled)
+        return self.addPropagationResult(job, result, createUncertainty=createUncertainty)
 
+    def startPropagation(self, volumeNodes, segmentationNode, options=None, createUncertainty: bool = False,
+                         outputNode=None, componentRoles=None):
+        """`propagate` split for a GUI: the nodes are read now (in the caller's thread), the engine runs in a
+        background thread. Returns a `PropagationRun`; poll `run.task` (progress, `done`, `cancel()`) from the
+        GUI's event loop, then call `finishPropagation(run)` in the GUI thread to add the result to the scene."""
+        from BrainDiffSegLib.background import BackgroundTask
+
+        job = self.preparePropagation(volumeNodes, segmentationNode, outputNode=outputNode,
+                                      componentRoles=componentRoles)
+        job.createUncertainty = createUncertainty
+        task = BackgroundTask(lambda progress, cancelled: self.runEngine(job, options, progress, cancelled),
+                              name="propagation")
+        return PropagationRun(job, task.start())
+
+    def finishPropagation(self, run):
+        """The result node of a finished `startPropagation` run. Re-raises the run's error (CancelledError,
+        InputError, ...) with the scene unchanged."""
+        if not run.task.done:
+            raise RuntimeError("The propagation has not finished yet.")
+        result = run.task.result()
+        return self.addPropagationResult(run.job, result, createUncertainty=run.job.createUncertainty)
+
+    def preparePropagation(self, volumeNodes, segmentationNode, outputNode=None, componentRoles=None):
+        """Check the inputs and read them into arrays (a `PropagationJob`); the scene is not modified."""
+        self.lastResult = None
+        self.lastUncertaintyNode = None
+        self.lastMessages = []
         if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
             raise InputError("Select the segmentation with the painted slices.")
-        volumes = self._checkVolumes(volumeNodes)
-        reference = next(iter(volumes.values()))
-        axis = self.axialAxis(reference)
-        self._checkSameGrid(volumes)
-        transformId = self._checkTransforms(volumes, segmentationNode)
+        if hasattr(volumeNodes, "IsA"):  # one multi-component volume
+            reference = volumeNodes
+            images = self.multiComponentArrays(reference, componentRoles)
+            axis = self.axialAxis(reference)
+            transformId = self._checkTransforms({"multi": reference}, segmentationNode)
+        else:
+            volumes = self._checkVolumes(volumeNodes)
+            reference = next(iter(volumes.values()))
+            axis = self.axialAxis(reference)
+            self._checkSameGrid(volumes)
+            transformId = self._checkTransforms(volumes, segmentationNode)
+            images = None
+        if outputNode is not None:
+            self._checkOutputNode(outputNode, segmentationNode)
         if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
             raise InputError(f"Segmentation '{segmentationNode.GetName()}' has no segments: add one segment per "
                              "tumour class and paint the tumour on a few axial slices.")
@@ -451,24 +537,69 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         if not segmentIdOfValue:
             raise InputError(f"Segmentation '{segmentationNode.GetName()}' is empty on the grid of volume "
                              f"'{reference.GetName()}': paint the tumour on at least one axial slice.")
-        annotation = self.toEngineArray(labelsKJI, axis)
-        images = {role: self.volumeArray(node, axis) for role, node in volumes.items()}
+        if images is None:
+            images = {role: self.volumeArray(node, axis) for role, node in volumes.items()}
+        return PropagationJob(images=images, annotation=self.toEngineArray(labelsKJI, axis), axis=axis,
+                              referenceNode=reference, segmentationNode=segmentationNode, brats=brats,
+                              segmentIdOfValue=segmentIdOfValue, transformId=transformId, outputNode=outputNode)
 
-        result = enginePropagate(images, annotation, options or PropagationOptions(), progress=progress,
-                                 cancelled=cancelled)
+    def runEngine(self, job, options=None, progress=None, cancelled=None):
+        """The engine's propagation on the job's arrays: no MRML access, safe in a background thread.
 
-        # Only now is the scene modified; on any error the new nodes are removed again.
-        scene = self._scene(segmentationNode, reference)
+        A GPU out-of-memory error restarts the work on the CPU, with a message in `lastMessages` and through
+        `progress`."""
+        import torch
+        from BrainDiffSegLib.propagate import PropagationOptions
+        from BrainDiffSegLib.propagate import propagate as enginePropagate
+
+        options = options or PropagationOptions()
+        try:
+            return enginePropagate(job.images, job.annotation, options, progress=progress, cancelled=cancelled)
+        except torch.OutOfMemoryError:
+            if options.device == "cpu":
+                raise
+            message = ("The GPU ran out of memory; continuing on the CPU (slower). Lower the batch size in the "
+                       "advanced settings to stay on the GPU.")
+            log.warning(message)
+            self.lastMessages.append(message)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if progress:
+                progress(message, 0.0)
+            return enginePropagate(job.images, job.annotation, replace(options, device="cpu"), progress=progress,
+                                   cancelled=cancelled)
+
+    def addPropagationResult(self, job, result, createUncertainty: bool = False):
+        """Add (or update, for `job.outputNode`) the result segmentation and the optional uncertainty volume.
+        Only this step modifies the scene; on any error the nodes it created are removed again."""
+        reference, axis = job.referenceNode, job.axis
+        scene = self._scene(job.segmentationNode, reference)
         created = []
         try:
-            outputNode = self._addResultSegmentation(scene, segmentationNode, reference, result, axis, brats,
-                                                     segmentIdOfValue, transformId, created)
+            if job.outputNode is None:
+                name = scene.GenerateUniqueName(f"{job.segmentationNode.GetName()} propagated")
+                outputNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+                created.append(outputNode)
+                outputNode.CreateDefaultDisplayNodes()
+                created.append(outputNode.GetDisplayNode())
+                self._fillResultSegmentation(outputNode, job, result)
+            else:
+                outputNode = job.outputNode
+                detached = slicer.vtkMRMLSegmentationNode()  # built outside the scene, then swapped in at once
+                self._fillResultSegmentation(detached, job, result)
+                outputNode.GetSegmentation().DeepCopy(detached.GetSegmentation())
+                for attribute in (ANNOTATED_SLICES_ATTRIBUTE, LABEL_VALUES_ATTRIBUTE):
+                    outputNode.SetAttribute(attribute, detached.GetAttribute(attribute))
             uncertaintyNode = None
             if createUncertainty:
-                uncertaintyNode = self._addVolume(scene, f"{outputNode.GetName()} uncertainty",
-                                                  self.fromEngineArray(result.entropy.astype(np.float32), axis),
-                                                  reference, transformId, created)
-                outputNode.SetNodeReferenceID(UNCERTAINTY_REFERENCE_ROLE, uncertaintyNode.GetID())
+                entropyKJI = self.fromEngineArray(result.entropy.astype(np.float32), axis)
+                uncertaintyNode = self.uncertaintyNodeOf(outputNode)
+                if uncertaintyNode is not None:
+                    slicer.util.updateVolumeFromArray(uncertaintyNode, entropyKJI)
+                else:
+                    uncertaintyNode = self._addVolume(scene, f"{outputNode.GetName()} uncertainty", entropyKJI,
+                                                      reference, job.transformId, created)
+                    outputNode.SetNodeReferenceID(UNCERTAINTY_REFERENCE_ROLE, uncertaintyNode.GetID())
         except Exception:
             self._removeNodes(scene, created)
             raise
@@ -476,25 +607,67 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         self.lastUncertaintyNode = uncertaintyNode
         return outputNode
 
-    def _addResultSegmentation(self, scene, sourceNode, reference, result, axis, brats, segmentIdOfValue,
-                               transformId, created):
-        name = f"{sourceNode.GetName()} propagated"
-        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
-        created.append(node)
-        node.CreateDefaultDisplayNodes()
-        created.append(node.GetDisplayNode())
+    def _checkOutputNode(self, outputNode, segmentationNode):
+        """An output node to update must be an earlier result of this painted segmentation (never the user's)."""
+        if outputNode is segmentationNode:
+            raise InputError(f"The painted segmentation '{segmentationNode.GetName()}' cannot receive the result: "
+                             "results always go to a separate segmentation.")
+        if (not outputNode.IsA("vtkMRMLSegmentationNode")
+                or outputNode.GetNodeReferenceID(SOURCE_REFERENCE_ROLE) != segmentationNode.GetID()):
+            raise InputError(f"'{outputNode.GetName()}' is not a result propagated from "
+                             f"'{segmentationNode.GetName()}'; it is left unchanged. Leave the output empty to "
+                             "create a new segmentation.")
+
+    def previousResultOf(self, segmentationNode):
+        """The newest segmentation propagated from `segmentationNode` (to update on re-running), or None."""
+        if segmentationNode is None or segmentationNode.GetScene() is None:
+            return None
+        scene = segmentationNode.GetScene()
+        found = None
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+            node = scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
+            if node.GetNodeReferenceID(SOURCE_REFERENCE_ROLE) == segmentationNode.GetID():
+                found = node
+        return found
+
+    def multiComponentArrays(self, vectorNode, componentRoles=None) -> dict:
+        """The components of a multi-component volume as engine arrays, one per sequence role."""
+        if not vectorNode.IsA("vtkMRMLScalarVolumeNode") or vectorNode.GetImageData() is None:
+            raise InputError(f"'{vectorNode.GetName()}' is not a volume with voxels.")
+        n = vectorNode.GetImageData().GetNumberOfScalarComponents()
+        if componentRoles is None:
+            if n != len(ROLES):
+                raise InputError(f"Volume '{vectorNode.GetName()}' has {n} components: say which sequence each "
+                                 f"component is (e.g. 'flair,t1ce'); 4 components are read as {', '.join(ROLES)}.")
+            componentRoles = ROLES
+        roles = [r.strip().lower() for r in componentRoles if r and r.strip()]
+        if len(roles) != n:
+            raise InputError(f"Volume '{vectorNode.GetName()}' has {n} components but {len(roles)} sequence "
+                             f"names were given ({', '.join(roles) or 'none'}).")
+        unknown = sorted(set(roles) - set(ROLES))
+        if unknown or len(set(roles)) != len(roles):
+            raise InputError(f"Component names {roles} must be distinct sequence roles among {list(ROLES)}.")
+        kjic = slicer.util.arrayFromVolume(vectorNode)
+        if kjic.ndim == 3:
+            kjic = kjic[..., None]
+        axis = self.axialAxis(vectorNode)
+        return {role: self.toEngineArray(kjic[..., c], axis).astype(np.float32) for c, role in enumerate(roles)}
+
+    def _fillResultSegmentation(self, node, job, result):
+        """One segment per predicted label value (names, colours and label values as in the module docstring)."""
+        reference, axis = job.referenceNode, job.axis
         node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-        if transformId:
-            node.SetAndObserveTransformNodeID(transformId)
+        if job.transformId and node.GetScene() is not None:
+            node.SetAndObserveTransformNodeID(job.transformId)
         labels = self.fromEngineArray(result.labels, axis)
         shared = self._orientedImageFromArray(labels, reference)  # one shared labelmap, segment = label value
-        sourceSegmentation = sourceNode.GetSegmentation()
+        sourceSegmentation = job.segmentationNode.GetSegmentation()
         used = set()
         for value in [v for v in result.label_values if v != 0 and np.any(labels == v)]:
-            if brats:
+            if job.brats:
                 segmentName, color = BRATS_SEGMENTS[value]
             else:
-                sourceSegment = sourceSegmentation.GetSegment(segmentIdOfValue[value])
+                sourceSegment = sourceSegmentation.GetSegment(job.segmentIdOfValue[value])
                 segmentName, color = sourceSegment.GetName(), tuple(sourceSegment.GetColor())
                 if tuple(np.round(color, 3)) in used:
                     color = next((c for c in PALETTE if tuple(np.round(c, 3)) not in used), color)
@@ -504,11 +677,18 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
             segment.SetColor(*color)
             segment.AddRepresentation(BINARY_LABELMAP, shared)
             segment.SetLabelValue(int(value))
+            if job.brats:
+                segment.SetTerminology(BRATS_TERMINOLOGY[value])
+            else:
+                sourceSegment = sourceSegmentation.GetSegment(job.segmentIdOfValue[value])
+                if sourceSegment.GetTerminology():
+                    segment.SetTerminology(sourceSegment.GetTerminology())
             node.GetSegmentation().AddSegment(segment)
         zs = [int(z) for z in result.annotated_slices]
-        node.SetAttribute("BrainDiffSeg.annotatedSlices", json.dumps({"axis": "IJK"[axis], "indices": zs}))
-        node.SetAttribute("BrainDiffSeg.labelValues", json.dumps([int(v) for v in result.label_values]))
-        node.SetNodeReferenceID(SOURCE_REFERENCE_ROLE, sourceNode.GetID())
+        node.SetAttribute(ANNOTATED_SLICES_ATTRIBUTE, json.dumps({"axis": "IJK"[axis], "indices": zs}))
+        node.SetAttribute(LABEL_VALUES_ATTRIBUTE, json.dumps([int(v) for v in result.label_values]))
+        if node.GetScene() is not None:
+            node.SetNodeReferenceID(SOURCE_REFERENCE_ROLE, job.segmentationNode.GetID())
         return node
 
     def _addVolume(self, scene, name, kji, reference, transformId, created):
@@ -534,6 +714,115 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
     def uncertaintyNodeOf(resultNode):
         """The uncertainty volume made with a propagated segmentation, or None."""
         return resultNode.GetNodeReference(UNCERTAINTY_REFERENCE_ROLE) if resultNode is not None else None
+
+    # ------------------------------------------------------------------ parameters (the module's parameter node)
+
+    @staticmethod
+    def defaultParameters() -> dict:
+        """Parameter name -> default value (strings, as stored in the parameter node)."""
+        from BrainDiffSegLib.classifier import ClassifierOptions
+        from BrainDiffSegLib.features import FeatureSpec
+        from BrainDiffSegLib.propagate import PropagationOptions
+
+        spec, classifier, options = FeatureSpec(), ClassifierOptions(), PropagationOptions()
+        return {
+            "Method": options.method,
+            "Device": options.device,
+            "Checkpoint": "",
+            "Blocks": ",".join(str(b) for b in spec.blocks),
+            "Timesteps": ",".join(str(t) for t in spec.timesteps),
+            "Ensemble": str(classifier.n_models),
+            "BatchSize": str(options.batch_size),
+            "ComponentRoles": ",".join(ROLES),
+            "CreateUncertainty": "true",
+            "ShowUncertainty": "false",
+            "UpdateResult": "true",
+        }
+
+    def setDefaultParameters(self, parameterNode, overwrite: bool = False) -> None:
+        """Fill in the parameters that are not set yet (all of them with overwrite)."""
+        for name, value in self.defaultParameters().items():
+            if overwrite or not parameterNode.GetParameter(name):
+                parameterNode.SetParameter(name, value)
+
+    def optionsFromParameters(self, parameterNode):
+        """The engine's PropagationOptions from the parameter node; InputError for values that do not parse."""
+        from BrainDiffSegLib.features import FeatureSpec
+        from BrainDiffSegLib.propagate import PropagationOptions
+        from BrainDiffSegLib.classifier import ClassifierOptions
+
+        p = {**self.defaultParameters(), **{n: parameterNode.GetParameter(n) for n in self.defaultParameters()
+                                             if parameterNode.GetParameter(n)}}
+
+        def integers(name, low=0):
+            try:
+                values = tuple(int(v) for v in re.split(r"[,\s]+", p[name].strip()) if v)
+            except ValueError:
+                values = ()
+            if not values or min(values) < low:
+                raise InputError(f"{name}: '{p[name]}' is not a list of whole numbers >= {low} (e.g. "
+                                 f"'{self.defaultParameters()[name]}').")
+            return values
+
+        method = p["Method"].strip().lower()
+        if method not in ("diffusion", "raw"):
+            raise InputError(f"Method '{p['Method']}' is unknown; use 'diffusion' or 'raw'.")
+        device = {"gpu": "cuda", "auto": "auto", "cpu": "cpu", "cuda": "cuda"}.get(p["Device"].strip().lower())
+        if device is None:
+            raise InputError(f"Device '{p['Device']}' is unknown; use auto, GPU or CPU.")
+        checkpoint = p["Checkpoint"].strip() or None
+        if checkpoint and not Path(checkpoint).is_dir():
+            raise InputError(f"Backbone folder '{checkpoint}' does not exist; leave it empty for the bundled model.")
+        spec = replace(FeatureSpec(), blocks=integers("Blocks"), timesteps=integers("Timesteps"))
+        classifier = replace(ClassifierOptions(), n_models=integers("Ensemble", 1)[0])
+        return replace(PropagationOptions(), method=method, device=device, checkpoint=checkpoint, features=spec,
+                       classifier=classifier, batch_size=integers("BatchSize", 1)[0])
+
+    @staticmethod
+    def roleOfVolumeName(name: str) -> str | None:
+        """The sequence role a volume's name suggests (BraTS, BraTS 2023 and LGG file names), or None."""
+        words = _words(name)
+        if "flair" in words or "t2f" in words:
+            return "flair"
+        if {"t1ce", "t1c", "t1gd", "post"} & set(words):
+            return "t1ce"
+        if {"t2", "t2w"} & set(words):
+            return "t2"
+        if {"t1", "t1n", "pre"} & set(words):
+            return "t1"
+        return None
+
+    def guessInputs(self, volumeNodes) -> dict:
+        """role -> node for the first volume whose name names each role (label maps excluded)."""
+        found = {}
+        for node in volumeNodes:
+            if node is None or node.IsA("vtkMRMLLabelMapVolumeNode"):
+                continue
+            role = self.roleOfVolumeName(node.GetName())
+            if role and role not in found:
+                found[role] = node
+        return found
+
+    def addTumourSegments(self, segmentationNode) -> list[str]:
+        """Add the BraTS class segments (Necrotic core, Edema, Enhancing tumour) that no segment stands for yet;
+        returns the ids of the added segments."""
+        segmentation = segmentationNode.GetSegmentation()
+        present = {bratsLabelOfName(segmentation.GetSegment(s).GetName() or "") for s in segmentation.GetSegmentIDs()}
+        self._moduleLogic("segmentations", "vtkSlicerSegmentationsModuleLogic")  # registers the converters
+        added = []
+        for value, (name, color) in BRATS_SEGMENTS.items():
+            if value not in present:
+                added.append(segmentation.AddEmptySegment("", name, list(color)))
+        return added
+
+    @staticmethod
+    def requirements() -> list[str]:
+        """The pinned packages of Resources/requirements.txt (torch excluded: it is installed first, separately)."""
+        path = resources_dir() / "requirements.txt"
+        if not path.is_file():
+            raise BrainDiffSegError(f"{path} is missing: the extension is incomplete, reinstall it.")
+        lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+        return [line for line in lines if line]
 
     # ------------------------------------------------------------------ files
 
@@ -618,6 +907,363 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
 
 
 #
+# BrainDiffSegWidget (the module panel; only inside the Slicer application)
+#
+
+class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservationMixin):
+    """The panel: inputs, the embedded Segment Editor, Propagate / Cancel with progress, advanced settings.
+
+    All computation goes through `BrainDiffSegLogic`. Propagation runs in a background thread
+    (`startPropagation`); a Qt timer polls it, so the GUI never freezes. Settings live in the module's parameter
+    node (saved with the scene)."""
+
+    ROLE_SELECTORS = {"t1": "t1Selector", "t1ce": "t1ceSelector", "t2": "t2Selector", "flair": "flairSelector"}
+    DEVICES = ("auto", "cuda", "cpu")  # deviceComboBox items: auto, GPU, CPU
+    METHODS = ("diffusion", "raw")  # methodComboBox items
+    SEGMENT_EDITOR_NODE_TAG = "BrainDiffSeg"
+    POLL_MS = 100
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        slicer.util.VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.ui = None
+        self._parameterNode = None
+        self._updatingGUI = False
+        self._run = None
+        self._timer = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self):
+        import qt
+
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(str(resources_dir() / "UI" / "BrainDiffSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = BrainDiffSegLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_MS)
+        self._timer.connect("timeout()", self.onPollRun)
+
+        for selector in [*self.ROLE_SELECTORS.values(), "multiComponentSelector", "segmentationSelector"]:
+            getattr(self.ui, selector).connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
+        for edit in ("componentRolesLineEdit", "blocksLineEdit", "timestepsLineEdit"):
+            getattr(self.ui, edit).connect("editingFinished()", self.updateParameterNodeFromGUI)
+        for box in ("updateResultCheckBox", "uncertaintyCheckBox"):
+            getattr(self.ui, box).connect("toggled(bool)", self.updateParameterNodeFromGUI)
+        for spin in ("ensembleSpinBox", "batchSizeSpinBox"):
+            getattr(self.ui, spin).connect("valueChanged(int)", self.updateParameterNodeFromGUI)
+        for combo in ("deviceComboBox", "methodComboBox"):
+            getattr(self.ui, combo).connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.updateParameterNodeFromGUI)
+        import ctk
+
+        self.ui.checkpointPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.showUncertaintyCheckBox.connect("toggled(bool)", self.onShowUncertainty)
+        self.ui.propagateButton.connect("clicked(bool)", self.onPropagateButton)
+        self.ui.addTumourSegmentsButton.connect("clicked(bool)", self.onAddTumourSegments)
+        self.ui.restoreDefaultsButton.connect("clicked(bool)", self.onRestoreDefaults)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.cancelRun(wait=True)
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+        editor = self.ui.segmentEditorWidget
+        editor.installKeyboardShortcuts()
+        editor.setupViewObservations()
+        editor.updateWidgetFromMRML()
+
+    def exit(self):
+        editor = self.ui.segmentEditorWidget
+        editor.setActiveEffect(None)
+        editor.uninstallKeyboardShortcuts()
+        editor.removeViewObservations()
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event):
+        self.cancelRun(wait=True)
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def onNodeAdded(self, caller, event):
+        """A volume loaded after entering the module fills the empty input its name suggests."""
+        import qt
+
+        qt.QTimer.singleShot(0, self.fillInputsFromNames)
+
+    # ------------------------------------------------------------------ parameter node <-> GUI
+
+    def initializeParameterNode(self):
+        node = self.logic.getParameterNode()
+        self.logic.setDefaultParameters(node)
+        editorNode = slicer.mrmlScene.GetSingletonNode(self.SEGMENT_EDITOR_NODE_TAG, "vtkMRMLSegmentEditorNode")
+        if editorNode is None:
+            editorNode = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+            editorNode.UnRegister(None)
+            editorNode.SetSingletonTag(self.SEGMENT_EDITOR_NODE_TAG)
+            editorNode = slicer.mrmlScene.AddNode(editorNode)
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(editorNode)
+        self.setParameterNode(node)
+        self.fillInputsFromNames()
+
+    def fillInputsFromNames(self):
+        """Empty inputs get the loaded volumes whose names name their sequence (e.g. '..._flair')."""
+        node = self._parameterNode
+        if node is None or self._run is not None:
+            return
+        volumes = [slicer.mrmlScene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+                   for i in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+        wasModifying = node.StartModify()
+        for role, volume in self.logic.guessInputs(volumes).items():
+            if node.GetNodeReference(f"Input_{role}") is None:
+                node.SetNodeReferenceID(f"Input_{role}", volume.GetID())
+        node.EndModify(wasModifying)
+
+    def setParameterNode(self, node):
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = node
+        if node is not None:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        node = self._parameterNode
+        if node is None or self.ui is None or self._updatingGUI:
+            return
+        self._updatingGUI = True
+        try:
+            for role, selector in self.ROLE_SELECTORS.items():
+                getattr(self.ui, selector).setCurrentNode(node.GetNodeReference(f"Input_{role}"))
+            self.ui.multiComponentSelector.setCurrentNode(node.GetNodeReference("MultiComponent"))
+            self.ui.segmentationSelector.setCurrentNode(node.GetNodeReference("Segmentation"))
+            self.ui.componentRolesLineEdit.text = node.GetParameter("ComponentRoles")
+            self.ui.blocksLineEdit.text = node.GetParameter("Blocks")
+            self.ui.timestepsLineEdit.text = node.GetParameter("Timesteps")
+            self.ui.checkpointPathLineEdit.currentPath = node.GetParameter("Checkpoint")
+            self.ui.ensembleSpinBox.value = int(node.GetParameter("Ensemble") or 1)
+            self.ui.batchSizeSpinBox.value = int(node.GetParameter("BatchSize") or 1)
+            device = node.GetParameter("Device")
+            self.ui.deviceComboBox.currentIndex = self.DEVICES.index(device) if device in self.DEVICES else 0
+            method = node.GetParameter("Method")
+            self.ui.methodComboBox.currentIndex = self.METHODS.index(method) if method in self.METHODS else 0
+            self.ui.updateResultCheckBox.checked = node.GetParameter("UpdateResult") == "true"
+            self.ui.uncertaintyCheckBox.checked = node.GetParameter("CreateUncertainty") == "true"
+            self.ui.showUncertaintyCheckBox.checked = node.GetParameter("ShowUncertainty") == "true"
+            self._updateSegmentEditor()
+            self._updateButtons()
+        finally:
+            self._updatingGUI = False
+
+    def updateParameterNodeFromGUI(self, *args):
+        node = self._parameterNode
+        if node is None or self._updatingGUI:
+            return
+        wasModifying = node.StartModify()
+        for role, selector in self.ROLE_SELECTORS.items():
+            node.SetNodeReferenceID(f"Input_{role}", getattr(self.ui, selector).currentNodeID)
+        node.SetNodeReferenceID("MultiComponent", self.ui.multiComponentSelector.currentNodeID)
+        node.SetNodeReferenceID("Segmentation", self.ui.segmentationSelector.currentNodeID)
+        node.SetParameter("ComponentRoles", self.ui.componentRolesLineEdit.text)
+        node.SetParameter("Blocks", self.ui.blocksLineEdit.text)
+        node.SetParameter("Timesteps", self.ui.timestepsLineEdit.text)
+        node.SetParameter("Checkpoint", self.ui.checkpointPathLineEdit.currentPath)
+        node.SetParameter("Ensemble", str(self.ui.ensembleSpinBox.value))
+        node.SetParameter("BatchSize", str(self.ui.batchSizeSpinBox.value))
+        node.SetParameter("Device", self.DEVICES[max(self.ui.deviceComboBox.currentIndex, 0)])
+        node.SetParameter("Method", self.METHODS[max(self.ui.methodComboBox.currentIndex, 0)])
+        node.SetParameter("UpdateResult", "true" if self.ui.updateResultCheckBox.checked else "false")
+        node.SetParameter("CreateUncertainty", "true" if self.ui.uncertaintyCheckBox.checked else "false")
+        node.SetParameter("ShowUncertainty", "true" if self.ui.showUncertaintyCheckBox.checked else "false")
+        node.EndModify(wasModifying)
+
+    def _inputVolumes(self):
+        """The volumes argument of the Logic: the multi-component volume if one is selected, else role -> node."""
+        node = self._parameterNode
+        multi = node.GetNodeReference("MultiComponent")
+        if multi is not None:
+            return multi
+        return {role: node.GetNodeReference(f"Input_{role}") for role in self.ROLE_SELECTORS
+                if node.GetNodeReference(f"Input_{role}") is not None}
+
+    def _updateSegmentEditor(self):
+        editor = self.ui.segmentEditorWidget
+        segmentationNode = self._parameterNode.GetNodeReference("Segmentation")
+        editor.setSegmentationNode(segmentationNode)
+        volumes = self._inputVolumes()
+        source = volumes if hasattr(volumes, "IsA") else next(
+            (volumes[r] for r in ("flair", "t1ce", "t2", "t1") if r in volumes), None)
+        if source is not None and editor.sourceVolumeNode() is None:
+            editor.setSourceVolumeNode(source)
+        self.ui.addTumourSegmentsButton.enabled = segmentationNode is not None
+
+    def _updateButtons(self):
+        running = self._run is not None
+        node = self._parameterNode
+        ready = node is not None and node.GetNodeReference("Segmentation") is not None and bool(self._inputVolumes())
+        self.ui.propagateButton.text = _("Cancel") if running else _("Propagate")
+        self.ui.propagateButton.enabled = running or ready
+        self.ui.propagateButton.toolTip = (_("Stop the propagation; the scene is left as it was.") if running else
+                                           _("Segment every axial slice from the painted ones.") if ready else
+                                           _("Select at least one input volume and the painted segmentation."))
+        for name in ("inputsCollapsibleButton", "advancedCollapsibleButton", "restoreDefaultsButton"):
+            getattr(self.ui, name).enabled = not running
+
+    # ------------------------------------------------------------------ actions
+
+    def onRestoreDefaults(self):
+        self.logic.setDefaultParameters(self._parameterNode, overwrite=True)
+
+    def onAddTumourSegments(self):
+        segmentationNode = self._parameterNode.GetNodeReference("Segmentation")
+        if segmentationNode is not None:
+            added = self.logic.addTumourSegments(segmentationNode)
+            self.ui.statusLabel.text = (_("Added: ") + ", ".join(
+                segmentationNode.GetSegmentation().GetSegment(s).GetName() for s in added)) if added else \
+                _("The tumour segments exist already.")
+
+    def onShowUncertainty(self, show):
+        self.updateParameterNodeFromGUI()
+        segmentationNode = self._parameterNode.GetNodeReference("Segmentation")
+        result = self.logic.previousResultOf(segmentationNode)
+        uncertainty = self.logic.uncertaintyNodeOf(result)
+        if uncertainty is None:
+            return
+        if show:
+            display = uncertainty.GetDisplayNode()
+            if display is not None:
+                display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
+                display.AutoWindowLevelOff()
+                display.SetWindowLevelMinMax(0.0, 1.0)
+            slicer.util.setSliceViewerLayers(foreground=uncertainty, foregroundOpacity=0.4)
+        else:
+            slicer.util.setSliceViewerLayers(foreground=None)
+
+    def onPropagateButton(self):
+        if self._run is not None:
+            self.cancelRun()
+        else:
+            self.startRun()
+
+    def ensureEngineInstalled(self) -> bool:
+        """Install torch and the pinned requirements after the user agrees; True when the engine can run."""
+        missing = self.logic.missingPackages()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                _("BrainDiffSeg needs these Python packages, which are not installed: ") + ", ".join(missing)
+                + _(".\n\nInstall them now? This downloads about 1-3 GB (PyTorch) and takes several minutes.")):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Installing the Python packages failed."), waitCursor=True):
+            if "torch" in missing:
+                try:
+                    import PyTorchUtils  # the PyTorch extension picks the build for this computer's GPU
+
+                    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+                except ImportError:
+                    slicer.util.pip_install("torch==2.13.0")
+            slicer.util.pip_install(self.logic.requirements())
+        missing = self.logic.missingPackages()
+        if missing:
+            slicer.util.errorDisplay(_("Still missing after installation: ") + ", ".join(missing))
+        return not missing
+
+    def startRun(self):
+        if not self.ensureEngineInstalled():
+            return
+        self.updateParameterNodeFromGUI()
+        node = self._parameterNode
+        segmentationNode = node.GetNodeReference("Segmentation")
+        try:
+            options = self.logic.optionsFromParameters(node)
+            outputNode = (self.logic.previousResultOf(segmentationNode)
+                          if node.GetParameter("UpdateResult") == "true" else None)
+            roles = [r for r in re.split(r"[,\s]+", node.GetParameter("ComponentRoles")) if r]
+            self._run = self.logic.startPropagation(
+                self._inputVolumes(), segmentationNode, options,
+                createUncertainty=node.GetParameter("CreateUncertainty") == "true", outputNode=outputNode,
+                componentRoles=roles or None)
+        except BrainDiffSegError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle=_("BrainDiffSeg"))
+            return
+        self.ui.segmentEditorWidget.setActiveEffect(None)  # no painting into the inputs while they are read
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = _("Starting...")
+        self.ui.leastCertainLabel.text = ""
+        self._updateButtons()
+        self._timer.start()
+
+    def cancelRun(self, wait: bool = False):
+        run = self._run
+        if run is None:
+            return
+        run.task.cancel()
+        self.ui.statusLabel.text = _("Cancelling...")
+        if wait:
+            run.task.wait(30)
+            self.onPollRun()
+
+    def onPollRun(self):
+        run = self._run
+        if run is None:
+            self._timer.stop()
+            return
+        for stage, fraction in run.task.poll():
+            self.ui.statusLabel.text = stage
+            self.ui.progressBar.value = int(round(1000 * fraction))
+        if not run.task.done:
+            return
+        self._timer.stop()
+        self._run = None
+        try:
+            outputNode = self.logic.finishPropagation(run)
+        except CancelledError:
+            self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
+            self.ui.progressBar.value = 0
+        except BrainDiffSegError as exc:
+            self.ui.statusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc), windowTitle=_("BrainDiffSeg"))
+        except Exception as exc:  # unexpected: keep the GUI usable and show the traceback in the log
+            log.exception("Propagation failed")
+            self.ui.statusLabel.text = _("Failed: ") + str(exc)
+            slicer.util.errorDisplay(_("Propagation failed: ") + str(exc), windowTitle=_("BrainDiffSeg"))
+        else:
+            self._showResult(outputNode)
+        finally:
+            self._updateButtons()
+
+    def _showResult(self, outputNode):
+        result = self.logic.lastResult
+        self.ui.progressBar.value = 1000
+        seconds = sum(result.timings.values()) if result.timings else 0.0
+        messages = " ".join(self.logic.lastMessages)
+        self.ui.statusLabel.text = (_("Done in {seconds:.1f} s on {device}: '{name}'. ").format(
+            seconds=seconds, device=result.device, name=outputNode.GetName()) + messages)
+        worst = result.least_certain_slices(5)
+        self.ui.leastCertainLabel.text = ", ".join(f"{z} ({score:.2f})" for z, score in worst) or _("none")
+        displayNode = outputNode.GetDisplayNode()
+        if displayNode is not None:
+            displayNode.SetVisibility(True)
+            displayNode.SetOpacity2DFill(0.35)
+        if self.ui.showUncertaintyCheckBox.checked:
+            self.onShowUncertainty(True)
+
+
+#
 # BrainDiffSegTest (run by Slicer's self-test and by `slicer_add_python_unittest`)
 #
 
@@ -630,6 +1276,8 @@ class BrainDiffSegTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_propagate_synthetic()
+        self.setUp()
+        self.test_real_case_in_background()
 
     def test_propagate_synthetic(self):
         missing = BrainDiffSegLogic.missingPackages()
@@ -680,3 +1328,70 @@ class BrainDiffSegTest(ScriptedLoadableModuleTest):
         keep = np.ones(shape[-1], bool)
         keep[zs] = False
         self.assertGreater(dice(pred[..., keep] > 0, truth[..., keep] > 0), 0.8)
+
+    def test_real_case_in_background(self):
+        """The module's scenario on real data: BraTS2021_00006 (cropped around the tumour for speed), the tumour
+        painted on 3 axial slices from the ground truth, propagation in the background as the panel runs it;
+        then a run cancelled midway. Skipped when the shared data ($BRAINDIFFSEG_DATA) is not available."""
+        missing = BrainDiffSegLogic.missingPackages()
+        if missing:
+            self.skipTest(f"BrainDiffSeg's engine needs {', '.join(missing)}")
+        from BrainDiffSegLib.classifier import ClassifierOptions
+        from BrainDiffSegLib.propagate import PropagationOptions
+        from BrainDiffSegLib.protocol import region_dice, simulate_annotation
+        from BrainDiffSegLib.resources import data_root
+
+        caseDir = data_root() / "brats2021" / "BraTS2021_00006"
+        if not caseDir.is_dir():
+            self.skipTest(f"{caseDir} is not available (set BRAINDIFFSEG_DATA)")
+        logic = BrainDiffSegLogic()
+        loaded = logic.loadCase(caseDir, loadGroundTruth=True)
+        truthKJI = slicer.util.arrayFromVolume(loaded["seg"])
+        k, j, i = [int(np.median(a)) for a in np.nonzero(truthKJI)]
+        box = tuple(slice(max(c - h, 0), max(c - h, 0) + 2 * h) for c, h in zip((k, j, i), (30, 50, 50)))
+        ijkToRas = BrainDiffSegLogic.ijkToRasArray(loaded["flair"])
+        ijkToRas[:3, 3] = ijkToRas[:3, :3] @ np.array([box[2].start, box[1].start, box[0].start]) + ijkToRas[:3, 3]
+        volumes = {role: slicer.util.addVolumeFromArray(slicer.util.arrayFromVolume(node)[box].astype(np.float32),
+                                                        ijkToRas, f"crop {role}")
+                   for role, node in loaded.items() if role != "seg"}
+        truth = BrainDiffSegLogic.toEngineArray(truthKJI[box], 2)
+        for node in loaded.values():
+            BrainDiffSegLogic._removeVolumeNode(slicer.mrmlScene, node)
+        annotation, zs = simulate_annotation(truth, 3)
+        painted = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
+        painted.CreateDefaultDisplayNodes()
+        painted.SetReferenceImageGeometryParameterFromVolumeNode(volumes["flair"])
+        logic.addTumourSegments(painted)
+        segmentation = painted.GetSegmentation()
+        for sid in segmentation.GetSegmentIDs():
+            value = bratsLabelOfName(segmentation.GetSegment(sid).GetName())
+            slicer.util.updateSegmentBinaryLabelmapFromArray(
+                BrainDiffSegLogic.fromEngineArray((annotation == value).astype(np.uint8), 2), painted, sid,
+                volumes["flair"])
+        paintedBefore, _, _ = logic.labelArrayFromSegmentation(painted, volumes["flair"])
+        fast = PropagationOptions(method="raw", device="cpu",
+                                  classifier=ClassifierOptions(n_models=2, max_epochs=6, hidden=(32, 16),
+                                                               batch_size=1024))
+
+        run = logic.startPropagation(volumes, painted, fast, createUncertainty=True)
+        self.assertTrue(run.task.wait(300), "the background propagation did not finish within 5 minutes")
+        out = logic.finishPropagation(run)
+        self.assertTrue(run.task.poll() or run.task.stage != "waiting")
+        labels, _, _ = logic.labelArrayFromSegmentation(out, volumes["flair"])
+        self.assertTrue(np.allclose(BrainDiffSegLogic.ijkToRasArray(logic.lastUncertaintyNode), ijkToRas))
+        scores = region_dice(BrainDiffSegLogic.toEngineArray(labels, 2), truth, zs)
+        self.assertGreater(scores["WT"], 0.8, scores)
+        paintedAfter, _, _ = logic.labelArrayFromSegmentation(painted, volumes["flair"])
+        self.assertTrue(np.array_equal(paintedBefore, paintedAfter), "the painted segmentation was modified")
+
+        # re-running updates the same result node; a cancelled run leaves the scene as it was
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        again = logic.propagate(volumes, painted, fast, createUncertainty=True, outputNode=out)
+        self.assertIs(again, out)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        run = logic.startPropagation(volumes, painted, fast, createUncertainty=True)
+        run.task.cancel()
+        self.assertTrue(run.task.wait(60), "cancel did not stop the propagation within 60 s")
+        with self.assertRaises(CancelledError):
+            logic.finishPropagation(run)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)

@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -270,6 +272,9 @@ def test_propagation_creates_a_new_segmentation(raw_run, crop):
     assert [s.GetName() for s in segments] == ["Necrotic core", "Edema", "Enhancing tumour"]
     assert [s.GetLabelValue() for s in segments] == [1, 2, 4]
     assert len({tuple(np.round(s.GetColor(), 3)) for s in segments}) == 3
+    terms = [s.GetTerminology() for s in segments]  # SNOMED CT necrosis / edema / neoplasm, region brain
+    assert [t.split("~")[2].split("^")[1] for t in terms] == ["6574001", "79654002", "108369006"]
+    assert all("^Brain~" in t for t in terms)
     assert out.GetDisplayNode() is not None
     assert json.loads(out.GetAttribute("BrainDiffSeg.annotatedSlices")) == {"axis": "K", "indices": raw_run["zs"]}
     assert out.GetNodeReference("BrainDiffSeg.sourceSegmentation") is raw_run["painted"]
@@ -421,7 +426,185 @@ def test_the_modules_self_test_runs_headless(mrml_scene, M):
 
     result = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(
         M.BrainDiffSegTest))
-    assert result.testsRun == 1 and result.wasSuccessful() and not result.skipped, result
+    assert result.testsRun == 2 and result.wasSuccessful() and not result.skipped, result
+
+
+# ------------------------------------------------------------------------------------------ what the panel uses
+
+def test_background_propagation_and_prompt_cancel(mrml_scene, crop, M):
+    """startPropagation reads the nodes, runs the engine in a thread (progress reported), finishPropagation adds
+    the result; a run cancelled right after it started stops within seconds and leaves the scene as it was."""
+    volumes = add_volumes(crop, roles=("flair", "t1ce"))
+    ann, zs = painted_truth(crop, M)
+    painted = paint(mrml_scene, volumes["flair"], ann)
+    before, ids = snapshot(painted), scene_ids(mrml_scene)
+    logic = M.BrainDiffSegLogic()
+    run = logic.startPropagation(volumes, painted, RAW, createUncertainty=True)
+    assert scene_ids(mrml_scene) == ids  # nothing is added while the engine runs
+    assert run.task.wait(300)
+    events = run.task.poll()
+    assert events and all(0.0 <= f <= 1.0 for _, f in events)
+    out = logic.finishPropagation(run)
+    labels, _, _ = logic.labelArrayFromSegmentation(out, volumes["flair"])
+    gt = logic.toEngineArray(crop["arrays"]["seg"], 2)
+    assert region_dice(logic.toEngineArray(labels, 2), gt, zs)["WT"] > 0.8
+    assert_same_snapshot(before, snapshot(painted))
+
+    ids = scene_ids(mrml_scene)
+    run = logic.startPropagation(volumes, painted, RAW, createUncertainty=True)
+    run.task.cancel()
+    assert run.task.wait(30), "cancel did not stop the engine promptly"
+    with pytest.raises(CancelledError):
+        logic.finishPropagation(run)
+    assert scene_ids(mrml_scene) == ids
+    assert_same_snapshot(before, snapshot(painted))
+    with pytest.raises(RuntimeError, match="not finished"):
+        logic.finishPropagation(type(run)(run.job, type(run.task)(lambda p, c: None)))
+
+
+def test_rerun_updates_the_previous_result_in_place(mrml_scene, crop, M):
+    """Painting one more slice and propagating again updates the earlier result node (and its uncertainty volume)
+    instead of adding new nodes; the painted segmentation and unrelated segmentations are never targets."""
+    import slicer
+
+    volumes = add_volumes(crop, roles=("flair", "t1ce"))
+    gt = crop["arrays"]["seg"]
+    ann2, zs2 = painted_truth(crop, M, k=2)
+    painted = paint(mrml_scene, volumes["flair"], ann2)
+    logic = M.BrainDiffSegLogic()
+    first = logic.propagate(volumes, painted, RAW, createUncertainty=True)
+    unc = logic.uncertaintyNodeOf(first)
+    assert logic.previousResultOf(painted) is first
+    first_labels = logic.labelArrayFromSegmentation(first, volumes["flair"])[0].copy()
+
+    ann3, zs3 = painted_truth(crop, M, k=3)
+    extra = sorted(set(zs3) - set(zs2))[0]
+    for sid in painted.GetSegmentation().GetSegmentIDs():  # paint one more slice, as a user would
+        value = {"edema": 2, "NCR": 1, "enhancing tumor": 4}[painted.GetSegmentation().GetSegment(sid).GetName()]
+        import slicer
+
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(painted, sid, volumes["flair"]).copy()
+        mask[extra] = gt[extra] == value
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), painted, sid, volumes["flair"])
+    before, ids = snapshot(painted), scene_ids(mrml_scene)
+    again = logic.propagate(volumes, painted, RAW, createUncertainty=True,
+                            outputNode=logic.previousResultOf(painted))
+    assert again is first and logic.uncertaintyNodeOf(again) is unc and logic.lastUncertaintyNode is unc
+    assert scene_ids(mrml_scene) == ids
+    labels = logic.labelArrayFromSegmentation(again, volumes["flair"])[0]
+    assert not np.array_equal(labels, first_labels)
+    np.testing.assert_array_equal(labels[extra], gt[extra])  # the newly painted slice is kept exactly
+    assert json.loads(again.GetAttribute("BrainDiffSeg.annotatedSlices"))["indices"] == sorted({*zs2, extra})
+    assert_same_snapshot(before, snapshot(painted))
+
+    other = paint(mrml_scene, volumes["flair"], ann2, name="Other")
+    with pytest.raises(InputError, match="cannot receive the result"):
+        logic.propagate(volumes, painted, RAW, outputNode=painted)
+    with pytest.raises(InputError, match="'Other' is not a result propagated from 'Painted'"):
+        logic.propagate(volumes, painted, RAW, outputNode=other)
+    assert_same_snapshot(before, snapshot(painted))
+
+
+def test_multi_component_volume(mrml_scene, crop, M):
+    """One 4-component volume (components t1, t1ce, t2, flair) gives the same result as four scalar volumes; with
+    fewer components the roles must be named."""
+    import slicer
+
+    stacked = np.stack([crop["arrays"][r].astype(np.float32) for r in ("t1", "t1ce", "t2", "flair")], axis=-1)
+    vector = slicer.util.addVolumeFromArray(stacked, crop["ijk_to_ras"], "multi", "vtkMRMLVectorVolumeNode")
+    volumes = add_volumes(crop)
+    ann, _ = painted_truth(crop, M)
+    painted = paint(mrml_scene, volumes["flair"], ann)
+    logic = M.BrainDiffSegLogic()
+    a = logic.labelArrayFromSegmentation(logic.propagate(vector, painted, RAW), volumes["flair"])[0]
+    b = logic.labelArrayFromSegmentation(logic.propagate(volumes, painted, RAW), volumes["flair"])[0]
+    np.testing.assert_array_equal(a, b)
+    two = slicer.util.addVolumeFromArray(stacked[..., [3, 1]].copy(), crop["ijk_to_ras"], "two",
+                                         "vtkMRMLVectorVolumeNode")
+    with pytest.raises(InputError, match="has 2 components: say which sequence"):
+        logic.propagate(two, painted, RAW)
+    with pytest.raises(InputError, match="2 components but 3 sequence names"):
+        logic.propagate(two, painted, RAW, componentRoles=["flair", "t1ce", "t2"])
+    with pytest.raises(InputError, match="distinct sequence roles"):
+        logic.propagate(two, painted, RAW, componentRoles=["flair", "flair"])
+    out = logic.propagate(two, painted, RAW, componentRoles=["flair", "t1ce"])
+    assert out.GetSegmentation().GetNumberOfSegments() == 3
+
+
+def test_gpu_out_of_memory_falls_back_to_the_cpu(mrml_scene, crop, M, monkeypatch):
+    import torch
+
+    import BrainDiffSegLib.propagate as engine
+
+    volumes = add_volumes(crop, roles=("flair",))
+    painted = paint(mrml_scene, volumes["flair"], painted_truth(crop, M)[0])
+    real, devices = engine.propagate, []
+
+    def propagate(images, annotation, options, **kw):
+        devices.append(options.device)
+        if options.device != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(images, annotation, options, **kw)
+
+    monkeypatch.setattr(engine, "propagate", propagate)
+    stages = []
+    logic = M.BrainDiffSegLogic()
+    out = logic.propagate(volumes, painted, replace(RAW, device="auto"), progress=lambda s, f: stages.append(s))
+    assert devices == ["auto", "cpu"] and out.GetSegmentation().GetNumberOfSegments() > 0
+    assert any("out of memory" in m for m in logic.lastMessages) and any("out of memory" in s for s in stages)
+    with pytest.raises(torch.OutOfMemoryError):  # on the CPU there is nothing to fall back to
+        monkeypatch.setattr(engine, "propagate", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError()))
+        logic.propagate(volumes, painted, RAW)
+
+
+def test_parameter_node_defaults_and_options(mrml_scene, M, tmp_path):
+    from BrainDiffSegLib.features import FeatureSpec
+
+    logic = M.BrainDiffSegLogic()
+    node = logic.getParameterNode()
+    assert node is logic.getParameterNode()  # a singleton, saved with the scene
+    logic.setDefaultParameters(node)
+    options = logic.optionsFromParameters(node)
+    assert options.method == "diffusion" and options.device == "auto" and options.checkpoint is None
+    assert options.features.blocks == FeatureSpec().blocks and options.features.timesteps == FeatureSpec().timesteps
+    node.SetParameter("Blocks", "0, 1 2")
+    node.SetParameter("Timesteps", "25,250")
+    node.SetParameter("Ensemble", "3")
+    node.SetParameter("Device", "CPU")
+    node.SetParameter("Method", "raw")
+    node.SetParameter("Checkpoint", str(tmp_path))
+    logic.setDefaultParameters(node)  # keeps what is set
+    options = logic.optionsFromParameters(node)
+    assert (options.features.blocks, options.features.timesteps, options.classifier.n_models) == ((0, 1, 2),
+                                                                                                  (25, 250), 3)
+    assert (options.device, options.method, options.checkpoint) == ("cpu", "raw", str(tmp_path))
+    for name, value, message in (("Blocks", "one", "Blocks: 'one' is not a list"), ("Ensemble", "0", ">= 1"),
+                                 ("Device", "tpu", "Device 'tpu' is unknown"),
+                                 ("Checkpoint", str(tmp_path / "none"), "does not exist")):
+        saved = node.GetParameter(name)
+        node.SetParameter(name, value)
+        with pytest.raises(InputError, match=message):
+            logic.optionsFromParameters(node)
+        node.SetParameter(name, saved)
+    logic.setDefaultParameters(node, overwrite=True)
+    assert node.GetParameter("Method") == "diffusion" and node.GetParameter("Blocks") == "1,2"
+
+
+def test_inputs_guessed_from_volume_names_and_tumour_segments(mrml_scene, crop, M):
+    logic = M.BrainDiffSegLogic()
+    assert [logic.roleOfVolumeName(n) for n in ("BraTS2021_00006_flair", "BraTS-GLI-00000-000-t1c",
+                                                 "TCGA_CS_4942_pre", "x_t2", "T1", "seg")] == [
+        "flair", "t1ce", "t1", "t2", "t1", None]
+    nodes = logic.loadCase(crop["case_dir"], loadGroundTruth=True)
+    guessed = logic.guessInputs(list(nodes.values()))
+    assert guessed == {r: nodes[r] for r in ("t1", "t1ce", "t2", "flair")}  # the label map is not an input
+    volumes = add_volumes(crop, roles=("flair",))
+    painted = paint(mrml_scene, volumes["flair"], np.zeros_like(crop["arrays"]["seg"]),
+                    segments=(("edema", 2, (0, 1, 0)),))
+    added = logic.addTumourSegments(painted)
+    names = [painted.GetSegmentation().GetSegment(s).GetName() for s in painted.GetSegmentation().GetSegmentIDs()]
+    assert names == ["edema", "Necrotic core", "Enhancing tumour"] and len(added) == 2
+    assert logic.addTumourSegments(painted) == []
 
 
 # ------------------------------------------------------------------------------------------ bad input
