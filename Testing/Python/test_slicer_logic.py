@@ -211,6 +211,9 @@ def test_extension_catalog_entry_and_icon():
     assert entry["scm_url"] == s4ext["scmurl"] and entry["category"] == s4ext["category"] == "Segmentation"
     assert entry["scm_revision"] == s4ext["scmrevision"] and entry["build_subdirectory"] == "."
     assert isinstance(entry["build_dependencies"], list) and entry["tier"] in (1, 3, 5)
+    # torch comes through the PyTorch extension (PyTorchUtils), declared the same way in all three places
+    assert entry["build_dependencies"] == s4ext["depends"].split() == ["PyTorch"]
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in (REPO / "CMakeLists.txt").read_text()
     from PIL import Image
 
     icon = Image.open(REPO / "Resources" / "Icons" / "BrainDiffSeg.png")
