@@ -97,6 +97,7 @@ class BrainDiffSegWebApp:
         self.out_dir = Path(out_dir) if out_dir else self.session.case_dir
         self.brush_mm = brush_mm
         self._painted_dirty = True
+        self._prepare_editor()  # the editor is set up with the session, before the views (and the UI) exist
 
         register_rca_factories(self.slicer_app.view_manager, self.server, slice_view_ui_f=_view_ui)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
@@ -209,18 +210,27 @@ class BrainDiffSegWebApp:
             with html.Div(id="saved-files", classes="text-caption"):
                 html.Div("{{ f }}", v_for="f in saved_files", key="f")
 
-    def _show_case(self):
+    def _prepare_editor(self):
+        """The painted segmentation with the BraTS segments, and the Paint / Erase brushes preset to one slice
+        and `brush_mm`: done before the views exist, so the effect pipelines need `rebind_effect_pipelines`."""
         session, editor = self.session, self.editor
-        self.slicer_app.display_manager.show_volume_in_slice_background(session.volumes[self.state.background_role])
-        for view in self.slicer_app.view_manager.get_slice_views():
-            view.fit_view_to_content()
         painted = editor.create_empty_segmentation_node()
         painted.SetName("Painted")
         editor.set_active_segmentation(painted, session.reference)
         for name, color in DEFAULT_SEGMENTS:
             editor.add_empty_segment(segment_name=name, segment_color=list(color))
         editor.set_active_segment_id(editor.get_nth_segment_id(0))
+        for effect_type in (SegmentationEffectPaint, SegmentationEffectErase):
+            use_slice_brush(editor.set_active_effect_type(effect_type), self.brush_mm)
+        editor.deactivate_effect()
         session.painted = painted
+
+    def _show_case(self):
+        self.slicer_app.display_manager.show_volume_in_slice_background(
+            self.session.volumes[self.state.background_role])
+        self.slicer_app.display_manager.set_node_visible_in_group(self.session.painted)
+        for view in self.slicer_app.view_manager.get_slice_views():
+            view.fit_view_to_content()
         self._update_segments()
         self._jump_to_axial(self.state.axial_slice)
         self._fitted_sizes = {}

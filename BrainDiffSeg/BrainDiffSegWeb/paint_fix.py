@@ -49,7 +49,9 @@ def rebind_effect_pipelines(segmentation_editor, view_manager) -> int:
         pipeline.SetView(view)
         rebound += 1
         if getattr(pipeline, "_isActive", False) and getattr(pipeline, "widget", "absent") is None:
-            pipeline.SetActive(False)  # re-activate so that the brush widget is created with the view
+            # active without a brush widget: SetActive(False) would touch the missing widget, so only the flag is
+            # reset; SetActive(True) then creates the widget as it would have with a view
+            pipeline._isActive = False
             pipeline.SetActive(True)
     if rebound:
         log.debug("re-bound %d segmentation effect pipelines to their views", rebound)
