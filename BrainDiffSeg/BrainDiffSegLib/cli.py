@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--brush", type=float, default=3.0, help="brush diameter in mm (one axial slice thick)")
+    p.add_argument("--fast", action="store_true",
+                   help="quick preview: --method raw and a small classifier (2 small MLPs, 6 epochs); also for tests")
     _add_propagation_args(p)
 
     a = ap.parse_args(argv)

@@ -29,6 +29,9 @@ ROLES = ("t1", "t1ce", "t2", "flair")
 # The segments a new session starts with: the BraTS classes, so that the result uses the BraTS labels 1 / 2 / 4.
 DEFAULT_SEGMENTS = (("Necrotic core", (0.90, 0.10, 0.10)), ("Edema", (0.10, 0.80, 0.20)),
                     ("Enhancing tumour", (1.00, 0.85, 0.00)))
+# colour tables for the uncertainty overlay, first available (the file-based ones need Slicer's share folder)
+UNCERTAINTY_COLORS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeWarm1",
+                      "vtkMRMLColorTableNodeRainbow")
 SAVE_SUFFIXES = (".seg.nrrd", ".nii.gz", "_painted.seg.nrrd")
 
 
@@ -283,7 +286,9 @@ class AnnotationSession:
                                        self.scene.GenerateUniqueName(f"{result.GetName()} uncertainty"))
             uncertainty.CreateDefaultDisplayNodes()
             display = uncertainty.GetDisplayNode()
-            display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileHotToColdRainbow.txt")
+            color = next((c for c in UNCERTAINTY_COLORS if self.scene.GetNodeByID(c) is not None), None)
+            if color is not None:
+                display.SetAndObserveColorNodeID(color)
             display.SetAutoWindowLevel(False)
             display.SetWindowLevelMinMax(0.0, 1.0)
             display.SetApplyThreshold(True)
