@@ -32,6 +32,7 @@ DEFAULT_SEGMENTS = (("Necrotic core", (0.90, 0.10, 0.10)), ("Edema", (0.10, 0.80
 # colour tables for the uncertainty overlay, first available (the file-based ones need Slicer's share folder)
 UNCERTAINTY_COLORS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeWarm1",
                       "vtkMRMLColorTableNodeRainbow")
+UNCERTAINTY_SHOWN_FROM = 0.25  # normalised entropy below this is transparent in the overlay
 SAVE_SUFFIXES = (".seg.nrrd", ".nii.gz", "_painted.seg.nrrd")
 
 
@@ -292,7 +293,7 @@ class AnnotationSession:
             display.SetAutoWindowLevel(False)
             display.SetWindowLevelMinMax(0.0, 1.0)
             display.SetApplyThreshold(True)
-            display.SetLowerThreshold(0.05)
+            display.SetLowerThreshold(UNCERTAINTY_SHOWN_FROM)
             display.SetUpperThreshold(1.0)
             result.SetNodeReferenceID(_module().UNCERTAINTY_REFERENCE_ROLE, uncertainty.GetID())
         private.scene.Clear(1)
