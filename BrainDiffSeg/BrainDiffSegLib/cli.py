@@ -1,4 +1,4 @@
-"""The `braindiffseg` command: train-ddpm, propagate, demo."""
+"""The `braindiffseg` command: train-ddpm, propagate, demo, benchmark, web."""
 from __future__ import annotations
 
 import argparse
@@ -214,6 +214,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-cases", type=int, default=0)
     b.add_argument("--out", required=True)
 
+    p = sub.add_parser("web", help="the browser annotator: paint, propagate and review a case (trame-slicer)")
+    p.add_argument("--case", help="case folder (BraTS, BraTS 2023 or LGG layout)")
+    for role in ("t1", "t1ce", "t2", "flair"):
+        p.add_argument(f"--{role}", metavar="FILE", help=f"{role.upper()} image (instead of --case)")
+    p.add_argument("--out", help="folder for saved segmentations (default: the case folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--brush", type=float, default=3.0, help="brush diameter in mm (one axial slice thick)")
+    p.add_argument("--fast", action="store_true",
+                   help="quick preview: --method raw and a small classifier (2 small MLPs, 6 epochs); also for tests")
+    _add_propagation_args(p)
+
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -232,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.command == "benchmark":
             return _benchmark(a)
+        if a.command == "web":
+            try:  # lazy: the annotator needs slicer-core and trame-slicer (the `web` extra), the engine does not
+                import BrainDiffSegWeb
+            except ImportError as exc:
+                raise InputError(f"The browser annotator needs the 'web' extra (pip install -e .[web]): {exc}") \
+                    from exc
+            return BrainDiffSegWeb.run(a, _options(a))
         if a.command == "demo":
             out = Path(a.out_dir)
             a.case = a.case or str(data_root() / DEMO_CASE)

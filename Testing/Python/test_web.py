@@ -1,0 +1,408 @@
+"""The browser annotator (`braindiffseg web`, BrainDiffSeg/BrainDiffSegWeb).
+
+* The trame-slicer 2.0.0 paint work-around (`paint_fix.rebind_effect_pipelines`): activating Paint fails without
+  it and works with it; a brush stroke marks one axial slice only.
+* `AnnotationSession`: saving never overwrites (numbered names), bad input is an InputError, a propagation runs in
+  the background and can be cancelled.
+* The CLI: bad input exits with code 2 before anything is served.
+* End to end in headless Chromium (Playwright): the server is started on a crop of BraTS2021_00006, the tumour is
+  painted with real mouse drags on two axial slices, Propagate runs (fast 'raw' features), the result is saved and
+  compared with the ground truth. A screenshot is written to $BRAINDIFFSEG_ARTIFACTS (default: pytest's tmp dir).
+
+Everything skips cleanly without trame-slicer, Chromium, Playwright or the real data.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+pytest.importorskip("slicer")
+pytest.importorskip("trame_slicer")
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+CASE = "brats2021/BraTS2021_00006"
+CROP = (100, 100, 60)  # I, J, K (NIfTI order): 100 x 100 mm in-plane, 60 axial slices around the tumour
+ROLES = ("t1", "t1ce", "t2", "flair")
+BRUSH_MM = 3.0
+
+
+def write_crop(data_root: Path, out: Path, with_seg: bool = True) -> tuple[Path, np.ndarray, np.ndarray]:
+    """BraTS2021_00006 cropped to CROP around the tumour, as a BraTS-named case folder; (folder, label, affine)."""
+    import nibabel as nib
+
+    src = data_root / CASE
+    if not src.is_dir():
+        pytest.skip(f"{src} not available")
+    seg = nib.load(src / "BraTS2021_00006_seg.nii.gz")
+    label = np.asarray(seg.dataobj)
+    tumour = np.argwhere(label > 0)
+    centre = (tumour.min(0) + tumour.max(0)) // 2
+    start = np.clip(centre - np.array(CROP) // 2, 0, np.array(label.shape) - CROP)
+    window = tuple(slice(s, s + n) for s, n in zip(start, CROP))
+    affine = seg.affine.copy()
+    affine[:3, 3] = seg.affine[:3, :3] @ start + seg.affine[:3, 3]
+    out.mkdir(parents=True, exist_ok=True)
+    for role in ROLES + (("seg",) if with_seg else ()):
+        data = np.asarray(nib.load(src / f"BraTS2021_00006_{role}.nii.gz").dataobj)[window]
+        img = nib.Nifti1Image(data, affine)
+        img.set_data_dtype(data.dtype)
+        nib.save(img, out / f"{out.name}_{role}.nii.gz")
+    return out, label[window], affine
+
+
+@pytest.fixture(scope="module")
+def crop_case(data_root, tmp_path_factory):
+    return write_crop(data_root, tmp_path_factory.mktemp("web") / "BraTS2021_00006crop")
+
+
+def fast_options():
+    """What `braindiffseg web --fast --device cpu` propagates with."""
+    from BrainDiffSegLib.propagate import PropagationOptions
+
+    from BrainDiffSegWeb import fast_options as web_fast_options
+
+    options = web_fast_options(PropagationOptions(device="cpu"))
+    assert options.method == "raw" and options.classifier.n_models == 2 and options.classifier.max_epochs == 6
+    return options
+
+
+# ------------------------------------------------------------------------------------------ in-process app
+
+def build_app(case_dir, name, monkeypatch=None, without_fix=False, out_dir=None):
+    import BrainDiffSegWeb.app as web_app
+
+    if without_fix:
+        monkeypatch.setattr(web_app, "rebind_effect_pipelines", lambda *args, **kwargs: 0)
+    return web_app.BrainDiffSegWebApp(lambda session: session.load_case(case_dir), options=fast_options(),
+                                      out_dir=out_dir, server=name, brush_mm=BRUSH_MM)
+
+
+def stroke(app, view_tag, points_ras):
+    """A left-button drag through the given RAS points, delivered to the active effect's pipeline of a view as
+    the view's interactor would deliver it."""
+    import slicer
+    from vtkmodules.vtkCommonCore import vtkCommand
+
+    from BrainDiffSegWeb.paint_fix import effect_pipelines
+
+    view_node = app.slicer_app.view_manager.get_view(view_tag).get_view_node()
+    effect = app.editor.active_effect
+    pipeline = next(p for p in effect_pipelines(app.editor) if p.GetViewNode() is view_node and p._effect is effect)
+    events = ([(vtkCommand.MouseMoveEvent, points_ras[0]), (vtkCommand.LeftButtonPressEvent, points_ras[0])]
+              + [(vtkCommand.MouseMoveEvent, p) for p in points_ras[1:]]
+              + [(vtkCommand.LeftButtonReleaseEvent, points_ras[-1])])
+    for event, ras in events:
+        data = slicer.vtkMRMLInteractionEventData()
+        data.SetType(int(event))
+        data.SetWorldPosition([float(c) for c in ras])
+        pipeline.ProcessInteractionEvent(data)
+
+
+def painted_slices(app) -> list[int]:
+    app._refresh_annotated_slices()
+    return list(app.state.annotated_slices)
+
+
+def test_paint_fails_without_the_rebind_and_paints_one_slice_with_it(crop_case, monkeypatch):
+    """Regression test for `paint_fix.rebind_effect_pipelines` and `use_slice_brush`."""
+    from trame_slicer.segmentation import SegmentationEffectPaint
+
+    from BrainDiffSegWeb.paint_fix import effect_pipelines
+
+    case_dir, _, _ = crop_case
+    broken = build_app(case_dir, "web-test-nofix", monkeypatch, without_fix=True)
+    pipelines = effect_pipelines(broken.editor)
+    assert pipelines and all(p._view is None for p in pipelines)  # the trame-slicer 2.0.0 bug is still there
+    with pytest.raises(AttributeError, match="paint_interaction_stopped"):
+        broken.editor.set_active_effect_type(SegmentationEffectPaint)
+    monkeypatch.undo()
+
+    app = build_app(case_dir, "web-test-fixed")
+    assert all(p._view is not None for p in effect_pipelines(app.editor))
+    app.state.tool = "paint"
+    app._on_tool("paint")
+    effect = app.editor.active_effect
+    assert isinstance(effect, SegmentationEffectPaint)
+    assert not effect.is_sphere_brush() and effect.get_brush_diameter() == BRUSH_MM
+    app.editor.set_active_segment_id(app.state.segments[1]["id"])  # Edema
+    z = 30
+    app._jump_to_axial(z)
+    r, a, s = app.session.slice_ras(z)
+    stroke(app, "Red", [(r + dx, a, s) for dx in np.linspace(-10, 10, 11)])
+    assert painted_slices(app) == [z]
+    voxels = app.session.segment_voxels(app.session.painted)
+    # a 20 mm stroke of a 3 mm brush on 1 mm voxels: about 20 x 3 voxels, on one slice
+    assert 40 <= voxels["Edema"] <= 120 and voxels["Necrotic core"] == 0
+    # a second, vertical stroke two slices further: still one axial slice per stroke
+    app._jump_to_axial(z + 2)
+    r, a, s = app.session.slice_ras(z + 2)
+    stroke(app, "Red", [(r, a + da, s) for da in np.linspace(-5, 5, 6)])
+    assert painted_slices(app) == [z, z + 2]
+
+
+# ------------------------------------------------------------------------------------------ session
+
+def test_numbered_stem(tmp_path):
+    from BrainDiffSegWeb.session import numbered_stem
+
+    assert numbered_stem(tmp_path, "case_braindiffseg") == "case_braindiffseg"
+    (tmp_path / "case_braindiffseg.nii.gz").write_bytes(b"x")
+    assert numbered_stem(tmp_path, "case_braindiffseg") == "case_braindiffseg-2"
+    (tmp_path / "case_braindiffseg-2_painted.seg.nrrd").write_bytes(b"x")  # any one of the three files counts
+    assert numbered_stem(tmp_path, "case_braindiffseg") == "case_braindiffseg-3"
+
+
+@pytest.fixture
+def session(mrml_scene):
+    from BrainDiffSegWeb.session import AnnotationSession
+
+    return AnnotationSession(mrml_scene, fast_options())
+
+
+def paint_truth_slices(session, label, zs):
+    """A painted segmentation holding the ground truth of the crop on the axial slices zs (Edema = whole tumour)."""
+    import slicer
+
+    logic = session.logic
+    node = session.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(session.reference)
+    ann = np.zeros(label.shape, np.uint8)
+    ann[..., zs] = label[..., zs] > 0
+    sid = node.GetSegmentation().AddEmptySegment("", "Edema")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(logic.fromEngineArray(ann, 2), node, sid, session.reference)
+    session.painted = node
+    return node
+
+
+def test_session_save_never_overwrites(session, crop_case, tmp_path):
+    import nibabel as nib
+
+    case_dir, label, _ = crop_case
+    session.load_case(case_dir)
+    assert set(session.volumes) == set(ROLES) and session.case_name == case_dir.name
+    paint_truth_slices(session, label, [20, 40])
+    first = session.save(tmp_path)
+    assert first.what == "painted"
+    assert first.segmentation.name == f"{case_dir.name}_braindiffseg.seg.nrrd"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (first.segmentation, first.labels, first.painted)}
+    second = session.save(tmp_path)
+    assert second.segmentation.name == f"{case_dir.name}_braindiffseg-2.seg.nrrd"
+    assert second.labels.name == f"{case_dir.name}_braindiffseg-2.nii.gz"
+    for p, (mtime, data) in before.items():  # the first save is untouched
+        assert p.stat().st_mtime_ns == mtime and p.read_bytes() == data
+    saved = np.asarray(nib.load(second.labels).dataobj)
+    assert saved.shape == label.shape and set(np.unique(saved)) == {0, 2}
+    assert np.flatnonzero(saved.reshape(-1, saved.shape[-1]).any(0)).tolist() == [20, 40]
+
+
+def test_session_propagates_in_the_background_and_cancels(session, crop_case):
+    from BrainDiffSegWeb.session import JobStatus
+
+    case_dir, label, _ = crop_case
+    session.load_case(case_dir)
+    node = paint_truth_slices(session, label, [20, 40])
+    n_segments = node.GetSegmentation().GetNumberOfSegments()
+
+    session.start_propagation()
+    session.cancel()
+    state = session.wait(60)
+    assert state.status == JobStatus.CANCELLED and session.import_result() is None
+    assert session.result is None
+
+    nodes_before = session.scene.GetNumberOfNodes()
+    session.start_propagation()
+    assert session.running
+    state = session.wait(120)
+    assert state.status == JobStatus.DONE, state.message
+    result = session.import_result()
+    assert result is not None and result.GetScene() is session.scene
+    assert session.scene.GetNumberOfNodes() > nodes_before
+    assert node.GetSegmentation().GetNumberOfSegments() == n_segments  # the painted node is untouched
+    counts = session.segment_voxels(result)
+    assert set(counts) == {"Edema"} and counts["Edema"] > 0.5 * np.count_nonzero(label)
+    assert session.uncertainty is not None and session.least_certain
+    assert all(z not in (20, 40) for z, _ in session.least_certain)
+
+
+def test_session_bad_input(session, tmp_path):
+    from BrainDiffSegLib.errors import InputError
+
+    with pytest.raises(InputError, match="Case folder not found"):
+        session.load_case(tmp_path / "missing")
+    with pytest.raises(InputError, match="No MRI sequence"):
+        session.load_case(tmp_path)
+    with pytest.raises(InputError, match="file not found"):
+        session.load_files({"flair": tmp_path / "nope.nii.gz"})
+    bad = tmp_path / "bad_flair.nii.gz"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(InputError, match="cannot read"):
+        session.load_files({"flair": bad})
+    with pytest.raises(InputError, match="Load a case"):
+        session.start_propagation()
+
+
+def test_cli_bad_input_exits_with_code_2(tmp_path, free_port):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "BrainDiffSeg"))
+    for args, message in ((["--case", str(tmp_path / "missing")], "Case folder not found"),
+                          ([], "Give --case DIR"),
+                          (["--flair", str(tmp_path / "none.nii.gz")], "file not found")):
+        run = subprocess.run([sys.executable, "-m", "BrainDiffSegLib.cli", "web", *args, "--port", str(free_port)],
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert message in run.stderr
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+def wait_for_port(port: int, proc, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"the server did not listen on port {port} within {timeout} s")
+
+
+def wait_for(page, expression: str, timeout_s: float = 30):
+    page.wait_for_function(expression, timeout=timeout_s * 1000)
+
+
+def stroke_rows(mask2d: np.ndarray, step: int = 2) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Horizontal strokes (voxel (i, j) start and end) every `step` rows of a 2D mask (I x J), each run of the
+    mask shortened by the brush radius so that the brush stays inside."""
+    strokes = []
+    js = np.flatnonzero(mask2d.any(0))
+    for j in range(js.min() + 1, js.max(), step):
+        row = mask2d[:, j].astype(np.int8)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], row, [0]])))
+        for i0, i1 in zip(edges[::2], edges[1::2] - 1):
+            if i1 - i0 >= 2:
+                strokes.append(((i0 + 1, j), (i1 - 1, j)))
+            else:
+                strokes.append(((i0, j), (i1, j)))
+    return strokes
+
+
+def test_browser_paint_propagate_review_save(crop_case, tmp_path, free_port, request):
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian chromium not installed (scripts/setup.sh installs it)")
+    import nibabel as nib
+
+    from BrainDiffSegLib.protocol import protocol_slices, region_dice
+
+    case_dir, label, affine = crop_case
+    out_dir = tmp_path / "out"
+    artifacts = Path(os.environ.get("BRAINDIFFSEG_ARTIFACTS") or tmp_path / "artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "BrainDiffSeg"), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
+    log_path = tmp_path / "server.log"
+    t0 = time.time()
+    with open(log_path, "w") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "BrainDiffSegLib.cli", "web", "--case", str(case_dir), "--port", str(free_port),
+             "--out", str(out_dir), "--fast", "--device", "cpu",
+             "--brush", str(BRUSH_MM)], stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_port(free_port, server, 90)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"http://127.0.0.1:{free_port}/")
+            page.wait_for_selector("#view-Red", timeout=60000)
+            wait_for(page, "window.trame.state.get('axial_xy_to_ras').length === 16")
+            state = lambda key: page.evaluate(f"() => window.trame.state.get('{key}')")  # noqa: E731
+            assert [s["name"] for s in state("segments")] == ["Necrotic core", "Edema", "Enhancing tumour"]
+
+            zs = protocol_slices(label, 2)
+            for z in zs:
+                page.locator("#axial-slice").fill(str(z))
+                page.keyboard.press("Enter")
+                wait_for(page, f"window.trame.state.get('axial_slice') === {z}")
+                # the view geometry published by the app: RAS = M @ (x, y, 0, 1), pixels from the bottom left
+                wait_for(page, f"Math.abs(window.trame.state.get('axial_xy_to_ras')[11] - {(affine @ [0, 0, z, 1])[2]})"
+                               " < 0.01")
+                m = np.array(state("axial_xy_to_ras")).reshape(4, 4)
+                box = page.locator("#view-Red").bounding_box()
+                to_xy = np.linalg.inv(m[:2, :2])
+
+                def screen(i, j):
+                    ras = affine @ [i, j, z, 1]
+                    x, y = to_xy @ (ras[:2] - m[:2, 3])
+                    return box["x"] + x, box["y"] + box["height"] - y
+
+                for segment, mask in (("#segment-1", label[..., z] > 0),  # Edema: the whole tumour
+                                      ("#segment-0", np.isin(label[..., z], (1, 4)))):  # Necrotic core: the core
+                    page.locator(segment).click()
+                    page.locator("#tool-paint").click()
+                    for (i0, j0), (i1, j1) in stroke_rows(mask):
+                        page.mouse.move(*map(float, screen(i0, j0)))
+                        page.mouse.down()
+                        page.mouse.move(*map(float, screen(i1, j1)), steps=int(max(2, (i1 - i0) // 4)))
+                        page.mouse.up()
+            page.locator("#tool-none").click()
+            wait_for(page, f"JSON.stringify(window.trame.state.get('annotated_slices')) === '{list(map(int, zs))}'"
+                           .replace(" ", ""))
+
+            page.locator("#propagate").click()
+            wait_for(page, "window.trame.state.get('running') === true", 10)
+            wait_for(page, "window.trame.state.get('running') === false", 150)
+            assert state("job_status") == "done", state("message")
+            assert state("result_name") == "Painted propagated"
+            result = {s["name"]: s["voxels"] for s in state("result_segments")}
+            assert set(result) == {"Necrotic core", "Edema"}
+            wt = int(np.count_nonzero(label))
+            assert 0.5 * wt < sum(result.values()) < 1.5 * wt
+            least = state("least_certain")
+            assert least and all(s["z"] not in zs for s in least)
+            page.locator(f"#least-certain-{least[0]['z']}").click()
+            wait_for(page, f"window.trame.state.get('axial_slice') === {least[0]['z']}")
+            time.sleep(1.0)  # let the views render before the screenshot
+            page.screenshot(path=str(artifacts / "web_annotator.png"))
+            page.locator("#show-uncertainty").check()
+            wait_for(page, "window.trame.state.get('show_uncertainty') === true")
+            time.sleep(1.0)
+            page.screenshot(path=str(artifacts / "web_annotator_uncertainty.png"))
+
+            page.locator("#save").click()
+            wait_for(page, "window.trame.state.get('saved_files').length === 3")
+            page.locator("#save").click()  # a second save writes new, numbered files
+            wait_for(page, "window.trame.state.get('saved_files').length === 6")
+            saved = [Path(f) for f in state("saved_files")]
+            browser.close()
+        assert [f.name for f in saved] == [
+            f"{case_dir.name}_braindiffseg{n}{suffix}" for n in ("", "-2")
+            for suffix in (".seg.nrrd", ".nii.gz", "_painted.seg.nrrd")]
+        assert all(f.is_file() for f in saved)
+        pred = np.asarray(nib.load(saved[1]).dataobj)
+        assert pred.shape == label.shape
+        np.testing.assert_array_equal(pred, np.asarray(nib.load(saved[4]).dataobj))
+        dice = region_dice(pred, label, list(zs))
+        request.node.user_properties.append(("dice", dice))
+        print(f"Dice on the non-annotated slices: {dice}; {time.time() - t0:.1f} s")
+        # floors for the fast preview ('raw' features, 2 small MLPs) from mouse-painted slices; measured here:
+        # WT 0.78-0.91, TC 0.36-0.52 over four runs (the core is painted only roughly, rows 2 mm apart)
+        assert dice["WT"] > 0.7 and dice["TC"] > 0.25, dice
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        if server.returncode not in (0, -15, None):
+            print(log_path.read_text()[-3000:])
