@@ -2,22 +2,22 @@
 and saving. No trame and no UI here (the app in `app.py` drives it), so it is tested without a browser.
 
 Threading: the shown MRML scene is only ever touched from the thread that owns it (the trame server's event loop).
-`start_propagation` copies the sequences and the painted segments into a private scene, the worker thread runs
-`BrainDiffSegLogic.propagate` on that copy, and `import_result` (called on the owner thread once the job is done)
-copies the new segmentation and the uncertainty volume into the shown scene. Painting while the job runs is
-therefore safe and does not change the running job's input.
+`start_propagation` reads the sequences and the painted segments into arrays there
+(`BrainDiffSegLogic.startPropagation`), the engine runs on those arrays in a background thread
+(`BrainDiffSegLib.background.BackgroundTask`, the same as in the Slicer panel), and `import_result` (called on the
+owner thread once the job is done) adds the new segmentation and the uncertainty volume to the shown scene
+(`BrainDiffSegLogic.finishPropagation`). Painting while the job runs is therefore safe and does not change the
+running job's input.
 """
 from __future__ import annotations
 
 import enum
 import logging
 import re
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import vtk
 
 import slicer
 
@@ -62,18 +62,6 @@ class SavedFiles:
     what: str  # "propagated" or "painted" (what went into `segmentation` / `labels`)
 
 
-@dataclass
-class _Private:
-    """The private copy a job works on (its own scene, volumes and painted segmentation)."""
-    scene: object
-    volumes: dict
-    painted: object
-    logic: object
-    result: object = None
-    uncertainty: object = None
-    least_certain: list = field(default_factory=list)
-
-
 def _module():
     """The Slicer module file (BrainDiffSeg/BrainDiffSeg.py), imported lazily (it needs slicer-core)."""
     import BrainDiffSeg
@@ -94,30 +82,6 @@ def numbered_stem(out_dir: Path, stem: str, suffixes=SAVE_SUFFIXES) -> str:
         n += 1
 
 
-def _copy_volume(volume, scene, name=None):
-    """A scalar volume with a deep copy of the voxels and the same geometry, added to `scene`."""
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or volume.GetName())
-    m = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(m)
-    node.SetIJKToRASMatrix(m)
-    image = vtk.vtkImageData()
-    image.DeepCopy(volume.GetImageData())
-    node.SetAndObserveImageData(image)
-    return node
-
-
-def _copy_segmentation(source, scene, name, reference):
-    """A segmentation node with a deep copy of `source`'s segments (and its BrainDiffSeg attributes) in `scene`."""
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
-    node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-    node.GetSegmentation().DeepCopy(source.GetSegmentation())
-    for attribute in source.GetAttributeNames() or ():
-        if attribute.startswith("BrainDiffSeg."):
-            node.SetAttribute(attribute, source.GetAttribute(attribute))
-    return node
-
-
 class AnnotationSession:
     """The sequences of one case, the painted segmentation, a background propagation and saving.
 
@@ -135,12 +99,8 @@ class AnnotationSession:
         self.result = None
         self.uncertainty = None
         self.least_certain: list[tuple[int, float]] = []
-        self._lock = threading.Lock()
         self._state = JobState()
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._private: _Private | None = None
-        self._started = 0.0
+        self._run = None  # BrainDiffSeg.PropagationRun of the current job
 
     # ------------------------------------------------------------------ loading
 
@@ -206,86 +166,69 @@ class AnnotationSession:
     # ------------------------------------------------------------------ propagation in the background
 
     def job_state(self) -> JobState:
-        with self._lock:
-            return JobState(**vars(self._state))
+        """The current job's status, stage, fraction, message and elapsed time (polls the background task)."""
+        run = self._run
+        if run is not None:
+            task = run.task
+            task.poll()
+            state = self._state
+            state.stage, state.fraction = task.stage, task.fraction
+            state.seconds = task.seconds if task.done else time.perf_counter() - (task.started_at or 0.0)
+            if task.done and state.status == JobStatus.RUNNING:
+                error = task.error
+                if error is None:
+                    state.status, state.stage, state.fraction = JobStatus.DONE, "done", 1.0
+                    log.info("propagation done in %.1f s", state.seconds)
+                elif isinstance(error, CancelledError):
+                    state.status, state.message = JobStatus.CANCELLED, "Propagation cancelled."
+                    log.info("propagation cancelled")
+                elif isinstance(error, BrainDiffSegError):
+                    state.status, state.message = JobStatus.FAILED, str(error)
+                    log.error("propagation failed: %s", error)
+                else:  # an unexpected engine error: shown to the user, logged with the traceback
+                    state.status = JobStatus.FAILED
+                    state.message = f"Propagation failed: {type(error).__name__}: {error}"
+                    log.error("propagation failed", exc_info=error)
+            if task.cancel_requested and not task.done:
+                state.stage = "cancelling"
+        return JobState(**vars(self._state))
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _set(self, **kwargs) -> None:
-        with self._lock:
-            for key, value in kwargs.items():
-                setattr(self._state, key, value)
-            self._state.seconds = time.perf_counter() - self._started if self._started else 0.0
+        return self._run is not None and not self._run.task.done
 
     def start_propagation(self) -> None:
-        """Copy the inputs to a private scene and propagate there in a worker thread (raises InputError at once
-        for an empty painting; engine errors end the job as FAILED with the message)."""
+        """Read the inputs and propagate in a background thread (raises InputError at once for bad input, such
+        as an empty painting; engine errors end the job as FAILED with the message)."""
         if self.running:
             raise InputError("A propagation is already running: wait for it or cancel it.")
         if self.painted is None or not self.volumes:
             raise InputError("Load a case and paint the tumour on a few axial slices first.")
         if not any(self._painted_voxels().values()):
             raise InputError("Nothing is painted yet: paint the tumour on at least one axial slice.")
-        scene = slicer.vtkMRMLScene()
-        volumes = {role: _copy_volume(node, scene) for role, node in self.volumes.items()}
-        reference = volumes.get("flair") or next(iter(volumes.values()))
-        painted = _copy_segmentation(self.painted, scene, self.painted.GetName(), reference)
-        self._private = _Private(scene=scene, volumes=volumes, painted=painted, logic=_module().BrainDiffSegLogic())
-        self._cancel.clear()
-        self._started = time.perf_counter()
-        self._set(status=JobStatus.RUNNING, stage="starting", fraction=0.0, message="")
-        self._thread = threading.Thread(target=self._run, args=(self._private,), name="braindiffseg-propagate",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self, private: _Private) -> None:
-        try:
-            private.result = private.logic.propagate(
-                private.volumes, private.painted, self.options,
-                progress=lambda stage, fraction: self._set(stage=stage, fraction=float(fraction)),
-                cancelled=self._cancel.is_set, createUncertainty=True)
-            private.uncertainty = private.logic.lastUncertaintyNode
-            private.least_certain = private.logic.lastResult.least_certain_slices()
-            self._set(status=JobStatus.DONE, stage="done", fraction=1.0)
-            log.info("propagation done in %.1f s", self.job_state().seconds)
-        except CancelledError:
-            self._set(status=JobStatus.CANCELLED, message="Propagation cancelled.")
-            log.info("propagation cancelled")
-        except BrainDiffSegError as exc:
-            self._set(status=JobStatus.FAILED, message=str(exc))
-            log.error("propagation failed: %s", exc)
-        except Exception as exc:  # an unexpected engine error: shown to the user, logged with the traceback
-            self._set(status=JobStatus.FAILED, message=f"Propagation failed: {type(exc).__name__}: {exc}")
-            log.exception("propagation failed")
+        self._run = self.logic.startPropagation(self.volumes, self.painted, self.options, createUncertainty=True)
+        self._state = JobState(status=JobStatus.RUNNING, stage="starting")
 
     def cancel(self) -> None:
         """Ask the running job to stop (it stops at the engine's next check, leaving the shown scene unchanged)."""
         if self.running:
-            self._cancel.set()
-            self._set(stage="cancelling")
+            self._run.task.cancel()
 
     def wait(self, timeout: float | None = None) -> JobState:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._run is not None:
+            self._run.task.wait(timeout)
         return self.job_state()
 
     def import_result(self):
-        """On the scene's thread, after a job is DONE: copy the new segmentation (and uncertainty volume) into the
+        """On the scene's thread, after a job is DONE: add the new segmentation (and uncertainty volume) to the
         shown scene. Returns the new segmentation node; the painted segmentation is not touched."""
-        private = self._private
-        if private is None or private.result is None or self.running:
+        run = self._run
+        if run is None or self.running or self.job_state().status != JobStatus.DONE:
             return None
-        self._private = None
-        reference = self.reference
-        result = _copy_segmentation(private.result, self.scene, private.result.GetName(), reference)
-        result.SetNodeReferenceID(_module().SOURCE_REFERENCE_ROLE, self.painted.GetID())
-        uncertainty = None
-        if private.uncertainty is not None:
-            uncertainty = _copy_volume(private.uncertainty, self.scene,
-                                       self.scene.GenerateUniqueName(f"{result.GetName()} uncertainty"))
-            uncertainty.CreateDefaultDisplayNodes()
+        self._run = None
+        result = self.logic.finishPropagation(run)
+        uncertainty = self.logic.lastUncertaintyNode
+        if uncertainty is not None:
             display = uncertainty.GetDisplayNode()
             color = next((c for c in UNCERTAINTY_COLORS if self.scene.GetNodeByID(c) is not None), None)
             if color is not None:
@@ -295,10 +238,9 @@ class AnnotationSession:
             display.SetApplyThreshold(True)
             display.SetLowerThreshold(UNCERTAINTY_SHOWN_FROM)
             display.SetUpperThreshold(1.0)
-            result.SetNodeReferenceID(_module().UNCERTAINTY_REFERENCE_ROLE, uncertainty.GetID())
-        private.scene.Clear(1)
-        self.result, self.uncertainty, self.least_certain = result, uncertainty, private.least_certain
-        self._set(status=JobStatus.IDLE)
+        self.result, self.uncertainty = result, uncertainty
+        self.least_certain = self.logic.lastResult.least_certain_slices()
+        self._state = JobState()
         return result
 
     # ------------------------------------------------------------------ inspection
