@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import slicer
 
 from BrainDiffSegLib.errors import BrainDiffSegError, CancelledError, InputError
