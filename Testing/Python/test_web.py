@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from web_driver import (go_to_axial, open_app, paint_slice, propagate, start_server, state, stop_server,
+                        wait_annotated, wait_for, wait_for_port)
 
 pytest.importorskip("slicer")
 pytest.importorskip("trame_slicer")
@@ -265,38 +266,6 @@ def test_cli_bad_input_exits_with_code_2(tmp_path, free_port):
 
 # ------------------------------------------------------------------------------------------ end to end
 
-def wait_for_port(port: int, proc, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited with code {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise AssertionError(f"the server did not listen on port {port} within {timeout} s")
-
-
-def wait_for(page, expression: str, timeout_s: float = 30):
-    page.wait_for_function(expression, timeout=timeout_s * 1000)
-
-
-def stroke_rows(mask2d: np.ndarray, step: int = 2) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """Horizontal strokes (voxel (i, j) start and end) every `step` rows of a 2D mask (I x J), each run of the
-    mask shortened by the brush radius so that the brush stays inside."""
-    strokes = []
-    js = np.flatnonzero(mask2d.any(0))
-    for j in range(js.min() + 1, js.max(), step):
-        row = mask2d[:, j].astype(np.int8)
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], row, [0]])))
-        for i0, i1 in zip(edges[::2], edges[1::2] - 1):
-            if i1 - i0 >= 2:
-                strokes.append(((i0 + 1, j), (i1 - 1, j)))
-            else:
-                strokes.append(((i0, j), (i1, j)))
-    return strokes
-
-
 def test_browser_paint_propagate_review_save(crop_case, tmp_path, free_port, request):
     playwright = pytest.importorskip("playwright.sync_api")
     chromium = shutil.which("chromium")
@@ -310,65 +279,33 @@ def test_browser_paint_propagate_review_save(crop_case, tmp_path, free_port, req
     out_dir = tmp_path / "out"
     artifacts = Path(os.environ.get("BRAINDIFFSEG_ARTIFACTS") or tmp_path / "artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "BrainDiffSeg"), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
     log_path = tmp_path / "server.log"
     t0 = time.time()
-    with open(log_path, "w") as log_file:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "BrainDiffSegLib.cli", "web", "--case", str(case_dir), "--port", str(free_port),
-             "--out", str(out_dir), "--fast", "--device", "cpu",
-             "--brush", str(BRUSH_MM)], stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    server = start_server(case_dir, free_port, out_dir, log_path, fast=True, device="cpu", brush_mm=BRUSH_MM)
     try:
         wait_for_port(free_port, server, 90)
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"http://127.0.0.1:{free_port}/")
-            page.wait_for_selector("#view-Red", timeout=60000)
-            wait_for(page, "window.trame.state.get('axial_xy_to_ras').length === 16")
-            state = lambda key: page.evaluate(f"() => window.trame.state.get('{key}')")  # noqa: E731
-            assert [s["name"] for s in state("segments")] == ["Necrotic core", "Edema", "Enhancing tumour"]
+            open_app(page, free_port)
+            assert [s["name"] for s in state(page, "segments")] == ["Necrotic core", "Edema", "Enhancing tumour"]
 
             zs = protocol_slices(label, 2)
             for z in zs:
-                page.locator("#axial-slice").fill(str(z))
-                page.keyboard.press("Enter")
-                wait_for(page, f"window.trame.state.get('axial_slice') === {z}")
-                # the view geometry published by the app: RAS = M @ (x, y, 0, 1), pixels from the bottom left
-                wait_for(page, f"Math.abs(window.trame.state.get('axial_xy_to_ras')[11] - {(affine @ [0, 0, z, 1])[2]})"
-                               " < 0.01")
-                m = np.array(state("axial_xy_to_ras")).reshape(4, 4)
-                box = page.locator("#view-Red").bounding_box()
-                to_xy = np.linalg.inv(m[:2, :2])
-
-                def screen(i, j):
-                    ras = affine @ [i, j, z, 1]
-                    x, y = to_xy @ (ras[:2] - m[:2, 3])
-                    return box["x"] + x, box["y"] + box["height"] - y
-
-                for segment, mask in (("#segment-1", label[..., z] > 0),  # Edema: the whole tumour
-                                      ("#segment-0", np.isin(label[..., z], (1, 4)))):  # Necrotic core: the core
-                    page.locator(segment).click()
-                    page.locator("#tool-paint").click()
-                    for (i0, j0), (i1, j1) in stroke_rows(mask):
-                        page.mouse.move(*map(float, screen(i0, j0)))
-                        page.mouse.down()
-                        page.mouse.move(*map(float, screen(i1, j1)), steps=int(max(2, (i1 - i0) // 4)))
-                        page.mouse.up()
+                screen = go_to_axial(page, z, affine)
+                # Edema: the whole tumour, then Necrotic core: the tumour core
+                paint_slice(page, label[..., z], screen, plan=(("#segment-1", (1, 2, 4)), ("#segment-0", (1, 4))))
             page.locator("#tool-none").click()
-            wait_for(page, f"JSON.stringify(window.trame.state.get('annotated_slices')) === '{list(map(int, zs))}'"
-                           .replace(" ", ""))
+            wait_annotated(page, zs)
 
-            page.locator("#propagate").click()
-            wait_for(page, "window.trame.state.get('running') === true", 10)
-            wait_for(page, "window.trame.state.get('running') === false", 150)
-            assert state("job_status") == "done", state("message")
-            assert state("result_name") == "Painted propagated"
-            result = {s["name"]: s["voxels"] for s in state("result_segments")}
+            propagate(page, 150)
+            assert state(page, "job_status") == "done", state(page, "message")
+            assert state(page, "result_name") == "Painted propagated"
+            result = {s["name"]: s["voxels"] for s in state(page, "result_segments")}
             assert set(result) == {"Necrotic core", "Edema"}
             wt = int(np.count_nonzero(label))
             assert 0.5 * wt < sum(result.values()) < 1.5 * wt
-            least = state("least_certain")
+            least = state(page, "least_certain")
             assert least and all(s["z"] not in zs for s in least)
             page.locator(f"#least-certain-{least[0]['z']}").click()
             wait_for(page, f"window.trame.state.get('axial_slice') === {least[0]['z']}")
@@ -383,7 +320,7 @@ def test_browser_paint_propagate_review_save(crop_case, tmp_path, free_port, req
             wait_for(page, "window.trame.state.get('saved_files').length === 3")
             page.locator("#save").click()  # a second save writes new, numbered files
             wait_for(page, "window.trame.state.get('saved_files').length === 6")
-            saved = [Path(f) for f in state("saved_files")]
+            saved = [Path(f) for f in state(page, "saved_files")]
             browser.close()
         assert [f.name for f in saved] == [
             f"{case_dir.name}_braindiffseg{n}{suffix}" for n in ("", "-2")
@@ -399,10 +336,4 @@ def test_browser_paint_propagate_review_save(crop_case, tmp_path, free_port, req
         # WT 0.78-0.91, TC 0.36-0.52 over four runs (the core is painted only roughly, rows 2 mm apart)
         assert dice["WT"] > 0.7 and dice["TC"] > 0.25, dice
     finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        if server.returncode not in (0, -15, None):
-            print(log_path.read_text()[-3000:])
+        stop_server(server, log_path)
