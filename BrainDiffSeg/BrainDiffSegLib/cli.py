@@ -230,6 +230,13 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
     b.add_argument("--k", type=int, default=3)
     b.add_argument("--max-cases", type=int, default=0)
     b.add_argument("--out", required=True)
+    from .fewshot import add_fewshot_args
+    from .speed import add_speed_args
+
+    add_fewshot_args(bsub.add_parser("fewshot", help="the paper's few-shot experiment: N labelled slices of the "
+                                     "tuning cases, evaluation on the test cases, four methods"))
+    add_speed_args(bsub.add_parser("speed", help="time and peak memory of one full volume, ours vs the reference "
+                                   "approach (all decoder blocks, every pixel's features in memory)"))
 
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,

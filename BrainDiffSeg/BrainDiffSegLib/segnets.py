@@ -55,13 +55,12 @@ def build_unet2d(in_channels: int, n_classes: int, filters: tuple[int, ...] = (1
 
 class TransUNet2D(nn.Module):
     """TransUNet-style hybrid (Chen et al. 2021), small: a CNN encoder (MONAI `UnetBasicBlock`s, stride-2 down) to
-    S/8, a stack of MONAI `TransformerBlock`s on the S/8 x S/8 tokens (learned position embedding) at the bottleneck,
+    S/8, a stack of pre-norm transformer blocks (torch `TransformerEncoderLayer`) on the S/8 x S/8 tokens (learned position embedding) at the bottleneck,
     and a CNN decoder with skip connections (MONAI `UnetUpBlock`s)."""
 
     def __init__(self, in_channels: int, n_classes: int, filters: tuple[int, ...] = (16, 32, 64, 128),
                  size: int = 128, n_layers: int = 2, n_heads: int = 4):
         super().__init__()
-        from monai.networks.blocks import TransformerBlock
         from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetUpBlock
 
         kw = dict(spatial_dims=2, kernel_size=3, norm_name="instance")
@@ -71,8 +70,11 @@ class TransUNet2D(nn.Module):
         n_tokens = (size // 2 ** (len(filters) - 1)) ** 2
         self.pos = nn.Parameter(torch.zeros(1, n_tokens, hidden))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        self.transformer = nn.Sequential(*[TransformerBlock(hidden_size=hidden, mlp_dim=2 * hidden, num_heads=n_heads)
-                                           for _ in range(n_layers)])
+        # pre-norm ViT blocks (as TransUNet's). MONAI's TransformerBlock would do the same but needs `einops`, which
+        # is not a dependency of this project; torch's own encoder layer is used instead.
+        layer = nn.TransformerEncoderLayer(d_model=hidden, nhead=n_heads, dim_feedforward=2 * hidden, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, num_layers=n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
         self.dec = nn.ModuleList([UnetUpBlock(in_channels=c_in, out_channels=c_out, stride=2, upsample_kernel_size=2,
                                               **kw)
@@ -124,12 +126,31 @@ class NoisePredictorSegmenter(nn.Module):
         self.alpha = alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.n_roles
+        """Mirrors `UNet2DModel.forward` (as `features.decoder_activations`): the frozen encoder runs without
+        autograd, the decoder and the head with it."""
+        u, r = self.unet, self.n_roles
         images, present = x[:, :r], x[:, r:]
         if self.t > 0:
             images = (self.alpha ** 0.5 * images + (1 - self.alpha) ** 0.5 * self.noise) * present
         tt = torch.full((len(x),), self.t, device=x.device, dtype=torch.long)
-        return self.unet(torch.cat([images, present], dim=1), tt).sample
+        with torch.no_grad():
+            emb = u.time_embedding(u.time_proj(tt).to(dtype=x.dtype))
+            h = u.conv_in(torch.cat([images, present], dim=1))
+            skips = (h,)
+            for block in u.down_blocks:
+                h, res = block(hidden_states=h, temb=emb)
+                skips += res
+            h = u.mid_block(h, emb)
+        # torch 2.13 on the CPU crashed (segfault) in the backward pass when no input of the decoder required a
+        # gradient; the encoder outputs are made leaves that do (their gradients are computed and discarded)
+        emb = emb.detach().requires_grad_(self.training)
+        skips = tuple(s.detach().requires_grad_(self.training) for s in skips)
+        h = h.detach().requires_grad_(self.training)
+        for block in u.up_blocks:
+            n = len(block.resnets)
+            res, skips = skips[-n:], skips[:-n]
+            h = block(h, res, emb)
+        return u.conv_out(u.conv_act(u.conv_norm_out(h)))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -171,6 +192,7 @@ def train_segnet(net: nn.Module, images: torch.Tensor, present: torch.Tensor, la
 
     Returns a small history (steps, seconds, first and last loss)."""
     from monai.losses import DiceCELoss
+    from monai.utils import convert_to_tensor
 
     opt = options or SegTrainOptions()
     if len(images) == 0:
@@ -204,7 +226,10 @@ def train_segnet(net: nn.Module, images: torch.Tensor, present: torch.Tensor, la
             x, y = images[i].float(), labels[i][None].float()
             if aug is not None:
                 d = aug({"image": x, "label": y})
-                x, y = torch.as_tensor(d["image"]).float(), torch.as_tensor(d["label"]).float()
+                # plain tensors: MONAI's MetaTensor must not reach autograd (it crashes the backward of the
+                # diffusers attention on CPU)
+                x = convert_to_tensor(d["image"], track_meta=False).float()
+                y = convert_to_tensor(d["label"], track_meta=False).float()
             xs.append(x)
             ys.append(y)
         x = model_input(torch.stack(xs), present[idx].bool())
