@@ -151,8 +151,23 @@ class _Features:
             stack, present, grid = s.extractor_args
             ex = FeatureExtractor(self.unet, self.cfg, self.spec, stack, present, grid, batch_size=8)
             for i in missing:
-                self.cache[(s.name, i)] = ex.features([s.zs[i]], s.head[i:i + 1])
+                self.cache[(s.name, i)] = self._all_roles(ex.features([s.zs[i]], s.head[i:i + 1]), s.present)
         return torch.cat([self.cache[(s.name, i)] for i in idx])
+
+    def _all_roles(self, x: torch.Tensor, present: np.ndarray) -> torch.Tensor:
+        """One feature layout for every case: the intensity channels (one group per smoothing level, one channel per
+        present role) spread over all roles, absent roles 0 (cases of a pool may lack different sequences)."""
+        if not self.spec.intensities:
+            return x
+        r, n_p = len(present), int(present.sum())
+        groups = 1 + len(self.spec.smoothing)
+        n_d = x.shape[1] - groups * n_p
+        out = torch.zeros((x.shape[0], n_d + groups * r), dtype=x.dtype)
+        out[:, :n_d] = x[:, :n_d]
+        cols = torch.from_numpy(np.nonzero(present)[0])
+        for g in range(groups):
+            out[:, n_d + g * r + cols] = x[:, n_d + g * n_p:n_d + (g + 1) * n_p]
+        return out
 
 
 def _train_mlp(feats: _Features, train: list[tuple[SliceSet, int]], n_classes: int, opt: FewShotOptions,
@@ -175,13 +190,13 @@ def _train_mlp(feats: _Features, train: list[tuple[SliceSet, int]], n_classes: i
     return predict
 
 
-def _build_net(method: str, n_roles: int, n_classes: int, checkpoint: str, opt: FewShotOptions):
+def _build_net(method: str, n_roles: int, n_classes: int, checkpoint: str, opt: FewShotOptions, size: int):
     from .segnets import NoisePredictorSegmenter, TransUNet2D, build_unet2d
 
     if method == "unet":
         return build_unet2d(2 * n_roles, n_classes)
     if method == "transunet":
-        return TransUNet2D(2 * n_roles, n_classes)
+        return TransUNet2D(2 * n_roles, n_classes, size=size)
     if method == "noise-predictor":
         from .model import load_backbone
 
@@ -198,7 +213,7 @@ def _train_net(method: str, train: list[tuple[SliceSet, int]], n_classes: int, o
     present = torch.stack([torch.from_numpy(s.present) for s, _ in train])
     labels = torch.stack([s.labels[i] for s, i in train])
     torch.manual_seed(seed)
-    net = _build_net(method, images.shape[1], n_classes, checkpoint, opt)
+    net = _build_net(method, images.shape[1], n_classes, checkpoint, opt, images.shape[-1])
     loss = "ce" if method == "noise-predictor" else "dicece"
     hist = train_segnet(net, images, present, labels, n_classes,
                         SegTrainOptions(steps=opt.steps, batch_size=opt.batch_size, lr=opt.lr, loss=loss, seed=seed,
@@ -226,7 +241,7 @@ def evaluate(pred: torch.Tensor, s: SliceSet, values: list[int]) -> tuple[dict, 
 
 def run_dataset(data_root: Path, dataset: str, opt: FewShotOptions, out: Path) -> list[dict]:
     from .benchmark import _round, machine, nan_stats
-    from .model import load_backbone
+    from .model import load_backbone, read_config
     from .resources import default_checkpoint
 
     opt.check()
@@ -235,9 +250,11 @@ def run_dataset(data_root: Path, dataset: str, opt: FewShotOptions, out: Path) -
     checkpoint = opt.checkpoint or str(default_checkpoint())
     values = BRATS_VALUES if dataset == "BraTS" else LGG_VALUES
     train_cases, eval_cases = select_cases(data_root, dataset, opt)
+    size = read_config(checkpoint).sample_size  # every method works on the backbone's grid
     t0 = time.perf_counter()
-    pool_sets = [s for s in (case_slices(c, dataset, opt) for c in train_cases) if s is not None]
-    eval_sets = [s for s in (case_slices(c, dataset, opt, evaluation=True) for c in eval_cases) if s is not None]
+    pool_sets = [s for s in (case_slices(c, dataset, opt, size) for c in train_cases) if s is not None]
+    eval_sets = [s for s in (case_slices(c, dataset, opt, size, evaluation=True) for c in eval_cases)
+                 if s is not None]
     pool = [(s, i) for s in pool_sets for i in range(len(s.zs))]
     log.info("%s: pool of %d slices from %d tuning cases; %d evaluation slices of %d test cases (%.1f s)", dataset,
              len(pool), len(pool_sets), sum(len(s.zs) for s in eval_sets), len(eval_sets), time.perf_counter() - t0)
@@ -355,7 +372,7 @@ def plot_dice_vs_n(records: list[dict], png: Path, dataset: str) -> None:
 def run_fewshot_cli(a) -> int:
     from .resources import data_root
 
-    opt = FewShotOptions(ns=tuple(a.n), seeds=tuple(a.seeds), methods=tuple(a.methods), steps=a.steps,
+    opt = FewShotOptions(ns=tuple(a.n), seeds=tuple(a.seeds), methods=tuple(a.methods), steps=a.steps, lr=a.lr,
                          batch_size=a.batch_size, max_train_cases=a.max_train_cases,
                          max_eval_cases=a.max_eval_cases, eval_every=a.eval_every, checkpoint=a.checkpoint,
                          n_mlps=a.ensemble, timestep=a.timestep)
@@ -376,6 +393,7 @@ def add_fewshot_args(b) -> None:
     b.add_argument("--methods", nargs="+", default=list(d.methods), help=", ".join(METHODS))
     b.add_argument("--steps", type=int, default=d.steps, help="training steps of the trained networks")
     b.add_argument("--batch-size", type=int, default=d.batch_size)
+    b.add_argument("--lr", type=float, default=d.lr, help="learning rate of the trained networks (AdamW, poly decay)")
     b.add_argument("--ensemble", type=int, default=d.n_mlps, help="diffusion-mlp: number of MLPs")
     b.add_argument("--timestep", type=int, default=d.timestep, help="noise-predictor: fixed timestep (0: clean)")
     b.add_argument("--max-train-cases", type=int, default=0, help="0: every tuning case of the dataset")
