@@ -17,7 +17,8 @@ import torch
 from BrainDiffSegLib import benchmark
 from BrainDiffSegLib.classifier import ClassifierOptions
 from BrainDiffSegLib.errors import InputError
-from BrainDiffSegLib.protocol import hd95, region_hd95
+from BrainDiffSegLib.io import load_case
+from BrainDiffSegLib.protocol import hd95, region_dice, region_hd95, simulate_annotation
 from BrainDiffSegLib.propagate import PropagationOptions
 from conftest import REPO, write_case, write_tumour_case
 
@@ -71,7 +72,7 @@ def bench_unet(tmp_path_factory):
     root = tmp_path_factory.mktemp("cases")
     folder, _, _ = write_tumour_case(root / "BraTS2021_81001", seed=1)
     out = tmp_path_factory.mktemp("bench_unet")
-    unet = PatientUNetOptions(train=SegTrainOptions(steps=120, batch_size=4, lr=5e-3), filters=(8, 16, 32))
+    unet = PatientUNetOptions(train=SegTrainOptions(steps=120, batch_size=4, lr=5e-3), filters=(8, 16, 32), size=64)
     records = benchmark.benchmark_propagation([folder], [3], ["raw-mlp", "unet-patient"], out,
                                               PropagationOptions(method="raw", device="cpu", classifier=FAST),
                                               overlays=0, unet_options=unet)
@@ -208,14 +209,15 @@ def test_slicer_benchmark_script_under_plain_python(tmp_path):
     via_logic = subprocess.run([sys.executable, str(script)] + args + ["--out", str(tmp_path / "logic")],
                                capture_output=True, text=True, timeout=300)
     assert via_logic.returncode == 0, via_logic.stderr[-3000:]
-    engine = subprocess.run([sys.executable, "-m", "BrainDiffSegLib.cli", "benchmark"] + args
-                            + ["--out", str(tmp_path / "engine")], capture_output=True, text=True, timeout=300,
-                            cwd=REPO / "BrainDiffSeg")
-    assert engine.returncode == 0, engine.stderr[-3000:]
-    a = json.loads((tmp_path / "logic" / "results.json").read_text())["records"]
-    b = json.loads((tmp_path / "engine" / "results.json").read_text())["records"]
-    assert [r["dice"] for r in a] == [r["dice"] for r in b]  # the Logic route scores what the engine scores
-    assert all(0 <= v <= 1 for r in a for v in r["dice"].values())
+    records = json.loads((tmp_path / "logic" / "results.json").read_text())["records"]
+    assert [(r["method"], r["k"]) for r in records] == [("raw-mlp", 2)]
+    # the Logic route (MRML nodes in, a new segmentation node out) scores what the engine scores
+    case = load_case(folder)
+    ann, zs = simulate_annotation(case.label, 2)
+    opts = PropagationOptions(method="raw", device="cpu", classifier=ClassifierOptions(n_models=1))
+    engine = region_dice(benchmark.run_method(case, ann, "raw-mlp", opts), case.label, zs)
+    assert records[0]["dice"] == pytest.approx(engine, abs=1e-4)
+    assert all(0 <= v <= 1 for v in records[0]["dice"].values())
     bad = subprocess.run([sys.executable, str(script), "propagation", "--methods", "nope", "--data", str(folder),
                           "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown propagation method" in bad.stderr
