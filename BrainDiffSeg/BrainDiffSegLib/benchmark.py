@@ -418,3 +418,24 @@ def write_feature_table(records: list[dict], path: Path) -> None:
                      + f" | {overall:.3f} |"))
     lines += [row for _, row in sorted(rows, key=lambda x: -x[0])]
     path.write_text("\n".join(lines) + "\n")
+
+
+def merge_runs(dirs: list[Path], out: Path) -> list[dict]:
+    """Join the results.json of several propagation runs (e.g. one process per dataset) into one results.json,
+    table.md and dice_vs_k.png in `out`; a (case, k, method) present in several runs is taken from the first."""
+    records, seen, machines = [], set(), []
+    for d in dirs:
+        data = json.loads((Path(d) / "results.json").read_text())
+        machines.append(data["machine"])
+        for r in data["records"]:
+            key = (r["case"], r["k"], r["method"])
+            if key not in seen:
+                seen.add(key)
+                records.append(r)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"machine": machines[0], "merged_from": [str(d) for d in dirs],
+                                                  "records": records}, indent=1))
+    write_table(records, out / "table.md")
+    plot_dice_vs_k(records, out / "dice_vs_k.png")
+    return records
