@@ -221,3 +221,15 @@ def test_slicer_benchmark_script_under_plain_python(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "propagation", "--methods", "nope", "--data", str(folder),
                           "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown propagation method" in bad.stderr
+
+
+def test_merge_runs(tmp_path):
+    def rec(case, method, wt):
+        return {"case": case, "k": 3, "method": method, "seconds": 1.0, "dice": {"WT": wt}, "hd95": {"WT": 2.0}}
+    for name, recs in (("a", [rec("Brats18_A", "m", 0.5), rec("TCGA_X", "m", 0.1)]), ("b", [rec("TCGA_X", "m", 0.9)])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"machine": "x", "records": recs}))
+    merged = benchmark.merge_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    assert [(r["case"], r["dice"]["WT"]) for r in merged] == [("Brats18_A", 0.5), ("TCGA_X", 0.1)]  # first wins
+    assert "### LGG (1 cases)" in (tmp_path / "m" / "table.md").read_text()
+    assert (tmp_path / "m" / "dice_vs_k.png").read_bytes()[:8] == PNG
