@@ -401,3 +401,27 @@ def add_fewshot_args(b) -> None:
     b.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every n-th slice")
     b.add_argument("--checkpoint", default=None, help="backbone folder (default: the bundled model)")
     b.add_argument("--out", required=True)
+
+
+def merge_fewshot(files: list[Path], out: Path) -> list[dict]:
+    """Join the fewshot_<dataset>.json of runs of one dataset with other seeds (same settings otherwise) into one
+    JSON, table and plot in `out`; a (method, N, seed) present in several files is taken from the first."""
+    data = [json.loads(Path(f).read_text()) for f in files]
+    dataset = data[0]["dataset"]
+    if any(d["dataset"] != dataset for d in data):
+        raise InputError("merge_fewshot: the runs are of different datasets")
+    records, seen = [], set()
+    for d in data:
+        for r in d["records"]:
+            key = (r["method"], r["n"], r["seed"])
+            if key not in seen:
+                seen.add(key)
+                records.append(r)
+    merged = dict(data[0], records=records, merged_from=[str(f) for f in files])
+    merged["settings"] = dict(merged["settings"], seeds=sorted({r["seed"] for r in records}))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"fewshot_{dataset.lower()}.json").write_text(json.dumps(merged, indent=1))
+    write_fewshot_table(records, out / f"fewshot_{dataset.lower()}.md", dataset)
+    plot_dice_vs_n(records, out / f"fewshot_{dataset.lower()}.png", dataset)
+    return records

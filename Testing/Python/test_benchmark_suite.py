@@ -166,6 +166,13 @@ def test_fewshot_smoke(fewshot_root, tiny_checkpoint, tmp_path):
     assert len(saved["train_cases"]) == 5 and saved["eval_cases"] == ["Brats18_SYN_5_1"]
     s0 = {r["n"]: r["train_slices"] for r in brats if r["seed"] == 0 and r["method"] == "unet"}
     assert s0[3][:1] == s0[1]
+    # runs with other seeds join into one table
+    from BrainDiffSegLib.fewshot import merge_fewshot
+
+    run_dataset(fewshot_root, "LGG", FewShotOptions(**{**opt.__dict__, "seeds": (2,), "ns": (1,)}), tmp_path / "s2")
+    merged = merge_fewshot([out / "fewshot_lgg.json", tmp_path / "s2" / "fewshot_lgg.json"], tmp_path / "m")
+    assert sorted({r["seed"] for r in merged}) == [0, 1, 2] and len(merged) == len(lgg) + 4
+    assert "mean ± sd over 3 seeds [0, 1, 2]" in (tmp_path / "m" / "fewshot_lgg.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------ speed
