@@ -1264,6 +1264,83 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
 
 
 #
+# Headless scene and the benchmark hook (used by Scripts/benchmark.py and by the tests; no Qt)
+#
+
+def headlessScene():
+    """Context manager: a fresh MRML scene as `slicer.mrmlScene`, with `slicer.modules.segmentations/volumes.logic()`
+    returning real logics on it (what the Slicer application provides), for use under the `slicer-core` wheel (MRML
+    without Qt). Restores the previous `slicer.mrmlScene` / `slicer.modules` afterwards."""
+    import contextlib
+    import types
+
+    @contextlib.contextmanager
+    def scene_context():
+        scene = slicer.vtkMRMLScene()
+        segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+        segmentations.SetMRMLScene(scene)
+        volumes = slicer.vtkSlicerVolumesLogic()
+        volumes.SetMRMLScene(scene)
+        modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentations),
+                                        volumes=types.SimpleNamespace(logic=lambda: volumes))
+        missing = object()
+        saved = {name: getattr(slicer, name, missing) for name in ("mrmlScene", "modules")}
+        slicer.mrmlScene, slicer.modules = scene, modules
+        try:
+            yield scene
+        finally:
+            for name, value in saved.items():
+                if value is missing:
+                    delattr(slicer, name)
+                else:
+                    setattr(slicer, name, value)
+            segmentations.SetMRMLScene(None)
+            volumes.SetMRMLScene(None)
+            scene.Clear(1)
+    return scene_context()
+
+
+def benchmarkPropagator(logic: BrainDiffSegLogic | None = None):
+    """A `BrainDiffSegLib.benchmark` propagator: runs 'diffusion-mlp' / 'raw-mlp' through
+    `BrainDiffSegLogic.propagate` on MRML nodes, as a user would: the case's volumes loaded by `loadCase`, the
+    simulated annotation painted into a segmentation (BraTS segment names for BraTS labels, else 'Tumour N'), the
+    result read back from the new segmentation node. The nodes are removed again after each call."""
+    from dataclasses import replace
+
+    logic = logic or BrainDiffSegLogic()
+
+    def propagator(case, annotation, method, options):
+        scene = slicer.mrmlScene
+        before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+        try:
+            nodes = logic.loadCase(case.reference_path().parent)
+            reference = nodes.get("flair") or next(iter(nodes.values()))
+            axis = logic.axialAxis(reference)
+            segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{case.name} painted")
+            segmentation.CreateDefaultDisplayNodes()
+            segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+            values = [int(v) for v in np.unique(annotation) if v != 0]
+            brats = set(values) <= set(BRATS_SEGMENTS)
+            for i, value in enumerate(values):
+                name, color = BRATS_SEGMENTS[value] if brats else (f"Tumour {i + 1}", PALETTE[i % len(PALETTE)])
+                sid = segmentation.GetSegmentation().AddEmptySegment("", name, color)
+                slicer.util.updateSegmentBinaryLabelmapFromArray(
+                    logic.fromEngineArray((annotation == value).astype(np.uint8), axis), segmentation, sid, reference)
+            engine_method = {"diffusion-mlp": "diffusion", "raw-mlp": "raw"}[method]
+            out = logic.propagate(nodes, segmentation, replace(options, method=engine_method))
+            labels, _, _ = logic.labelArrayFromSegmentation(out, reference)
+            labels = logic.toEngineArray(labels, axis)
+            if not brats:  # segments were numbered 1..N in order: back to the annotation's values
+                labels = np.asarray([0] + values, dtype=np.int16)[labels]
+            return labels
+        finally:
+            for node in [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]:
+                if node is not None and node.GetID() not in before and node.GetScene() is not None:
+                    scene.RemoveNode(node)
+    return propagator
+
+
+#
 # BrainDiffSegTest (run by Slicer's self-test and by `slicer_add_python_unittest`)
 #
 

@@ -1,7 +1,10 @@
 """Benchmarks: the propagation comparison under the project's protocol, and the feature-selection experiment.
 
-Everything runs headless through the same engine calls that the Slicer Logic uses. Results are written as JSON
-(one record per case x k x method), a Markdown table and PNG plots.
+Everything runs headless through the same engine calls that the Slicer Logic uses (or, with a `propagator`, through
+the Logic itself: `BrainDiffSeg/Scripts/benchmark.py`). Results are written as JSON (one record per case x k x
+method, Dice and HD95 per region), a Markdown table and PNG plots. HD95 follows `protocol.region_hd95`: in mm, NaN
+where exactly one of prediction and ground truth is empty; NaN values are left out of the means and counted in the
+table's "HD95 undefined" column.
 """
 from __future__ import annotations
 
@@ -12,20 +15,24 @@ import resource
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .classifier import ClassifierOptions
+from .errors import InputError
 from .features import FeatureExtractor, FeatureSpec
 from .io import Case, find_cases, load_case
 from .model import load_backbone
 from .preprocess import ModelGrid, normalize_case, stack_roles
 from .propagate import PropagationOptions, propagate
-from .protocol import region_dice, simulate_annotation
+from .protocol import region_dice, region_hd95, simulate_annotation
 
 log = logging.getLogger(__name__)
-METHODS = ("diffusion-mlp", "raw-mlp", "growcut", "fill-between")
+METHODS = ("diffusion-mlp", "raw-mlp", "unet-patient", "growcut", "fill-between")
+# propagator(case, annotation, method, options) -> label volume: replaces the engine call of the classifier methods
+Propagator = Callable[[Case, np.ndarray, str, PropagationOptions], np.ndarray]
 
 
 def data_split(root: Path) -> dict[str, list[Path]]:
@@ -54,11 +61,20 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def run_method(case: Case, annotation: np.ndarray, method: str, options: PropagationOptions) -> np.ndarray:
+def run_method(case: Case, annotation: np.ndarray, method: str, options: PropagationOptions,
+               propagator: Propagator | None = None, unet_options=None) -> np.ndarray:
+    """One method's label volume. `propagator` (if given) runs diffusion-mlp and raw-mlp instead of the engine's
+    `propagate` (the Slicer script passes one that goes through `BrainDiffSegLogic.propagate`)."""
+    if method in ("diffusion-mlp", "raw-mlp") and propagator is not None:
+        return propagator(case, annotation, method, options)
     if method == "diffusion-mlp":
         return propagate(case.images, annotation, replace(options, method="diffusion")).labels
     if method == "raw-mlp":
         return propagate(case.images, annotation, replace(options, method="raw")).labels
+    if method == "unet-patient":
+        from .segnets import propagate_unet_patient
+
+        return propagate_unet_patient(case.images, annotation, unet_options)
     from . import baselines
 
     if method == "growcut":
@@ -84,8 +100,13 @@ def _warm_up_baselines(methods: list[str]) -> None:
 
 
 def benchmark_propagation(case_dirs: list[Path], ks: list[int], methods: list[str], out: Path,
-                          options: PropagationOptions | None = None, overlays: int = 3) -> list[dict]:
+                          options: PropagationOptions | None = None, overlays: int = 3,
+                          propagator: Propagator | None = None, unet_options=None) -> list[dict]:
+    """Every method on every case with ground truth at every k; `unet_options`: segnets.PatientUNetOptions."""
     options = options or PropagationOptions()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"unknown propagation method(s) {unknown}; choose from {list(METHODS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _warm_up_baselines(methods)
@@ -100,14 +121,17 @@ def benchmark_propagation(case_dirs: list[Path], ks: list[int], methods: list[st
             preds = {}
             for method in methods:
                 t = time.perf_counter()
-                pred = run_method(case, annotation, method, options)
+                pred = run_method(case, annotation, method, options, propagator, unet_options)
                 seconds = time.perf_counter() - t
                 preds[method] = pred
                 rec = {"case": case.name, "k": k, "method": method, "annotated": zs, "seconds": round(seconds, 2),
-                       "dice": {r: round(v, 4) for r, v in region_dice(pred, case.label, zs).items()}}
+                       "dice": {r: round(v, 4) for r, v in region_dice(pred, case.label, zs).items()},
+                       "hd95": {r: _round(v) for r, v in region_hd95(pred, case.label, zs, case.spacing).items()},
+                       "spacing": list(case.spacing)}
                 records.append(rec)
-                log.info("[%d/%d] %s k=%d %-14s %s (%.1f s)", ci + 1, len(case_dirs), case.name, k, method,
-                         " ".join(f"{r} {v:.3f}" for r, v in rec["dice"].items()), seconds)
+                log.info("[%d/%d] %s k=%d %-14s Dice %s HD95 %s (%.1f s)", ci + 1, len(case_dirs), case.name, k,
+                         method, " ".join(f"{r} {v:.3f}" for r, v in rec["dice"].items()),
+                         " ".join(f"{r} {v:.1f}" for r, v in rec["hd95"].items()), seconds)
             if ci < overlays:
                 from .overlay import save_overlay
 
@@ -115,20 +139,43 @@ def benchmark_propagation(case_dirs: list[Path], ks: list[int], methods: list[st
                 for method, pred in preds.items():
                     save_overlay(out / f"overlay_{case.name}_k{k}_{method}.png", img, pred, case.label, zs,
                                  title=f"{case.name} k={k} {method}")
-        (out / "results.json").write_text(json.dumps({"machine": machine(), "records": records}, indent=1))
+        (out / "results.json").write_text(json.dumps({"machine": machine(), "records": records}, indent=1,
+                                                     allow_nan=True))
     write_table(records, out / "table.md")
     plot_dice_vs_k(records, out / "dice_vs_k.png")
     return records
 
 
+def _round(v: float, digits: int = 2) -> float:
+    return v if v != v else round(float(v), digits)  # NaN stays NaN (written as NaN in the JSON)
+
+
+def nan_stats(values: list[float]) -> tuple[float, float, int, int]:
+    """(mean, sd, n finite, n NaN) with NaN values excluded from mean and sd (NaN mean if none is finite)."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    ok = v[np.isfinite(v)]
+    if len(ok) == 0:
+        return float("nan"), float("nan"), 0, len(v)
+    return float(ok.mean()), float(ok.std()), len(ok), int(len(v) - len(ok))
+
+
 def summarise(records: list[dict]) -> dict:
-    """(method, k, region) -> (mean, sd, n) and (method, k) -> mean seconds."""
+    """(method, k, region) -> (mean, sd, n) of Dice, (method, k, 'HD95 ' + region) -> (mean, sd, n, n NaN) and
+    (method, k, 'seconds') -> (mean, sd, n)."""
     groups: dict = {}
     for r in records:
         for reg, v in r["dice"].items():
             groups.setdefault((r["method"], r["k"], reg), []).append(v)
+        for reg, v in r.get("hd95", {}).items():
+            groups.setdefault((r["method"], r["k"], "HD95 " + reg), []).append(v)
         groups.setdefault((r["method"], r["k"], "seconds"), []).append(r["seconds"])
-    return {key: (float(np.mean(v)), float(np.std(v)), len(v)) for key, v in groups.items()}
+    out = {}
+    for key, v in groups.items():
+        if key[2].startswith("HD95"):
+            out[key] = nan_stats(v)
+        else:
+            out[key] = (float(np.mean(v)), float(np.std(v)), len(v))
+    return out
 
 
 def dataset_of(case: str) -> str:
@@ -151,11 +198,18 @@ def write_table(records: list[dict], path: Path) -> None:
 def _table(records: list[dict]) -> str:
     s = summarise(records)
     regions = [r for r in ("WT", "TC", "ET") if any(k[2] == r for k in s)]
-    lines = ["| method | k | n | " + " | ".join(f"{r} Dice" for r in regions) + " | s/case |",
-             "|---|---|---|" + "---|" * (len(regions) + 1)]
+    hd = [r for r in regions if any(k[2] == "HD95 " + r for k in s)]
+    lines = ["| method | k | n | " + " | ".join(f"{r} Dice" for r in regions)
+             + "".join(f" | {r} HD95 (mm)" for r in hd) + (" | HD95 undefined" if hd else "") + " | s/case |",
+             "|---|---|---|" + "---|" * (len(regions) + len(hd) + bool(hd) + 1)]
     for method, k in sorted({(m, k) for m, k, _ in s}, key=lambda x: (x[1], x[0])):
         cells = [f"{s[(method, k, r)][0]:.3f} ± {s[(method, k, r)][1]:.3f}" if (method, k, r) in s else "–"
                  for r in regions]
+        for r in hd:
+            st = s.get((method, k, "HD95 " + r))
+            cells.append("–" if st is None or st[2] == 0 else f"{st[0]:.1f} ± {st[1]:.1f}")
+        if hd:
+            cells.append(str(sum(s[(method, k, "HD95 " + r)][3] for r in hd if (method, k, "HD95 " + r) in s)))
         n = s[(method, k, "seconds")][2]
         lines.append(f"| {method} | {k} | {n} | " + " | ".join(cells) + f" | {s[(method, k, 'seconds')][0]:.1f} |")
     return "\n".join(lines) + "\n"
@@ -170,6 +224,7 @@ def plot_dice_vs_k(records: list[dict], png: Path) -> None:
     s = summarise(records)
     regions = [r for r in ("WT", "TC", "ET") if any(k[2] == r for k in s)]
     methods = sorted({m for m, _, _ in s})
+    regions = [r for r in regions if r in ("WT", "TC", "ET")]
     fig, axes = plt.subplots(1, len(regions), figsize=(4 * len(regions), 3.2), dpi=100, squeeze=False)
     for ax, reg in zip(axes[0], regions):
         for m in methods:
@@ -363,3 +418,24 @@ def write_feature_table(records: list[dict], path: Path) -> None:
                      + f" | {overall:.3f} |"))
     lines += [row for _, row in sorted(rows, key=lambda x: -x[0])]
     path.write_text("\n".join(lines) + "\n")
+
+
+def merge_runs(dirs: list[Path], out: Path) -> list[dict]:
+    """Join the results.json of several propagation runs (e.g. one process per dataset) into one results.json,
+    table.md and dice_vs_k.png in `out`; a (case, k, method) present in several runs is taken from the first."""
+    records, seen, machines = [], set(), []
+    for d in dirs:
+        data = json.loads((Path(d) / "results.json").read_text())
+        machines.append(data["machine"])
+        for r in data["records"]:
+            key = (r["case"], r["k"], r["method"])
+            if key not in seen:
+                seen.add(key)
+                records.append(r)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"machine": machines[0], "merged_from": [str(d) for d in dirs],
+                                                  "records": records}, indent=1))
+    write_table(records, out / "table.md")
+    plot_dice_vs_k(records, out / "dice_vs_k.png")
+    return records

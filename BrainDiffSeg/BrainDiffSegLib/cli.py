@@ -136,14 +136,26 @@ def _select_cases(data: list[str] | None, split: str) -> list[Path]:
     return find_cases(roots)
 
 
-def _benchmark(a) -> int:
+def _benchmark(a, propagator=None) -> int:
     from . import benchmark
 
+    if a.benchmark == "fewshot":
+        from .fewshot import run_fewshot_cli
+
+        return run_fewshot_cli(a)
+    if a.benchmark == "speed":
+        from .speed import run_speed_cli
+
+        return run_speed_cli(a)
     if a.benchmark == "propagation":
         cases = _select_cases(a.data, a.split)
         cases = cases[:a.max_cases] if a.max_cases else cases
         log.info("%d cases, k=%s, methods %s", len(cases), a.k, a.methods)
-        records = benchmark.benchmark_propagation(cases, a.k, a.methods, Path(a.out), _options(a))
+        from .segnets import PatientUNetOptions, SegTrainOptions
+
+        unet = PatientUNetOptions(train=SegTrainOptions(steps=a.unet_steps, batch_size=a.unet_batch, seed=a.seed))
+        records = benchmark.benchmark_propagation(cases, a.k, a.methods, Path(a.out), _options(a),
+                                                  propagator=propagator, unet_options=unet)
         print((Path(a.out) / "table.md").read_text())
         return 0 if records else 1
     cases = benchmark.data_split(Path(a.data) if a.data else data_root())["tuning"]
@@ -156,7 +168,8 @@ def _benchmark(a) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, propagator=None) -> int:
+    """The command line. `propagator`: see `benchmark.benchmark_propagation` (the Slicer script injects the Logic)."""
     ap = argparse.ArgumentParser(prog="braindiffseg", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -203,8 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--split", choices=["test", "tuning", "all"], default="test",
                    help="with a data root: which part of the project's split to run")
     b.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 5])
-    b.add_argument("--methods", nargs="+", default=["diffusion-mlp", "raw-mlp", "growcut", "fill-between"])
+    b.add_argument("--methods", nargs="+", default=["diffusion-mlp", "raw-mlp", "unet-patient", "growcut",
+                                                     "fill-between"],
+                   help="diffusion-mlp, raw-mlp, unet-patient, growcut, fill-between")
     b.add_argument("--max-cases", type=int, default=0, help="only the first N cases (0: all)")
+    b.add_argument("--unet-steps", type=int, default=150, help="unet-patient: training steps")
+    b.add_argument("--unet-batch", type=int, default=4, help="unet-patient: slices per step")
     b.add_argument("--out", required=True)
     _add_propagation_args(b)
     b = bsub.add_parser("features", help="the feature-selection experiment on the tuning cases")
@@ -213,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--k", type=int, default=3)
     b.add_argument("--max-cases", type=int, default=0)
     b.add_argument("--out", required=True)
+    from .fewshot import add_fewshot_args
+    from .speed import add_speed_args
+
+    add_fewshot_args(bsub.add_parser("fewshot", help="the paper's few-shot experiment: N labelled slices of the "
+                                     "tuning cases, evaluation on the test cases, four methods"))
+    add_speed_args(bsub.add_parser("speed", help="time and peak memory of one full volume, ours vs the reference "
+                                   "approach (all decoder blocks, every pixel's features in memory)"))
 
     p = sub.add_parser("web", help="the browser annotator: paint, propagate and review a case (trame-slicer)")
     p.add_argument("--case", help="case folder (BraTS, BraTS 2023 or LGG layout)")
@@ -243,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(str(exc)) from exc
             return 0
         if a.command == "benchmark":
-            return _benchmark(a)
+            return _benchmark(a, propagator)
         if a.command == "web":
             try:  # lazy: the annotator needs slicer-core and trame-slicer (the `web` extra), the engine does not
                 import BrainDiffSegWeb

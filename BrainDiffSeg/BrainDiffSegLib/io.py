@@ -50,6 +50,13 @@ class Case:
         return next(iter(self.images.values())).shape
 
     @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm in the engine's axis order (axial axis last), from the affine."""
+        sp = [float(v) for v in np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0)]
+        axial = sp.pop(self.axial_axis)
+        return (sp[0], sp[1], axial)
+
+    @property
     def roles(self) -> tuple[str, ...]:
         return tuple(r for r in ROLES if r in self.images)
 

@@ -10,7 +10,6 @@ import contextlib
 import os
 import socket
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -211,30 +210,14 @@ def default_affine() -> np.ndarray:
 @contextlib.contextmanager
 def slicer_scene_context():
     """A fresh MRML scene as `slicer.mrmlScene`, with `slicer.modules.segmentations/volumes.logic()` returning real
-    logics on it (what the Slicer application provides), under the `slicer-core` wheel (MRML without Qt).
-    Restores the previous `slicer.mrmlScene` / `slicer.modules` afterwards. Skips when slicer-core is missing."""
-    slicer = pytest.importorskip("slicer")
-    scene = slicer.vtkMRMLScene()
-    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
-    segmentations.SetMRMLScene(scene)
-    volumes = slicer.vtkSlicerVolumesLogic()
-    volumes.SetMRMLScene(scene)
-    modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentations),
-                                    volumes=types.SimpleNamespace(logic=lambda: volumes))
-    missing = object()
-    saved = {name: getattr(slicer, name, missing) for name in ("mrmlScene", "modules")}
-    slicer.mrmlScene, slicer.modules = scene, modules
-    try:
+    logics on it (what the Slicer application provides), under the `slicer-core` wheel (MRML without Qt): the
+    module's `headlessScene()` (also used by `BrainDiffSeg/Scripts/benchmark.py`). Skips when slicer-core is
+    missing."""
+    pytest.importorskip("slicer")
+    import BrainDiffSeg
+
+    with BrainDiffSeg.headlessScene() as scene:
         yield scene
-    finally:
-        for name, value in saved.items():
-            if value is missing:
-                delattr(slicer, name)
-            else:
-                setattr(slicer, name, value)
-        segmentations.SetMRMLScene(None)
-        volumes.SetMRMLScene(None)
-        scene.Clear(1)
 
 
 @pytest.fixture

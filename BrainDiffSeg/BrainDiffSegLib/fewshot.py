@@ -1,0 +1,427 @@
+"""The paper's main experiment (Alshenoudy et al. 2023) on our data: few labelled axial slices of a pool of training
+cases, segmentation of the slices of held-out cases, several methods, Dice vs the number N of labelled slices.
+
+Data, on the model grid (the head's square box resized to 128 x 128, as everything else in the engine):
+- BraTS: axial slices 70..100 of each volume (the paper's choice); LGG: the slices containing tumour.
+- training pool: the *tuning* cases of the project's split (`benchmark.data_split`); evaluation: the *test* cases.
+  Nothing is tuned on the test cases.
+- for each seed, a permutation of the pool's slices; the first N form the training set (nested sets over N).
+Methods:
+- `diffusion-mlp`: the engine's features (`FeatureExtractor`, the default `FeatureSpec`) and `PixelEnsemble`.
+- `noise-predictor`: the paper's proposal, `segnets.NoisePredictorSegmenter` (backbone decoder + zero-initialised
+  head trained, encoder frozen, fixed timestep and noise as the features), class-weighted cross-entropy.
+- `unet`: `segnets.build_unet2d` (MONAI DynUNet), DiceCE, nnU-Net-style poly learning rate.
+- `transunet`: `segnets.TransUNet2D`, CNN encoder/decoder with MONAI TransformerBlocks at the bottleneck, DiceCE.
+The three trained networks share `segnets.train_segnet` (same steps, batch size, augmentation, optimiser).
+Scores per evaluation case over its evaluation slices stacked in 3D (Dice; HD95 in mm with the model-grid pixel
+size; `protocol` rules for empty regions), averaged over cases; tables give mean ± sd over seeds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .preprocess import ModelGrid, normalize_case, stack_roles
+
+log = logging.getLogger(__name__)
+METHODS = ("diffusion-mlp", "noise-predictor", "unet", "transunet")
+BRATS_VALUES = [0, 1, 2, 4]
+LGG_VALUES = [0, 1]
+
+
+@dataclass
+class FewShotOptions:
+    ns: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
+    seeds: tuple[int, ...] = (0, 1)
+    methods: tuple[str, ...] = METHODS
+    steps: int = 50  # training steps of the trained networks (CPU-limited; the paper trains far longer)
+    batch_size: int = 4
+    lr: float = 2e-3
+    n_mlps: int = 3  # diffusion-mlp ensemble size
+    timestep: int = 100  # noise-predictor: the feature timestep (same fixed noise as the features)
+    brats_slices: tuple[int, int] = (70, 100)  # inclusive axial range of BraTS volumes
+    eval_every: int = 3  # evaluate every n-th slice of each evaluation case's range
+    max_train_cases: int = 0  # 0: every tuning case of the dataset
+    max_eval_cases: int = 0  # 0: every test case of the dataset (spread evenly when limited)
+    checkpoint: str | None = None
+
+    def check(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise InputError(f"unknown few-shot method(s) {bad}; choose from {list(METHODS)}")
+        if not self.ns or min(self.ns) < 1:
+            raise InputError(f"--n values must be at least 1, got {list(self.ns)}")
+        if not self.seeds or self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise InputError("give at least one seed, and positive steps, batch size and --eval-every")
+
+
+@dataclass
+class SliceSet:
+    """Slices of one case on the model grid."""
+
+    name: str
+    images: torch.Tensor  # (n, R, S, S) float32 in [-1, 1]
+    present: np.ndarray  # (R,) bool
+    labels: torch.Tensor  # (n, S, S) class indices
+    head: torch.Tensor  # (n, S, S) bool: model pixels overlapping the head
+    zs: list[int]
+    spacing: tuple[float, float, float]  # mm per model pixel (x, y) and between the slices
+    extractor_args: tuple = field(default=(), repr=False)  # (stack, present, grid, zs) for FeatureExtractor
+
+
+def dataset_of_case(path: Path) -> str:
+    return "LGG" if Path(path).name.startswith("TCGA") else "BraTS"
+
+
+def case_slices(case_dir: Path, dataset: str, opt: FewShotOptions, size: int = 128, evaluation: bool = False
+                ) -> SliceSet | None:
+    """The experiment's slices of one case (None when the case has no usable slice)."""
+    from .io import load_case
+    from .segnets import labels_to_model, native_slices
+
+    case = load_case(case_dir)
+    if case.label is None:
+        log.warning("%s has no ground truth; skipped", case_dir)
+        return None
+    norm, fg = normalize_case(case.images)
+    stack, present = stack_roles(norm)
+    grid = ModelGrid.from_mask(fg, size)
+    Z = case.label.shape[-1]
+    if dataset == "BraTS":
+        lo, hi = opt.brats_slices
+        zs = list(range(max(0, lo), min(Z - 1, hi) + 1))
+    else:
+        zs = [int(z) for z in np.nonzero(case.label.reshape(-1, Z).any(0))[0]]
+        zs = list(range(zs[0], zs[-1] + 1)) if zs else []
+    step = opt.eval_every if evaluation else 1
+    zs = zs[::step]
+    if not zs:
+        return None
+    values = BRATS_VALUES if dataset == "BraTS" else LGG_VALUES
+    label = case.label if dataset == "BraTS" else (case.label > 0).astype(np.uint8)
+    images = grid.to_model(native_slices(stack, zs))
+    labels = labels_to_model(grid, np.moveaxis(label[..., zs], -1, 0), values)
+    head = grid.to_model(np.moveaxis(fg[..., zs], -1, 0)[:, None].astype(np.float32), fill=0.0)[:, 0] > 0.5
+    px = grid.side / size
+    sp = case.spacing
+    return SliceSet(case.name, images, present, labels, head, zs, (sp[0] * px, sp[1] * px, sp[2] * step),
+                    (stack, present, grid))
+
+
+def select_cases(data_root: Path, dataset: str, opt: FewShotOptions) -> tuple[list[Path], list[Path]]:
+    """(training pool cases, evaluation cases) of one dataset from the project's split."""
+    from .benchmark import data_split
+
+    split = data_split(Path(data_root))
+    train = [c for c in split["tuning"] if dataset_of_case(c) == dataset]
+    test = [c for c in split["test"] if dataset_of_case(c) == dataset]
+    if opt.max_train_cases:
+        train = train[:opt.max_train_cases]
+    if opt.max_eval_cases and len(test) > opt.max_eval_cases:
+        idx = np.linspace(0, len(test) - 1, opt.max_eval_cases).round().astype(int)
+        test = [test[i] for i in idx]
+    if not train or not test:
+        raise InputError(f"{data_root}: no {dataset} cases in the tuning ({len(train)}) or test ({len(test)}) split")
+    return train, test
+
+
+# ------------------------------------------------------------------------------------------------ methods
+
+class _Features:
+    """Diffusion features (model grid, head pixels) of slices, computed once per (case, slice) and kept."""
+
+    def __init__(self, unet, cfg):
+        from .features import FeatureSpec
+
+        self.unet, self.cfg, self.spec = unet, cfg, FeatureSpec()
+        self.cache: dict[tuple[str, int], torch.Tensor] = {}
+
+    def of(self, s: SliceSet, idx: list[int]) -> torch.Tensor:
+        from .features import FeatureExtractor
+
+        missing = [i for i in idx if (s.name, i) not in self.cache]
+        if missing:
+            stack, present, grid = s.extractor_args
+            ex = FeatureExtractor(self.unet, self.cfg, self.spec, stack, present, grid, batch_size=8)
+            for i in missing:
+                self.cache[(s.name, i)] = self._all_roles(ex.features([s.zs[i]], s.head[i:i + 1]), s.present)
+        return torch.cat([self.cache[(s.name, i)] for i in idx])
+
+    def _all_roles(self, x: torch.Tensor, present: np.ndarray) -> torch.Tensor:
+        """One feature layout for every case: the intensity channels (one group per smoothing level, one channel per
+        present role) spread over all roles, absent roles 0 (cases of a pool may lack different sequences)."""
+        if not self.spec.intensities:
+            return x
+        r, n_p = len(present), int(present.sum())
+        groups = 1 + len(self.spec.smoothing)
+        n_d = x.shape[1] - groups * n_p
+        out = torch.zeros((x.shape[0], n_d + groups * r), dtype=x.dtype)
+        out[:, :n_d] = x[:, :n_d]
+        cols = torch.from_numpy(np.nonzero(present)[0])
+        for g in range(groups):
+            out[:, n_d + g * r + cols] = x[:, n_d + g * n_p:n_d + (g + 1) * n_p]
+        return out
+
+
+def _train_mlp(feats: _Features, train: list[tuple[SliceSet, int]], n_classes: int, opt: FewShotOptions,
+               seed: int):
+    from .classifier import ClassifierOptions, PixelEnsemble
+
+    xs, ys = [], []
+    for s, i in train:
+        xs.append(feats.of(s, [i]))
+        ys.append(s.labels[i][s.head[i]])
+    x, y = torch.cat(xs), torch.cat(ys)
+    ens = PixelEnsemble(x.shape[1], n_classes, ClassifierOptions(n_models=opt.n_mlps, seed=seed))
+    ens.fit(x, y)
+
+    def predict(s: SliceSet) -> torch.Tensor:
+        out = torch.zeros(s.labels.shape, dtype=torch.long)
+        p, _, _ = ens.predict(feats.of(s, list(range(len(s.zs)))))
+        out[s.head] = p.argmax(1)
+        return out
+    return predict
+
+
+def _build_net(method: str, n_roles: int, n_classes: int, checkpoint: str, opt: FewShotOptions, size: int):
+    from .segnets import NoisePredictorSegmenter, TransUNet2D, build_unet2d
+
+    if method == "unet":
+        return build_unet2d(2 * n_roles, n_classes)
+    if method == "transunet":
+        return TransUNet2D(2 * n_roles, n_classes, size=size)
+    if method == "noise-predictor":
+        from .model import load_backbone
+
+        unet, cfg = load_backbone(checkpoint)
+        return NoisePredictorSegmenter(unet, cfg, n_classes, t=opt.timestep)
+    raise InputError(f"unknown few-shot method {method!r}")
+
+
+def _train_net(method: str, train: list[tuple[SliceSet, int]], n_classes: int, opt: FewShotOptions, seed: int,
+               checkpoint: str):
+    from .segnets import SegTrainOptions, predict_segnet, train_segnet
+
+    images = torch.stack([s.images[i] for s, i in train])
+    present = torch.stack([torch.from_numpy(s.present) for s, _ in train])
+    labels = torch.stack([s.labels[i] for s, i in train])
+    torch.manual_seed(seed)
+    net = _build_net(method, images.shape[1], n_classes, checkpoint, opt, images.shape[-1])
+    loss = "ce" if method == "noise-predictor" else "dicece"
+    hist = train_segnet(net, images, present, labels, n_classes,
+                        SegTrainOptions(steps=opt.steps, batch_size=opt.batch_size, lr=opt.lr, loss=loss, seed=seed,
+                                        log_every=0))
+
+    def predict(s: SliceSet) -> torch.Tensor:
+        pres = torch.from_numpy(s.present)[None].expand(len(s.zs), -1)
+        return predict_segnet(net, s.images, pres).argmax(1)
+    predict.history = hist
+    return predict
+
+
+# ------------------------------------------------------------------------------------------------ experiment
+
+def evaluate(pred: torch.Tensor, s: SliceSet, values: list[int]) -> tuple[dict, dict]:
+    """Dice and HD95 per region of predicted class indices (n, S, S) against the slice set's labels, in 3D."""
+    from .protocol import region_dice, region_hd95
+
+    vals = np.array(values)
+    p = np.moveaxis(vals[pred.numpy()], 0, -1)
+    t = np.moveaxis(vals[s.labels.numpy()], 0, -1)
+    brats = values == BRATS_VALUES
+    return region_dice(p, t, brats=brats), region_hd95(p, t, spacing=s.spacing, brats=brats)
+
+
+def run_dataset(data_root: Path, dataset: str, opt: FewShotOptions, out: Path) -> list[dict]:
+    from .benchmark import _round, machine, nan_stats
+    from .model import load_backbone, read_config
+    from .resources import default_checkpoint
+
+    opt.check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = opt.checkpoint or str(default_checkpoint())
+    values = BRATS_VALUES if dataset == "BraTS" else LGG_VALUES
+    train_cases, eval_cases = select_cases(data_root, dataset, opt)
+    size = read_config(checkpoint).sample_size  # every method works on the backbone's grid
+    t0 = time.perf_counter()
+    pool_sets = [s for s in (case_slices(c, dataset, opt, size) for c in train_cases) if s is not None]
+    eval_sets = [s for s in (case_slices(c, dataset, opt, size, evaluation=True) for c in eval_cases)
+                 if s is not None]
+    pool = [(s, i) for s in pool_sets for i in range(len(s.zs))]
+    log.info("%s: pool of %d slices from %d tuning cases; %d evaluation slices of %d test cases (%.1f s)", dataset,
+             len(pool), len(pool_sets), sum(len(s.zs) for s in eval_sets), len(eval_sets), time.perf_counter() - t0)
+    ns = [n for n in opt.ns if n <= len(pool)]
+    if len(ns) < len(opt.ns):
+        log.warning("%s: N > pool size (%d) skipped: %s", dataset, len(pool), [n for n in opt.ns if n > len(pool)])
+    feats = None
+    if "diffusion-mlp" in opt.methods:
+        unet, cfg = load_backbone(checkpoint)
+        feats = _Features(unet, cfg)
+    records = []
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opt).items()}
+    for seed in opt.seeds:
+        order = np.random.default_rng(seed).permutation(len(pool))
+        for n in ns:
+            train = [pool[i] for i in order[:n]]
+            for method in opt.methods:
+                t = time.perf_counter()
+                if method == "diffusion-mlp":
+                    predict = _train_mlp(feats, train, len(values), opt, seed)
+                else:
+                    predict = _train_net(method, train, len(values), opt, seed, checkpoint)
+                t_train = time.perf_counter() - t
+                per_case = []
+                for s in eval_sets:
+                    d, h = evaluate(predict(s), s, values)
+                    per_case.append({"case": s.name, "dice": {r: round(v, 4) for r, v in d.items()},
+                                     "hd95": {r: _round(v) for r, v in h.items()}})
+                regions = list(per_case[0]["dice"])
+                rec = {"dataset": dataset, "method": method, "n": n, "seed": seed,
+                       "train_slices": [f"{s.name}:{s.zs[i]}" for s, i in train],
+                       "seconds_train": round(t_train, 2), "seconds_total": round(time.perf_counter() - t, 2),
+                       "dice": {r: round(float(np.mean([c["dice"][r] for c in per_case])), 4) for r in regions},
+                       "hd95": {r: _round(nan_stats([c["hd95"][r] for c in per_case])[0]) for r in regions},
+                       "hd95_undefined": {r: nan_stats([c["hd95"][r] for c in per_case])[3] for r in regions},
+                       "cases": per_case}
+                records.append(rec)
+                log.info("%s seed %d N=%d %-15s Dice %s HD95 %s (%.1f s)", dataset, seed, n, method,
+                         " ".join(f"{r} {v:.3f}" for r, v in rec["dice"].items()),
+                         " ".join(f"{r} {v:.1f}" for r, v in rec["hd95"].items()), rec["seconds_total"])
+                (out / f"fewshot_{dataset.lower()}.json").write_text(json.dumps(
+                    {"machine": machine(), "dataset": dataset, "settings": settings, "checkpoint": checkpoint,
+                     "train_cases": [s.name for s in pool_sets], "eval_cases": [s.name for s in eval_sets],
+                     "eval_slices": {s.name: s.zs for s in eval_sets}, "records": records}, indent=1))
+            # tables and plot after every N: an interrupted run leaves usable partial results
+            write_fewshot_table(records, out / f"fewshot_{dataset.lower()}.md", dataset)
+            plot_dice_vs_n(records, out / f"fewshot_{dataset.lower()}.png", dataset)
+    return records
+
+
+def summarise_fewshot(records: list[dict]) -> dict:
+    """(method, n, metric, region) -> (mean, sd, n) over seeds (NaN HD95 seeds left out)."""
+    from .benchmark import nan_stats
+
+    groups: dict = {}
+    for r in records:
+        for metric in ("dice", "hd95"):
+            for reg, v in r[metric].items():
+                groups.setdefault((r["method"], r["n"], metric, reg), []).append(v)
+        groups.setdefault((r["method"], r["n"], "seconds", ""), []).append(r["seconds_total"])
+    return {k: nan_stats(v)[:3] for k, v in groups.items()}
+
+
+def write_fewshot_table(records: list[dict], path: Path, dataset: str) -> None:
+    s = summarise_fewshot(records)
+    regions = [r for r in ("WT", "TC", "ET") if any(k[3] == r for k in s)]
+    methods = [m for m in METHODS if any(k[0] == m for k in s)]
+    seeds = sorted({r["seed"] for r in records})
+    lines = [f"### {dataset}: mean ± sd over {len(seeds)} seeds {seeds}\n",
+             "| method | N | " + " | ".join(f"{r} Dice" for r in regions) + " | "
+             + " | ".join(f"{r} HD95 (mm)" for r in regions) + " | s/run |",
+             "|---|---|" + "---|" * (2 * len(regions) + 1)]
+    for n in sorted({k[1] for k in s}):
+        for m in methods:
+            if (m, n, "seconds", "") not in s:
+                continue
+            cells = []
+            for metric, fmt in (("dice", "{:.3f} ± {:.3f}"), ("hd95", "{:.1f} ± {:.1f}")):
+                for r in regions:
+                    mean, sd, cnt = s.get((m, n, metric, r), (float("nan"), 0, 0))
+                    cells.append(fmt.format(mean, sd) if cnt else "–")
+            lines.append(f"| {m} | {n} | " + " | ".join(cells) + f" | {s[(m, n, 'seconds', '')][0]:.1f} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_dice_vs_n(records: list[dict], png: Path, dataset: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarise_fewshot(records)
+    regions = [r for r in ("WT", "TC", "ET") if any(k[3] == r for k in s)]
+    methods = [m for m in METHODS if any(k[0] == m for k in s)]
+    fig, axes = plt.subplots(1, len(regions), figsize=(4 * len(regions), 3.3), dpi=100, squeeze=False)
+    for ax, reg in zip(axes[0], regions):
+        for m in methods:
+            ns = sorted(k[1] for k in s if k[0] == m and k[2] == "dice" and k[3] == reg)
+            ax.errorbar(ns, [s[(m, n, "dice", reg)][0] for n in ns], yerr=[s[(m, n, "dice", reg)][1] for n in ns],
+                        marker="o", capsize=3, label=m)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({k[1] for k in s}))
+        ax.set_xticklabels([str(n) for n in sorted({k[1] for k in s})])
+        ax.set_title(f"{dataset} {reg}")
+        ax.set_xlabel("labelled training slices N")
+        ax.set_ylabel("Dice")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def run_fewshot_cli(a) -> int:
+    from .resources import data_root
+
+    opt = FewShotOptions(ns=tuple(a.n), seeds=tuple(a.seeds), methods=tuple(a.methods), steps=a.steps, lr=a.lr,
+                         batch_size=a.batch_size, max_train_cases=a.max_train_cases,
+                         max_eval_cases=a.max_eval_cases, eval_every=a.eval_every, checkpoint=a.checkpoint,
+                         n_mlps=a.ensemble, timestep=a.timestep)
+    opt.check()
+    root = Path(a.data) if a.data else data_root()
+    for dataset in a.datasets:
+        run_dataset(root, dataset, opt, Path(a.out))
+        print((Path(a.out) / f"fewshot_{dataset.lower()}.md").read_text())
+    return 0
+
+
+def add_fewshot_args(b) -> None:
+    d = FewShotOptions()
+    b.add_argument("--data", default=None, help="data root (default $BRAINDIFFSEG_DATA): its split is used")
+    b.add_argument("--datasets", nargs="+", choices=["BraTS", "LGG"], default=["BraTS", "LGG"])
+    b.add_argument("--n", type=int, nargs="+", default=list(d.ns), help="numbers of labelled training slices")
+    b.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    b.add_argument("--methods", nargs="+", default=list(d.methods), help=", ".join(METHODS))
+    b.add_argument("--steps", type=int, default=d.steps, help="training steps of the trained networks")
+    b.add_argument("--batch-size", type=int, default=d.batch_size)
+    b.add_argument("--lr", type=float, default=d.lr, help="learning rate of the trained networks (AdamW, poly decay)")
+    b.add_argument("--ensemble", type=int, default=d.n_mlps, help="diffusion-mlp: number of MLPs")
+    b.add_argument("--timestep", type=int, default=d.timestep, help="noise-predictor: fixed timestep (0: clean)")
+    b.add_argument("--max-train-cases", type=int, default=0, help="0: every tuning case of the dataset")
+    b.add_argument("--max-eval-cases", type=int, default=0, help="0: every test case of the dataset")
+    b.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every n-th slice")
+    b.add_argument("--checkpoint", default=None, help="backbone folder (default: the bundled model)")
+    b.add_argument("--out", required=True)
+
+
+def merge_fewshot(files: list[Path], out: Path) -> list[dict]:
+    """Join the fewshot_<dataset>.json of runs of one dataset with other seeds (same settings otherwise) into one
+    JSON, table and plot in `out`; a (method, N, seed) present in several files is taken from the first."""
+    data = [json.loads(Path(f).read_text()) for f in files]
+    dataset = data[0]["dataset"]
+    if any(d["dataset"] != dataset for d in data):
+        raise InputError("merge_fewshot: the runs are of different datasets")
+    records, seen = [], set()
+    for d in data:
+        for r in d["records"]:
+            key = (r["method"], r["n"], r["seed"])
+            if key not in seen:
+                seen.add(key)
+                records.append(r)
+    merged = dict(data[0], records=records, merged_from=[str(f) for f in files])
+    merged["settings"] = dict(merged["settings"], seeds=sorted({r["seed"] for r in records}))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"fewshot_{dataset.lower()}.json").write_text(json.dumps(merged, indent=1))
+    write_fewshot_table(records, out / f"fewshot_{dataset.lower()}.md", dataset)
+    plot_dice_vs_n(records, out / f"fewshot_{dataset.lower()}.png", dataset)
+    return records
