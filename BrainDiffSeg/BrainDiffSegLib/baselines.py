@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 from .errors import InputError
-from .io import ROLES
+from .constants import ROLES
 from .preprocess import is_brats_labels
 
 WT_ROLES = ("flair", "t2", "t1ce", "t1")

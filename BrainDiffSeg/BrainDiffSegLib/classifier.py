@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -13,22 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import CancelledError
+from .options import ClassifierOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ClassifierOptions:
-    n_models: int = 5
-    hidden: tuple[int, ...] = (128, 32)
-    max_epochs: int = 12
-    patience: int = 2
-    batch_size: int = 2048  # upper bound; small training sets use smaller batches (at least ~40 steps an epoch)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.1
-    max_pixels: int = 60000  # per member: a class-stratified random subset of the training pixels
-    seed: int = 0
 
 
 def make_mlp(n_in: int, n_classes: int, hidden: tuple[int, ...]) -> nn.Sequential:

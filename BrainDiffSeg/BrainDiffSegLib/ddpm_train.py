@@ -235,7 +235,3 @@ def plot_loss(loss_csv: Path, png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
-
-
-def verify_checkpoint(folder: str | Path) -> BackboneConfig:
-    return load_backbone(folder)[1]

@@ -16,27 +16,11 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 
 from .device import autocast
+from .options import FeatureSpec
 from .model import BackboneConfig, build_scheduler, model_input
 from .preprocess import ModelGrid
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FeatureSpec:
-    """Which activations make a pixel's feature vector."""
-
-    # Defaults: the best diffusion configuration of the feature-selection experiment on the tuning cases
-    # (docs/results/features: `braindiffseg benchmark features --max-cases 4`).
-    blocks: tuple[int, ...] = (1, 2)  # indices into unet.up_blocks, outputs taken after each block
-    timesteps: tuple[int, ...] = (100,)
-    noise_seed: int = 0
-    intensities: bool = True  # append the normalised intensities of each present sequence
-    smoothing: tuple[float, ...] = (1.0, 2.0, 4.0)  # also Gaussian-smoothed intensities at these sigmas (pixels)
-
-    def as_dict(self) -> dict:
-        return {"blocks": list(self.blocks), "timesteps": list(self.timesteps), "noise_seed": self.noise_seed,
-                "intensities": self.intensities, "smoothing": list(self.smoothing)}
 
 
 def decoder_activations(unet: UNet2DModel, sample: torch.Tensor, timesteps: torch.Tensor,

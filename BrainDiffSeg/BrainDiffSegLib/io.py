@@ -13,11 +13,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .constants import AFFINE_TOLERANCE_MM, ROLES
 from .errors import InputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("t1", "t1ce", "t2", "flair")
 """Canonical sequence roles, in the channel order of the backbone."""
 
 # File-name suffixes of the supported layouts -> role. "seg" is the label volume.
@@ -31,7 +31,6 @@ SUFFIX_ROLES = {
     "seg": "seg",
 }
 _NAME_RE = re.compile(r"^(?P<stem>.+?)[_-](?P<suffix>[A-Za-z0-9]+)\.nii(\.gz)?$")
-AFFINE_TOLERANCE_MM = 1e-3
 
 
 @dataclass

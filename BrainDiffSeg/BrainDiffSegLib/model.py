@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
-from .io import ROLES
+from .constants import ROLES
 
 log = logging.getLogger(__name__)
 FORMAT = "braindiffseg-backbone/1"

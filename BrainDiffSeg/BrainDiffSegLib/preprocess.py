@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .io import ROLES
+from .constants import REGIONS_BRATS, ROLES
 
-REGIONS_BRATS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
 
 
 def foreground_mask(images: dict[str, np.ndarray], rel_threshold: float = 0.05) -> np.ndarray:

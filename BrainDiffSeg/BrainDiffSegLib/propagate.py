@@ -9,38 +9,25 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from .classifier import ClassifierOptions, PixelEnsemble
+from .classifier import PixelEnsemble
 from .device import pick_device, seed_everything
 from .errors import CancelledError, InputError
-from .features import FeatureExtractor, FeatureSpec
-from .io import ROLES
+from .features import FeatureExtractor
+from .constants import ROLES
 from .model import load_backbone
+from .options import FeatureSpec, PropagationOptions
 from .preprocess import ModelGrid, normalize_case, stack_roles
 from .resources import default_checkpoint
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
-
-
-@dataclass
-class PropagationOptions:
-    method: str = "diffusion"  # "diffusion": backbone features (+ intensities); "raw": intensities + filters only
-    checkpoint: str | None = None  # backbone folder; default: the bundled model
-    features: FeatureSpec = field(default_factory=FeatureSpec)
-    classifier: ClassifierOptions = field(default_factory=ClassifierOptions)
-    device: str = "auto"
-    precision: str = "fp32"
-    batch_size: int = 16
-    postprocess: bool = True  # keep only tumour connected in 3D to the annotated tumour
-    seed: int = 0
 
 
 @dataclass
@@ -81,7 +68,7 @@ def check_annotation(annotation: np.ndarray, shape: tuple, foreground: np.ndarra
     return zs, values
 
 
-def _postprocess(labels: np.ndarray, annotation: np.ndarray) -> np.ndarray:
+def keep_connected_to_annotation(labels: np.ndarray, annotation: np.ndarray) -> np.ndarray:
     """Drop predicted tumour islands that are not connected in 3D to any annotated tumour voxel."""
     tumour = labels > 0
     comp, n = ndimage.label(tumour, structure=ndimage.generate_binary_structure(3, 1))
@@ -184,13 +171,10 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     timings["predict"] = time.perf_counter() - t
     labels[..., zs_ann] = annotation[..., zs_ann]
     if opt.postprocess:
-        labels = _postprocess(labels, annotation)
+        labels = keep_connected_to_annotation(labels, annotation)
     timings["total"] = time.perf_counter() - t0
     report("done", 1.0)
     log.info("propagated %d annotated slices to %d slices in %.1f s on %s", len(zs_ann), len(todo),
              timings["total"], device)
     return PropagationResult(labels, entropy, disagreement, zs_ann, values, timings, str(device))
 
-
-def default_backbone_exists() -> bool:
-    return (Path(default_checkpoint()) / "model.safetensors").is_file()

@@ -4,8 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-MODEL_ENV = "BRAINDIFFSEG_MODEL"
-DATA_ENV = "BRAINDIFFSEG_DATA"
+from .constants import DATA_ENV, MODEL_ENV
 
 
 def resources_dir() -> Path:

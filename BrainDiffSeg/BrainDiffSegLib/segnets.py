@@ -298,7 +298,7 @@ class PatientUNetOptions:
 def propagate_unet_patient(images: dict[str, np.ndarray], annotation: np.ndarray,
                            options: PatientUNetOptions | None = None) -> np.ndarray:
     """Label volume (axial axis last) predicted by a U-Net trained on the annotated slices of this case."""
-    from .propagate import _postprocess, check_annotation
+    from .propagate import check_annotation, keep_connected_to_annotation
     from .preprocess import ModelGrid, normalize_case, stack_roles
 
     opt = options or PatientUNetOptions()
@@ -324,7 +324,7 @@ def propagate_unet_patient(images: dict[str, np.ndarray], annotation: np.ndarray
         labels[..., zb] = np.moveaxis(block, 0, -1)
     labels[..., zs] = annotation[..., zs]
     if opt.postprocess:
-        labels = _postprocess(labels, annotation)
+        labels = keep_connected_to_annotation(labels, annotation)
     log.info("unet-patient: %d annotated slices, trained %d steps in %.1f s (loss %.3f -> %.3f)", len(zs),
              hist["steps"], hist["seconds"], hist["first_loss"], hist["last_loss"])
     return labels

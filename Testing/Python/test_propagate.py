@@ -12,7 +12,7 @@ import pytest
 from BrainDiffSegLib.classifier import ClassifierOptions
 from BrainDiffSegLib.errors import CancelledError, CheckpointError, InputError
 from BrainDiffSegLib.features import FeatureSpec
-from BrainDiffSegLib.propagate import PropagationOptions, PropagationResult, _postprocess, propagate
+from BrainDiffSegLib.propagate import PropagationOptions, PropagationResult, keep_connected_to_annotation, propagate
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 from conftest import TUMOUR_CONTRAST, TUMOUR_SHAPE, synthetic_tumour_case
 
@@ -148,7 +148,7 @@ def test_propagation_is_reproducible(synth):
 
 # ------------------------------------------------------------------------------------------ post-processing
 
-def test_postprocess_removes_islands_not_connected_to_the_annotation():
+def testkeep_connected_to_annotation_removes_islands_not_connected_to_the_annotation():
     ann = np.zeros((20, 20, 10), np.int16)
     ann[5:9, 5:9, 4] = 2
     ann[6:8, 6:8, 4] = 1
@@ -157,7 +157,7 @@ def test_postprocess_removes_islands_not_connected_to_the_annotation():
     pred[6:8, 6:8, 3:6] = 1
     pred[15:18, 15:18, 7:9] = 4  # an island far away
     pred[0, 19, 0] = 1  # a single stray voxel
-    out = _postprocess(pred, ann)
+    out = keep_connected_to_annotation(pred, ann)
     assert out.dtype == pred.dtype and out.shape == pred.shape
     assert not out[15:18, 15:18, 7:9].any() and out[0, 19, 0] == 0
     expected = pred.copy()
@@ -166,14 +166,14 @@ def test_postprocess_removes_islands_not_connected_to_the_annotation():
     np.testing.assert_array_equal(out, expected)  # the connected tumour keeps all its labels
     # an island touching annotated tumour in another slice is kept
     ann[15:17, 15:17, 8] = 4
-    out = _postprocess(pred, ann)
+    out = keep_connected_to_annotation(pred, ann)
     assert (out[15:18, 15:18, 7:9] == 4).all()
     # nothing predicted: unchanged
     empty = np.zeros_like(pred)
-    np.testing.assert_array_equal(_postprocess(empty, ann), empty)
+    np.testing.assert_array_equal(keep_connected_to_annotation(empty, ann), empty)
 
 
-def test_postprocess_in_propagation(synth):
+def testkeep_connected_to_annotation_in_propagation(synth):
     """A bright tumour-like blob far from the annotated tumour is predicted as tumour without post-processing and
     removed with it."""
     images, label, head, ann, zs = synth

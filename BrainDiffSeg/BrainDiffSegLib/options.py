@@ -1,0 +1,263 @@
+"""The options of a propagation, in one place: the dataclasses, the named presets, and - generated from the fields -
+the command-line flags and the string form stored in Slicer's parameter node.
+
+Standard library only (no torch): the Slicer module reads and writes options before the engine is installed.
+
+Every field carries its help text (and optionally its flag name and choices) in `field(metadata=...)`. From that:
+- `add_arguments(parser)` adds one flag per field (nested fields flattened: `--blocks`, `--ensemble`, ...);
+  `options_from_arguments(namespace)` starts from the chosen `--preset` and applies only the flags that were given.
+- `to_strings(options)` / `from_strings(mapping)` convert to and from `{key: str}` with the flag names (without the
+  dashes) as keys, e.g. {"method": "diffusion", "blocks": "1,2", "ensemble": "5"}; bad values raise InputError.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .errors import InputError
+
+
+def _opt(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
+         choices: tuple | None = None, cli: bool = True, factory: Any = dataclasses.MISSING):
+    """A dataclass field with its command-line / parameter-node description."""
+    meta = {"help": help, "flag": flag, "choices": choices, "cli": cli}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class FeatureSpec:
+    """Which activations make a pixel's feature vector."""
+
+    # Defaults: the best diffusion configuration of the feature-selection experiment on the tuning cases
+    # (docs/results/features: `braindiffseg benchmark features --max-cases 4`).
+    blocks: tuple[int, ...] = _opt((1, 2), "decoder blocks (indices into the U-Net's up blocks), e.g. '1,2'")
+    timesteps: tuple[int, ...] = _opt((100,), "noise levels, e.g. '100' or '25,250'")
+    noise_seed: int = _opt(0, "seed of the fixed noise added at each noise level")
+    intensities: bool = _opt(True, "append the normalised intensities of each present sequence")
+    smoothing: tuple[float, ...] = _opt((1.0, 2.0, 4.0), "Gaussian sigmas (pixels) of smoothed-intensity features, "
+                                        "e.g. '1,2,4'")
+
+    def as_dict(self) -> dict:
+        return {"blocks": list(self.blocks), "timesteps": list(self.timesteps), "noise_seed": self.noise_seed,
+                "intensities": self.intensities, "smoothing": list(self.smoothing)}
+
+
+@dataclass
+class ClassifierOptions:
+    """The MLP ensemble and its training."""
+
+    n_models: int = _opt(5, "number of MLPs in the ensemble", flag="ensemble")
+    hidden: tuple[int, ...] = _opt((128, 32), "hidden layer widths of each MLP, e.g. '128,32'")
+    max_epochs: int = _opt(12, "training epochs at most (early stopping on a validation split)")
+    patience: int = _opt(2, "epochs without improvement before stopping")
+    # upper bound; small training sets use smaller batches (at least ~40 steps an epoch)
+    batch_size: int = _opt(2048, "pixels per classifier training step (upper bound)", flag="classifier-batch-size")
+    lr: float = _opt(1e-3, "classifier learning rate", flag="classifier-lr")
+    weight_decay: float = _opt(1e-4, "classifier weight decay")
+    val_fraction: float = _opt(0.1, "fraction of the training pixels held out for early stopping")
+    max_pixels: int = _opt(60000, "training pixels per MLP (a class-stratified random subset)")
+    seed: int = _opt(0, "classifier seed (the command line's --seed sets it)", flag="classifier-seed", cli=False)
+
+
+@dataclass
+class PropagationOptions:
+    """One propagation: features, classifier, device and post-processing."""
+
+    method: str = _opt("diffusion", "diffusion: backbone features + intensities; raw: intensities + filters only",
+                       choices=("diffusion", "raw"))
+    checkpoint: str | None = _opt(None, "backbone folder (default: the bundled model or $BRAINDIFFSEG_MODEL)")
+    features: FeatureSpec = _opt(help="features", factory=FeatureSpec)
+    classifier: ClassifierOptions = _opt(help="classifier", factory=ClassifierOptions)
+    device: str = _opt("auto", "auto, cpu or cuda")
+    precision: str = _opt("fp32", "precision of the backbone's forward pass", choices=("fp32", "bf16", "fp16"))
+    batch_size: int = _opt(16, "slices per forward pass")
+    postprocess: bool = _opt(True, "keep only tumour connected in 3D to the annotated tumour")
+    seed: int = _opt(0, "seed of everything random (the classifier's seed too)")
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+
+PRESETS = {
+    "default": "diffusion features and the full classifier ensemble (the product's default)",
+    "quick": "quick preview: intensity features ('raw') and 2 small MLPs (32-16 units, at most 6 epochs); seconds "
+             "instead of minutes on a CPU, less accurate (also what the tests use)",
+}
+
+
+def preset(name: str = "default") -> PropagationOptions:
+    """A fresh copy of a named preset (see PRESETS)."""
+    if name == "default":
+        return PropagationOptions()
+    if name == "quick":
+        return PropagationOptions(method="raw", classifier=ClassifierOptions(n_models=2, max_epochs=6,
+                                                                             hidden=(32, 16), batch_size=1024))
+    raise InputError(f"Unknown preset '{name}'; use one of {', '.join(PRESETS)}.")
+
+
+# ---------------------------------------------------------------------------------------------------- the fields
+
+@dataclass(frozen=True)
+class OptionField:
+    """One leaf field of PropagationOptions: its path (e.g. ('features', 'blocks')), key, type and description."""
+
+    path: tuple[str, ...]
+    key: str  # flag name without the dashes, also the parameter-node key
+    type: Any
+    default: Any
+    help: str
+    choices: tuple | None
+    cli: bool
+
+
+def _leaf_fields(cls=PropagationOptions, prefix: tuple[str, ...] = ()) -> Iterator[OptionField]:
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            yield from _leaf_fields(kind, prefix + (f.name,))
+            continue
+        meta = f.metadata
+        yield OptionField(prefix + (f.name,), meta.get("flag") or f.name.replace("_", "-"), kind,
+                          getattr(defaults, f.name), meta.get("help", ""), meta.get("choices"), meta.get("cli", True))
+
+
+def fields() -> list[OptionField]:
+    """The leaf fields of PropagationOptions; keys are unique (checked)."""
+    out = list(_leaf_fields())
+    keys = [f.key for f in out]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise AssertionError(f"option keys must be unique; give these a flag name: {dup}")
+    return out
+
+
+def _get(options, path):
+    for name in path:
+        options = getattr(options, name)
+    return options
+
+
+def _with(options, path, value):
+    if len(path) == 1:
+        return dataclasses.replace(options, **{path[0]: value})
+    inner = getattr(options, path[0])
+    return dataclasses.replace(options, **{path[0]: _with(inner, path[1:], value)})
+
+
+def _base_and_optional(kind) -> tuple[Any, bool]:
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)) \
+            and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return kind, False
+
+
+def format_value(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(format_value(v) for v in value)
+    return str(value)
+
+
+def parse_value(f: OptionField, text: str):
+    """The value of field `f` from its string form; InputError naming the key for bad values."""
+    kind, optional = _base_and_optional(f.type)
+    text = str(text).strip()
+    example = format_value(f.default) or "..."
+    try:
+        if optional and text == "":
+            return None
+        if typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            parts = [p for p in text.replace(",", " ").split() if p]
+            if not parts:
+                raise ValueError("empty list")
+            value = tuple(item(p) for p in parts)
+            if any(v < 0 for v in value):
+                raise ValueError("negative")
+            return value
+        if kind is bool:
+            low = text.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(text)
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise InputError(f"{f.key}: '{text}' is not a valid value (e.g. '{example}'): {f.help}.") from None
+    if f.choices and value not in f.choices:
+        raise InputError(f"{f.key}: '{text}' is unknown; use one of {', '.join(map(str, f.choices))}.")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise InputError(f"{f.key}: '{text}' must not be negative.")
+    return value
+
+
+def to_strings(options: PropagationOptions) -> dict[str, str]:
+    """{key: string} for every field (the parameter node's form)."""
+    return {f.key: format_value(_get(options, f.path)) for f in fields()}
+
+
+def from_strings(values: dict[str, str], base: PropagationOptions | None = None) -> PropagationOptions:
+    """`base` (default: the default preset) with the given string values applied; unknown keys are ignored, bad
+    values raise InputError."""
+    options = base if base is not None else preset("default")
+    for f in fields():
+        if f.key in values and values[f.key] is not None:
+            options = _with(options, f.path, parse_value(f, values[f.key]))
+    return options
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+
+def add_arguments(parser: argparse.ArgumentParser, title: str = "propagation options") -> None:
+    """--preset plus one flag per field. Only given flags are applied over the preset (see options_from_arguments)."""
+    g = parser.add_argument_group(title)
+    g.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                   help="; ".join(f"{k}: {v}" for k, v in PRESETS.items()) + ". Flags below override it.")
+    defaults = preset("default")
+    for f in fields():
+        if not f.cli:
+            continue
+        kind, _ = _base_and_optional(f.type)
+        default = _get(defaults, f.path)
+        shown = format_value(default)
+        help_text = (f"{f.help} (default: {shown})" if shown else f.help).replace("%", "%%")
+        if kind is bool:
+            if default:
+                g.add_argument(f"--no-{f.key}", dest=f.key, action="store_false", default=argparse.SUPPRESS,
+                               help=f"turn off: {f.help}".replace("%", "%%"))
+            else:
+                g.add_argument(f"--{f.key}", dest=f.key, action="store_true", default=argparse.SUPPRESS,
+                               help=help_text)
+        else:
+            metavar = "{" + ",".join(map(str, f.choices)) + "}" if f.choices else f.key.upper().replace("-", "_")
+            g.add_argument(f"--{f.key}", dest=f.key, type=lambda text, f=f: _parse_flag(f, text),
+                           default=argparse.SUPPRESS, metavar=metavar, help=help_text)
+
+
+def _parse_flag(f: OptionField, text: str):
+    try:
+        return parse_value(f, text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def options_from_arguments(namespace: argparse.Namespace) -> PropagationOptions:
+    """The options a parsed command line asks for: its --preset with the given flags applied. --seed also seeds the
+    classifier (one seed for the whole run)."""
+    options = preset(getattr(namespace, "preset", "default"))
+    given = vars(namespace)
+    for f in fields():
+        if f.cli and f.key in given:
+            options = _with(options, f.path, given[f.key])
+    return _with(options, ("classifier", "seed"), options.seed)
