@@ -21,9 +21,9 @@ from .errors import InputError
 
 
 def _opt(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-         choices: tuple | None = None, cli: bool = True, factory: Any = dataclasses.MISSING):
-    """A dataclass field with its command-line / parameter-node description."""
-    meta = {"help": help, "flag": flag, "choices": choices, "cli": cli}
+         choices: tuple | None = None, cli: bool = True, low: float = 0, factory: Any = dataclasses.MISSING):
+    """A dataclass field with its command-line / parameter-node description (`low`: smallest number allowed)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "cli": cli, "low": low}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -51,16 +51,17 @@ class FeatureSpec:
 class ClassifierOptions:
     """The MLP ensemble and its training."""
 
-    n_models: int = _opt(5, "number of MLPs in the ensemble", flag="ensemble")
-    hidden: tuple[int, ...] = _opt((128, 32), "hidden layer widths of each MLP, e.g. '128,32'")
-    max_epochs: int = _opt(12, "training epochs at most (early stopping on a validation split)")
+    n_models: int = _opt(5, "number of MLPs in the ensemble", flag="ensemble", low=1)
+    hidden: tuple[int, ...] = _opt((128, 32), "hidden layer widths of each MLP, e.g. '128,32'", low=1)
+    max_epochs: int = _opt(12, "training epochs at most (early stopping on a validation split)", low=1)
     patience: int = _opt(2, "epochs without improvement before stopping")
     # upper bound; small training sets use smaller batches (at least ~40 steps an epoch)
-    batch_size: int = _opt(2048, "pixels per classifier training step (upper bound)", flag="classifier-batch-size")
+    batch_size: int = _opt(2048, "pixels per classifier training step (upper bound)", flag="classifier-batch-size",
+                           low=1)
     lr: float = _opt(1e-3, "classifier learning rate", flag="classifier-lr")
     weight_decay: float = _opt(1e-4, "classifier weight decay")
     val_fraction: float = _opt(0.1, "fraction of the training pixels held out for early stopping")
-    max_pixels: int = _opt(60000, "training pixels per MLP (a class-stratified random subset)")
+    max_pixels: int = _opt(60000, "training pixels per MLP (a class-stratified random subset)", low=1)
     seed: int = _opt(0, "classifier seed (the command line's --seed sets it)", flag="classifier-seed", cli=False)
 
 
@@ -75,7 +76,7 @@ class PropagationOptions:
     classifier: ClassifierOptions = _opt(help="classifier", factory=ClassifierOptions)
     device: str = _opt("auto", "auto, cpu or cuda")
     precision: str = _opt("fp32", "precision of the backbone's forward pass", choices=("fp32", "bf16", "fp16"))
-    batch_size: int = _opt(16, "slices per forward pass")
+    batch_size: int = _opt(16, "slices per forward pass", low=1)
     postprocess: bool = _opt(True, "keep only tumour connected in 3D to the annotated tumour")
     seed: int = _opt(0, "seed of everything random (the classifier's seed too)")
 
@@ -112,6 +113,7 @@ class OptionField:
     help: str
     choices: tuple | None
     cli: bool
+    low: float = 0
 
 
 def _leaf_fields(cls=PropagationOptions, prefix: tuple[str, ...] = ()) -> Iterator[OptionField]:
@@ -124,7 +126,8 @@ def _leaf_fields(cls=PropagationOptions, prefix: tuple[str, ...] = ()) -> Iterat
             continue
         meta = f.metadata
         yield OptionField(prefix + (f.name,), meta.get("flag") or f.name.replace("_", "-"), kind,
-                          getattr(defaults, f.name), meta.get("help", ""), meta.get("choices"), meta.get("cli", True))
+                          getattr(defaults, f.name), meta.get("help", ""), meta.get("choices"), meta.get("cli", True),
+                          meta.get("low", 0))
 
 
 def fields() -> list[OptionField]:
@@ -182,23 +185,23 @@ def parse_value(f: OptionField, text: str):
             if not parts:
                 raise ValueError("empty list")
             value = tuple(item(p) for p in parts)
-            if any(v < 0 for v in value):
-                raise ValueError("negative")
-            return value
-        if kind is bool:
+        elif kind is bool:
             low = text.lower()
             if low in ("true", "1", "yes", "on"):
                 return True
             if low in ("false", "0", "no", "off"):
                 return False
             raise ValueError(text)
-        value = kind(text)
+        else:
+            value = kind(text)
     except (TypeError, ValueError):
         raise InputError(f"{f.key}: '{text}' is not a valid value (e.g. '{example}'): {f.help}.") from None
     if f.choices and value not in f.choices:
         raise InputError(f"{f.key}: '{text}' is unknown; use one of {', '.join(map(str, f.choices))}.")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-        raise InputError(f"{f.key}: '{text}' must not be negative.")
+    if isinstance(value, tuple) and any(v < f.low for v in value):
+        raise InputError(f"{f.key}: '{text}': every value must be at least {f.low:g}.")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < f.low:
+        raise InputError(f"{f.key}: '{text}' must be at least {f.low:g}.")
     return value
 
 

@@ -1,0 +1,132 @@
+"""The layering rules of docs/ARCHITECTURE.md, checked on every import statement of the code (imports inside functions
+included), plus what the Slicer extension ships (CMake) and the file-length rule."""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SRC = REPO / "BrainDiffSeg"
+PACKAGES = ("BrainDiffSegLib", "BrainDiffSegSlicer", "BrainDiffSegBench", "BrainDiffSegCLI", "BrainDiffSegWeb")
+GUI = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "mrml", "PythonQt", "PySide6", "PyQt5", "PyQt6", "trame",
+       "trame_slicer", "trame_server", "trame_client"}
+OURS = set(PACKAGES) | {"BrainDiffSeg"}
+ENGINE_THIRD_PARTY = {"torch", "numpy", "scipy", "nibabel", "skimage", "diffusers", "safetensors", "matplotlib"}
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+MAX_LINES = 400
+
+
+def _files(package: str) -> list[Path]:
+    return sorted((SRC / package).rglob("*.py"))
+
+
+def imported_roots(path: Path) -> set[str]:
+    """Top-level names of every absolute import in the file (relative imports stay inside the package)."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def _offenders(files: list[Path], forbidden: set[str]) -> dict[str, list[str]]:
+    found = {}
+    for path in files:
+        bad = sorted(imported_roots(path) & forbidden)
+        if bad:
+            found[str(path.relative_to(REPO))] = bad
+    return found
+
+
+def test_every_package_exists_with_code():
+    for package in PACKAGES:
+        assert (SRC / package / "__init__.py").is_file(), package
+        assert len(_files(package)) >= 2, package
+
+
+def test_engine_imports_only_its_own_libraries():
+    files = _files("BrainDiffSegLib")
+    assert _offenders(files, GUI | (OURS - {"BrainDiffSegLib"})) == {}
+    third_party = {str(p.relative_to(REPO)): sorted(imported_roots(p) - STDLIB - ENGINE_THIRD_PARTY - {"BrainDiffSegLib"})
+                   for p in files}
+    assert {k: v for k, v in third_party.items() if v} == {}
+
+
+def test_engine_modules_the_slicer_module_reads_first_are_standard_library_only():
+    for name in ("constants", "options", "errors"):
+        path = SRC / "BrainDiffSegLib" / f"{name}.py"
+        assert imported_roots(path) <= STDLIB, (name, imported_roots(path) - STDLIB)
+
+
+def test_engine_at_run_time_loads_no_gui_module():
+    code = ("import importlib, pkgutil, sys; sys.path.insert(0, sys.argv[1]); import BrainDiffSegLib as L; "
+            "[importlib.import_module('BrainDiffSegLib.' + m.name) for m in pkgutil.iter_modules(L.__path__)]; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in sys.argv[2].split(',')]; "
+            "assert not bad, bad; print('ok')")
+    run = subprocess.run([sys.executable, "-c", code, str(SRC), ",".join(sorted(GUI | OURS - {"BrainDiffSegLib"}))],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+def test_slicer_module_never_imports_benchmarks_cli_or_web():
+    files = _files("BrainDiffSegSlicer") + [SRC / "BrainDiffSeg.py"]
+    assert _offenders(files, {"BrainDiffSegBench", "BrainDiffSegCLI", "BrainDiffSegWeb", "trame", "trame_slicer"}) == {}
+
+
+def test_qt_only_in_the_widget():
+    files = [p for p in _files("BrainDiffSegSlicer") if p.name != "widget.py"]
+    assert _offenders(files, {"qt", "ctk", "PythonQt"}) == {}
+
+
+def test_benchmarks_never_import_the_slicer_side_web_or_cli():
+    assert _offenders(_files("BrainDiffSegBench"), GUI | {"BrainDiffSeg", "BrainDiffSegSlicer", "BrainDiffSegCLI",
+                                                          "BrainDiffSegWeb"}) == {}
+
+
+def test_web_never_imports_benchmarks_cli_or_the_module_file():
+    assert _offenders(_files("BrainDiffSegWeb"), {"BrainDiffSegBench", "BrainDiffSegCLI", "BrainDiffSeg"}) == {}
+
+
+def test_the_module_file_is_thin():
+    lines = (SRC / "BrainDiffSeg.py").read_text().splitlines()
+    assert len(lines) <= 150, len(lines)
+
+
+def test_no_long_file_without_a_stated_reason():
+    long = {}
+    for path in [p for package in PACKAGES for p in _files(package)] + [SRC / "BrainDiffSeg.py"]:
+        text = path.read_text()
+        n = text.count("\n")
+        if n > MAX_LINES:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if not re.search(r"^Length:", doc, re.MULTILINE):
+                long[str(path.relative_to(REPO))] = n
+    assert long == {}, f"files over {MAX_LINES} lines need a 'Length: <reason>' line in their docstring"
+
+
+def test_cmake_ships_the_module_and_engine_only():
+    text = (SRC / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert re.search(r"^\s*\$\{MODULE_NAME\}\.py\s*$", text, re.MULTILINE)
+    for package in ("BrainDiffSegLib", "BrainDiffSegSlicer"):
+        listed = set(re.findall(rf"\b{package}/([\w/]+\.py)", text))
+        present = {str(p.relative_to(SRC / package)) for p in _files(package)}
+        assert listed == present, (package, sorted(present - listed), sorted(listed - present))
+    for package in ("BrainDiffSegBench", "BrainDiffSegCLI", "BrainDiffSegWeb"):
+        assert package not in text, f"{package} must not ship in the Slicer extension"
+    assert "Resources/Icons" in text and "Resources/Models" in text
+    assert "add_subdirectory(BrainDiffSeg)" in (REPO / "CMakeLists.txt").read_text()
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_docstring_names_its_job(package):
+    doc = ast.get_docstring(ast.parse((SRC / package / "__init__.py").read_text())) or ""
+    assert len(doc.split()) >= 8, package
