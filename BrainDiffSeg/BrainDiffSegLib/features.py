@@ -106,20 +106,27 @@ class FeatureExtractor:
         return n
 
     @torch.no_grad()
-    def _diffusion_maps(self, zs: list[int], x0: torch.Tensor) -> list[torch.Tensor]:
-        """Decoder activations for model-grid inputs x0 (B, R, S, S), each upsampled to S x S."""
+    def _activations(self, zs: list[int], x0: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder activations (timestep-major, then block) for model-grid inputs x0 (B, R, S, S), at each block's
+        own resolution."""
         present = torch.from_numpy(self.present).to(self.device)
         x0 = x0 * present.view(1, -1, 1, 1)
-        maps = []
+        out = []
         for i, t in enumerate(self.spec.timesteps):
             a = float(self._alphas[t])
             xt = a ** 0.5 * x0 + (1 - a) ** 0.5 * self._noise[i].to(self.device)
             tt = torch.full((len(zs),), t, device=self.device, dtype=torch.long)
             with autocast(self.device, self.precision):
-                acts = decoder_activations(self.unet, model_input(xt, present), tt, self.spec.blocks)
-            for a_ in acts:
-                maps.append(F.interpolate(a_.float(), size=x0.shape[-2:], mode="bilinear", align_corners=False))
-        return maps
+                out += decoder_activations(self.unet, model_input(xt, present), tt, self.spec.blocks)
+        return out
+
+    @staticmethod
+    def _upsampled(acts: list[torch.Tensor], size) -> list[torch.Tensor]:
+        return [F.interpolate(a.float(), size=size, mode="bilinear", align_corners=False) for a in acts]
+
+    def _diffusion_maps(self, zs: list[int], x0: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder activations for model-grid inputs x0 (B, R, S, S), each upsampled to S x S."""
+        return self._upsampled(self._activations(zs, x0), x0.shape[-2:])
 
     @property
     def n_diffusion_channels(self) -> int:

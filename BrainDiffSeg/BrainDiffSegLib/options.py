@@ -21,9 +21,11 @@ from .errors import InputError
 
 
 def _opt(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-         choices: tuple | None = None, cli: bool = True, low: float = 0, factory: Any = dataclasses.MISSING):
-    """A dataclass field with its command-line / parameter-node description (`low`: smallest number allowed)."""
-    meta = {"help": help, "flag": flag, "choices": choices, "cli": cli, "low": low}
+         choices: tuple | None = None, cli: bool = True, low: float = 0, empty: bool = False,
+         factory: Any = dataclasses.MISSING):
+    """A dataclass field with its command-line / parameter-node description (`low`: smallest number allowed;
+    `empty`: a tuple that may be empty, written '')."""
+    meta = {"help": help, "flag": flag, "choices": choices, "cli": cli, "low": low, "empty": empty}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -40,7 +42,7 @@ class FeatureSpec:
     noise_seed: int = _opt(0, "seed of the fixed noise added at each noise level")
     intensities: bool = _opt(True, "append the normalised intensities of each present sequence")
     smoothing: tuple[float, ...] = _opt((1.0, 2.0, 4.0), "Gaussian sigmas (pixels) of smoothed-intensity features, "
-                                        "e.g. '1,2,4'")
+                                        "e.g. '1,2,4' ('' for none)", empty=True)
 
     def as_dict(self) -> dict:
         return {"blocks": list(self.blocks), "timesteps": list(self.timesteps), "noise_seed": self.noise_seed,
@@ -114,6 +116,7 @@ class OptionField:
     choices: tuple | None
     cli: bool
     low: float = 0
+    empty: bool = False  # a tuple that may be empty ('')
 
 
 def _leaf_fields(cls=PropagationOptions, prefix: tuple[str, ...] = ()) -> Iterator[OptionField]:
@@ -127,7 +130,7 @@ def _leaf_fields(cls=PropagationOptions, prefix: tuple[str, ...] = ()) -> Iterat
         meta = f.metadata
         yield OptionField(prefix + (f.name,), meta.get("flag") or f.name.replace("_", "-"), kind,
                           getattr(defaults, f.name), meta.get("help", ""), meta.get("choices"), meta.get("cli", True),
-                          meta.get("low", 0))
+                          meta.get("low", 0), meta.get("empty", False))
 
 
 def fields() -> list[OptionField]:
@@ -182,7 +185,7 @@ def parse_value(f: OptionField, text: str):
         if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
             parts = [p for p in text.replace(",", " ").split() if p]
-            if not parts:
+            if not parts and not f.empty:
                 raise ValueError("empty list")
             value = tuple(item(p) for p in parts)
         elif kind is bool:

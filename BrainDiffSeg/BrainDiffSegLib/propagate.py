@@ -79,22 +79,18 @@ def keep_connected_to_annotation(labels: np.ndarray, annotation: np.ndarray) -> 
     return np.where(keep, labels, 0).astype(labels.dtype)
 
 
-def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: PropagationOptions | None = None,
-              progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
-              extractor: FeatureExtractor | None = None) -> PropagationResult:
-    """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid.
+@dataclass
+class NormalizedVolume:
+    """The images of one case ready for feature extraction: (R, X, Y, Z) stack in role order, presence (R,), head
+    mask (X, Y, Z)."""
 
-    `extractor` replaces the feature extractor built from `options` (experiments pass one with cached features).
-    """
-    opt = options or PropagationOptions()
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    report = progress or (lambda stage, f: None)
+    stack: np.ndarray
+    present: np.ndarray
+    foreground: np.ndarray
 
-    def check_cancel():
-        if cancelled is not None and cancelled():
-            raise CancelledError("propagation cancelled")
 
+def check_images(images: dict[str, np.ndarray]) -> tuple:
+    """The common shape of the sequences; InputError for unknown roles, other shapes, NaN or constant images."""
     unknown = set(images) - set(ROLES)
     if unknown or not images:
         raise InputError(f"images must map roles {ROLES} to arrays; got {sorted(images)}")
@@ -106,29 +102,72 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
             raise InputError(f"Sequence '{r}' contains NaN or infinite values.")
         if float(v.max()) == float(v.min()):
             raise InputError(f"Sequence '{r}' is constant: it carries no information.")
-    seed_everything(opt.seed)
-    shape = next(iter(shapes.values()))
+    return next(iter(shapes.values()))
+
+
+def normalize_volume(images: dict[str, np.ndarray]) -> NormalizedVolume:
     norm, fg = normalize_case(images)
-    zs_ann, values = check_annotation(annotation, shape, fg)
     stack, present = stack_roles(norm)
+    return NormalizedVolume(stack, present, fg)
+
+
+def feature_spec_of(opt: PropagationOptions) -> FeatureSpec:
+    """The features a method uses: 'raw' keeps only the (smoothed) intensities."""
+    if opt.method == "raw":
+        return FeatureSpec(blocks=(), timesteps=(), intensities=True,
+                           smoothing=opt.features.smoothing or (1.0, 2.0, 4.0))
+    if opt.method != "diffusion":
+        raise InputError(f"Unknown propagation method {opt.method!r}; use 'diffusion' or 'raw'.")
+    return opt.features
+
+
+def make_extractor(volume: NormalizedVolume, opt: PropagationOptions, device: torch.device, backbone=None,
+                   extractor_class=FeatureExtractor) -> FeatureExtractor:
+    """The feature extractor of a case; `backbone`: an already loaded (unet, cfg), else loaded from options."""
+    spec = feature_spec_of(opt)
+    unet, cfg = None, None
+    if opt.method == "diffusion":
+        unet, cfg = backbone or load_backbone(opt.checkpoint or default_checkpoint(), device=device)
+    grid = ModelGrid.from_mask(volume.foreground, cfg.sample_size if cfg else 128)
+    return extractor_class(unet, cfg, spec, volume.stack, volume.present, grid, device, opt.precision,
+                           opt.batch_size)
+
+
+def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: PropagationOptions | None = None,
+              progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
+              extractor: FeatureExtractor | None = None, cache=None) -> PropagationResult:
+    """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid.
+
+    `extractor` replaces the feature extractor built from `options` (experiments pass one with cached features).
+    `cache`: a `BrainDiffSegLib.cache.VolumeCache` kept between runs on one volume (interactive use): the
+    normalised images, the backbone and the decoder activations of every slice computed so far are reused.
+    """
+    opt = options or PropagationOptions()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    report = progress or (lambda stage, f: None)
+
+    def check_cancel():
+        if cancelled is not None and cancelled():
+            raise CancelledError("propagation cancelled")
+
+    shape = check_images(images)
+    seed_everything(opt.seed)
+    volume = cache.volume(images) if cache is not None else normalize_volume(images)
+    fg = volume.foreground
+    zs_ann, values = check_annotation(annotation, shape, fg)
     device = pick_device(opt.device)
     report("preparing", 0.0)
-
-    unet, cfg = None, None
     if extractor is not None:
-        unet, cfg = extractor.unet, extractor.cfg
-    elif opt.method == "diffusion":
-        unet, cfg = load_backbone(opt.checkpoint or default_checkpoint(), device=device)
-    elif opt.method != "raw":
-        raise InputError(f"Unknown propagation method {opt.method!r}; use 'diffusion' or 'raw'.")
-    spec = opt.features
-    if opt.method == "raw":
-        spec = FeatureSpec(blocks=(), timesteps=(), intensities=True, smoothing=spec.smoothing or (1.0, 2.0, 4.0))
-    grid = ModelGrid.from_mask(fg, cfg.sample_size if cfg else 128)
-    if extractor is None:
-        extractor = FeatureExtractor(unet, cfg, spec, stack, present, grid, device, opt.precision, opt.batch_size)
-    elif extractor.grid != grid:
-        raise ValueError("the given extractor was built for another case")
+        feature_spec_of(opt)  # the method must be known
+        grid = ModelGrid.from_mask(fg, extractor.cfg.sample_size if extractor.cfg else 128)
+        if extractor.grid != grid:
+            raise ValueError("the given extractor was built for another case")
+    elif cache is not None:
+        extractor = cache.extractor(volume, opt, device)
+    else:
+        extractor = make_extractor(volume, opt, device)
+    grid = extractor.grid
     timings["load"] = time.perf_counter() - t0
 
     # 1. training pixels: every head pixel (and every labelled pixel) of the annotated slices, native grid

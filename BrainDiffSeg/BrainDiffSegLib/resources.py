@@ -1,4 +1,5 @@
-"""Locating the bundled resources (default backbone) from the source tree or a CMake-built extension."""
+"""Locating the bundled resources (default backbone, icon, .ui) from the source tree, a CMake-built extension or an
+installed wheel."""
 from __future__ import annotations
 
 import os
@@ -8,9 +9,12 @@ from .constants import DATA_ENV, MODEL_ENV
 
 
 def resources_dir() -> Path:
-    """`Resources/` at the top of the source tree, or next to the module when installed by CMake."""
+    """`Resources/` at the top of the source tree, next to the module when built or installed by CMake, or inside
+    this package when installed from the wheel (`pip install .`: pyproject.toml maps Resources/ to
+    BrainDiffSegLib/Resources)."""
     here = Path(__file__).resolve().parent  # .../BrainDiffSeg/BrainDiffSegLib
-    candidates = (here.parent.parent / "Resources", here.parent / "Resources")  # source tree, CMake build/install
+    # wheel (first: a stray site-packages/Resources must not win), source tree, CMake build / installed extension
+    candidates = (here / "Resources", here.parent.parent / "Resources", here.parent / "Resources")
     for candidate in candidates:
         if (candidate / "Models").is_dir():
             return candidate

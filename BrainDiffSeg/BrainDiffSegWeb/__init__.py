@@ -1,7 +1,9 @@
 """BrainDiffSeg's browser annotator (`braindiffseg web`): paint, propagate and review a case in a web browser.
 
 Built on trame-slicer (Slicer's MRML and views rendered server-side, shown in the browser); it calls the Slicer
-module's Logic (`BrainDiffSeg/BrainDiffSeg.py`) and through it the engine. Not part of the Slicer extension.
+module's Logic (`BrainDiffSegSlicer.logic`, on the trame app's scene and module logics) and through it the engine.
+Not part of the Slicer extension. The quick preview (`--fast`) is the options preset 'quick', chosen by the command
+line (`BrainDiffSegCLI.web`).
 Needs the `web` extra: `pip install -e .[web]`.
 
 Modules: `app` (the trame UI), `session` (loaded case, background propagation, saving), `paint_fix` (work-arounds
@@ -15,21 +17,14 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def fast_options(options):
-    """`options` with the quick-preview settings of `--fast`: intensity features ('raw') and a small classifier
-    ensemble (2 MLPs of 32-16 units, at most 6 epochs). Seconds instead of minutes on a CPU, less accurate."""
-    import dataclasses
-
-    classifier = dataclasses.replace(options.classifier, n_models=2, max_epochs=6, hidden=(32, 16), batch_size=1024)
-    return dataclasses.replace(options, method="raw", classifier=classifier)
-
-
 def run(args, options) -> int:
     """The `braindiffseg web` command. args: the parsed command line (case / t1 / t1ce / t2 / flair / out / host /
-    port / brush); options: the PropagationOptions to propagate with. Bad input raises InputError (exit code 2)."""
+    port / brush); options: the PropagationOptions to propagate with (`--fast`: already the 'quick' preset). Bad
+    input raises InputError (exit code 2)."""
+    from BrainDiffSegLib.constants import ROLES
     from BrainDiffSegLib.errors import InputError
 
-    files = {role: getattr(args, role, None) for role in ("t1", "t1ce", "t2", "flair")}
+    files = {role: getattr(args, role, None) for role in ROLES}
     files = {role: path for role, path in files.items() if path}
     if args.case and files:
         raise InputError("Give either --case DIR or sequence files (--t1/--t1ce/--t2/--flair), not both.")
@@ -40,8 +35,6 @@ def run(args, options) -> int:
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} exists and is not a folder.")
 
-    if getattr(args, "fast", False):
-        options = fast_options(options)
     log.info("propagation: method %s, %d MLPs, device %s", options.method, options.classifier.n_models,
              options.device)
 

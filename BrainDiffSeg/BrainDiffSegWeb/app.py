@@ -7,6 +7,9 @@ the model is least sure of (click one to go there) and Save.
 
 Everything that changes the MRML scene runs on the server's event loop; the propagation itself runs in a worker
 thread (see `session.py`), polled by `_poll` a few times a second.
+
+Length: one page of declarative UI layout (views, side panel) with the handlers it binds; split, the layout and its
+handlers would have to be read side by side.
 """
 from __future__ import annotations
 
@@ -33,8 +36,6 @@ from trame_slicer.segmentation import (  # noqa: E402
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition  # noqa: E402
 from undo_stack import UndoStack  # noqa: E402
 
-import slicer  # noqa: E402
-
 from BrainDiffSegLib.errors import BrainDiffSegError  # noqa: E402
 
 from .paint_fix import rebind_effect_pipelines, use_slice_brush  # noqa: E402
@@ -48,18 +49,6 @@ TOOLS = {"none": SegmentationEffectNoTool, "paint": SegmentationEffectPaint, "er
 POLL_SECONDS = 0.25
 HELP = ("Select a segment and paint the whole tumour class on a few axial slices (unpainted voxels of a painted "
         "slice are background). Propagate segments every other slice into a new segmentation.")
-
-
-def _provide_slicer_modules(slicer_app) -> None:
-    """What the Slicer application provides and the Logic uses: `slicer.mrmlScene` and
-    `slicer.modules.volumes/segmentations.logic()` (here the app's logics, registered with its application logic,
-    so that loaded volumes get colour tables)."""
-    import types
-
-    slicer.mrmlScene = slicer_app.scene
-    slicer.modules = types.SimpleNamespace(
-        volumes=types.SimpleNamespace(logic=lambda: slicer_app.volumes_logic),
-        segmentations=types.SimpleNamespace(logic=lambda: slicer_app.segmentations_logic))
 
 
 def _quiet_trame_logging() -> None:
@@ -88,10 +77,11 @@ class BrainDiffSegWebApp:
         self.server = get_server(server, client_type="vue3")
         self.state, self.ctrl = self.server.state, self.server.controller
         self.slicer_app = SlicerApp()
-        _provide_slicer_modules(self.slicer_app)
         self.editor = self.slicer_app.segmentation_editor
         self.editor.set_undo_stack(UndoStack(undo_limit=20))
-        self.session = AnnotationSession(self.slicer_app.scene, options)
+        # the app's module logics are registered with its application logic: loaded volumes get colour tables
+        self.session = AnnotationSession(self.slicer_app.scene, options, volumesLogic=self.slicer_app.volumes_logic,
+                                         segmentationsLogic=self.slicer_app.segmentations_logic)
         session_loader(self.session)
         self.session.check_volumes()
         self.out_dir = Path(out_dir) if out_dir else self.session.case_dir

@@ -3,7 +3,7 @@ and saving. No trame and no UI here (the app in `app.py` drives it), so it is te
 
 Threading: the shown MRML scene is only ever touched from the thread that owns it (the trame server's event loop).
 `start_propagation` reads the sequences and the painted segments into arrays there
-(`BrainDiffSegLogic.startPropagation`), the engine runs on those arrays in a background thread
+(`BrainDiffSegSlicer.logic.BrainDiffSegLogic.startPropagation`, on the shown scene and the app's module logics), the engine runs on those arrays in a background thread
 (`BrainDiffSegLib.background.BackgroundTask`, the same as in the Slicer panel), and `import_result` (called on the
 owner thread once the job is done) adds the new segmentation and the uncertainty volume to the shown scene
 (`BrainDiffSegLogic.finishPropagation`). Painting while the job runs is therefore safe and does not change the
@@ -18,16 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import slicer
-
+from BrainDiffSegLib.constants import BRATS_CLASSES, ROLES
 from BrainDiffSegLib.errors import BrainDiffSegError, CancelledError, InputError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("t1", "t1ce", "t2", "flair")
 # The segments a new session starts with: the BraTS classes, so that the result uses the BraTS labels 1 / 2 / 4.
-DEFAULT_SEGMENTS = (("Necrotic core", (0.90, 0.10, 0.10)), ("Edema", (0.10, 0.80, 0.20)),
-                    ("Enhancing tumour", (1.00, 0.85, 0.00)))
+DEFAULT_SEGMENTS = tuple(BRATS_CLASSES[value] for value in sorted(BRATS_CLASSES))  # (name, colour)
 # colour tables for the uncertainty overlay, first available (the file-based ones need Slicer's share folder)
 UNCERTAINTY_COLORS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeWarm1",
                       "vtkMRMLColorTableNodeRainbow")
@@ -61,13 +58,6 @@ class SavedFiles:
     what: str  # "propagated" or "painted" (what went into `segmentation` / `labels`)
 
 
-def _module():
-    """The Slicer module file (BrainDiffSeg/BrainDiffSeg.py), imported lazily (it needs slicer-core)."""
-    import BrainDiffSeg
-
-    return BrainDiffSeg
-
-
 def numbered_stem(out_dir: Path, stem: str, suffixes=SAVE_SUFFIXES) -> str:
     """`stem`, else `stem-2`, `stem-3`, ...: the first stem for which no `out_dir/<stem><suffix>` exists.
 
@@ -84,13 +74,17 @@ def numbered_stem(out_dir: Path, stem: str, suffixes=SAVE_SUFFIXES) -> str:
 class AnnotationSession:
     """The sequences of one case, the painted segmentation, a background propagation and saving.
 
-    scene: the shown MRML scene. options: `BrainDiffSegLib.propagate.PropagationOptions` for every propagation.
+    scene: the shown MRML scene; volumesLogic / segmentationsLogic: the module logics attached to it (the trame
+    app's; default: the Logic's own). options: the `BrainDiffSegLib.options.PropagationOptions` of every
+    propagation.
     """
 
-    def __init__(self, scene, options=None):
+    def __init__(self, scene, options=None, volumesLogic=None, segmentationsLogic=None):
+        from BrainDiffSegSlicer.logic import BrainDiffSegLogic  # needs slicer-core
+
         self.scene = scene
         self.options = options
-        self.logic = _module().BrainDiffSegLogic()
+        self.logic = BrainDiffSegLogic(scene, volumesLogic=volumesLogic, segmentationsLogic=segmentationsLogic)
         self.volumes: dict = {}
         self.case_name = "case"
         self.case_dir: Path | None = None
@@ -99,7 +93,7 @@ class AnnotationSession:
         self.uncertainty = None
         self.least_certain: list[tuple[int, float]] = []
         self._state = JobState()
-        self._run = None  # BrainDiffSeg.PropagationRun of the current job
+        self._run = None  # BrainDiffSegSlicer.logic.PropagationRun of the current job
 
     # ------------------------------------------------------------------ loading
 
@@ -108,13 +102,7 @@ class AnnotationSession:
         case_dir = Path(case_dir)
         if not case_dir.is_dir():
             raise InputError(f"Case folder not found: {case_dir}")
-        previous = getattr(slicer, "mrmlScene", None)
-        slicer.mrmlScene = self.scene  # loadCase adds the volumes to slicer.mrmlScene
-        try:
-            self.volumes = self.logic.loadCase(case_dir, loadGroundTruth=False)
-        finally:
-            if previous is not None:
-                slicer.mrmlScene = previous
+        self.volumes = self.logic.loadCase(case_dir, loadGroundTruth=False)
         self.case_dir, self.case_name = case_dir, case_dir.name
         log.info("loaded %s: %s", case_dir, ", ".join(self.volumes))
         return self.volumes
@@ -130,7 +118,7 @@ class AnnotationSession:
         for role, path in files.items():
             if not path.is_file():
                 raise InputError(f"--{role}: file not found: {path}")
-        volumes_logic = self.logic._moduleLogic("volumes", "vtkSlicerVolumesLogic", self.scene)
+        volumes_logic = self.logic.volumesLogic
         loaded = {}
         try:
             for role in [r for r in ROLES if r in files]:
@@ -160,7 +148,7 @@ class AnnotationSession:
     def check_volumes(self) -> None:
         """InputError (naming the volumes) unless the sequences are on one grid: checked at start, not at the
         first Propagate click."""
-        self.logic._checkSameGrid(self.logic._checkVolumes(self.volumes))
+        self.logic.checkSameGrid(self.logic.checkVolumes(self.volumes))
 
     # ------------------------------------------------------------------ propagation in the background
 

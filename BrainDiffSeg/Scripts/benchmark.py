@@ -5,33 +5,34 @@
 
 The arguments are those of `braindiffseg benchmark` (propagation, features, fewshot, speed). In the propagation
 benchmark the classifier methods (diffusion-mlp, raw-mlp) go through `BrainDiffSegLogic.propagate` on MRML nodes
-(`BrainDiffSeg.benchmarkPropagator`: volumes loaded by the Logic, the annotation painted into a segmentation, the
-result read back from the new segmentation node); the other methods and benchmarks run the engine as the command line
-does. Inside the Slicer application the application's scene is used; under plain Python a slicer-core scene is set
-up (`BrainDiffSeg.headlessScene`). Exit status: 0 on success, 2 for bad input, 1 for any other failure.
+(`BrainDiffSegSlicer.headless.benchmarkPropagator`: volumes loaded by the Logic, the annotation painted into a
+segmentation, the result read back from the new segmentation node); the other methods and benchmarks run the engine
+as the command line (`BrainDiffSegCLI`) does. Inside the Slicer application the Logic works on the application's
+scene; under plain Python on a slicer-core scene of its own (`BrainDiffSegSlicer.headless.HeadlessScene`).
+Exit status: 0 on success, 2 for bad input, 1 for any other failure.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import traceback
 from pathlib import Path
 
-MODULE_DIR = Path(__file__).resolve().parents[1]  # BrainDiffSeg/: the module file and BrainDiffSegLib
+MODULE_DIR = Path(__file__).resolve().parents[1]  # BrainDiffSeg/: BrainDiffSegLib, BrainDiffSegSlicer, BrainDiffSegCLI
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
 
 def main(argv: list[str]) -> int:
-    import BrainDiffSeg as M
-    from BrainDiffSegLib import cli
+    from BrainDiffSegCLI import main as cli_main
+    from BrainDiffSegSlicer.compat import SLICER_APPLICATION
+    from BrainDiffSegSlicer.headless import HeadlessScene, benchmarkPropagator
+    from BrainDiffSegSlicer.logic import BrainDiffSegLogic
 
-    import slicer
-
-    scene = contextlib.nullcontext(slicer.mrmlScene) if M.SLICER_APPLICATION else M.headlessScene()
-    with scene:
-        return cli.main(["benchmark"] + list(argv), propagator=M.benchmarkPropagator())
+    if SLICER_APPLICATION:  # the application's scene and module logics
+        return cli_main(["benchmark"] + list(argv), propagator=benchmarkPropagator(BrainDiffSegLogic()))
+    with HeadlessScene() as headless:
+        return cli_main(["benchmark"] + list(argv), propagator=benchmarkPropagator(headless.logic()))
 
 
 def run(argv: list[str]) -> int:
@@ -48,10 +49,8 @@ def run(argv: list[str]) -> int:
 if __name__ == "__main__":
     code = run(sys.argv[1:])
     try:
-        import BrainDiffSeg as _M
-
-        in_slicer = _M.SLICER_APPLICATION
-    except Exception:  # noqa: BLE001 - the module itself failed to import
+        from BrainDiffSegSlicer.compat import SLICER_APPLICATION as in_slicer
+    except Exception:  # noqa: BLE001 - the Slicer layer itself failed to import
         in_slicer = False
     if in_slicer:
         import slicer

@@ -209,20 +209,24 @@ def default_affine() -> np.ndarray:
 
 @contextlib.contextmanager
 def slicer_scene_context():
-    """A fresh MRML scene as `slicer.mrmlScene`, with `slicer.modules.segmentations/volumes.logic()` returning real
-    logics on it (what the Slicer application provides), under the `slicer-core` wheel (MRML without Qt): the
-    module's `headlessScene()` (also used by `BrainDiffSeg/Scripts/benchmark.py`). Skips when slicer-core is
-    missing."""
+    """A fresh slicer-core MRML scene (MRML without Qt) with its own Volumes and Segmentations module logics:
+    `BrainDiffSegSlicer.headless.HeadlessScene` (also used by `BrainDiffSeg/Scripts/benchmark.py`), closed on exit.
+    The `slicer` module is not changed (no global scene). Skips when slicer-core is missing."""
     pytest.importorskip("slicer")
-    import BrainDiffSeg
+    from BrainDiffSegSlicer.headless import HeadlessScene
 
-    with BrainDiffSeg.headlessScene() as scene:
-        yield scene
+    with HeadlessScene() as headless:
+        yield headless
 
 
 @pytest.fixture
-def mrml_scene():
-    """`slicer_scene_context()` for one test: a fresh scene as `slicer.mrmlScene`, module logics in
-    `slicer.modules`."""
-    with slicer_scene_context() as scene:
-        yield scene
+def headless():
+    """`slicer_scene_context()` for one test: `.scene`, `.volumesLogic`, `.segmentationsLogic`, `.logic()`."""
+    with slicer_scene_context() as headless:
+        yield headless
+
+
+@pytest.fixture
+def mrml_scene(headless):
+    """The scene of the `headless` fixture."""
+    return headless.scene

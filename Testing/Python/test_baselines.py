@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from BrainDiffSegLib import baselines, protocol
+from BrainDiffSegBench import baselines
+from BrainDiffSegLib import protocol
 from BrainDiffSegLib.errors import InputError
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from BrainDiffSegLib import benchmark
+from BrainDiffSegBench import features as feature_experiment
+from BrainDiffSegBench import propagation, report, splits
 from BrainDiffSegLib.classifier import ClassifierOptions
 from BrainDiffSegLib.features import FeatureExtractor, FeatureSpec
 from BrainDiffSegLib.io import load_case
@@ -65,7 +66,7 @@ def _fake_root(tmp_path: Path, nifti_writer) -> tuple[Path, list[str], list[str]
 
 def test_data_split(tmp_path, nifti_writer):
     root, brats18, lgg, other = _fake_root(tmp_path, nifti_writer)
-    split = benchmark.data_split(root)
+    split = splits.data_split(root)
     assert set(split) == {"tuning", "test"}
     tuning = [p.name for p in split["tuning"]]
     test = [p.name for p in split["test"]]
@@ -77,17 +78,17 @@ def test_data_split(tmp_path, nifti_writer):
     assert "BraTS2021_00006" in test
     assert all(p.is_dir() and p.parent.parent == root for p in split["tuning"] + split["test"])
     # the CLI's --split uses the same split
-    from BrainDiffSegLib.cli import _select_cases
+    from BrainDiffSegCLI.benchmark import propagation_cases
 
-    assert _select_cases([str(root)], "tuning") == split["tuning"]
-    assert _select_cases([str(root)], "test") == split["test"]
-    assert len(_select_cases([str(root)], "all")) == 25
+    assert propagation_cases([str(root)], "tuning") == split["tuning"]
+    assert propagation_cases([str(root)], "test") == split["test"]
+    assert len(propagation_cases([str(root)], "all")) == 25
 
 
 def test_data_split_without_brats2018_or_lgg(tmp_path, nifti_writer):
     for name in ("BraTS2021_00001", "BraTS2021_00002"):
         nifti_writer(tmp_path / "brats2021" / name / f"{name}_flair.nii.gz", np.zeros((2, 2, 2), np.int16))
-    split = benchmark.data_split(tmp_path)
+    split = splits.data_split(tmp_path)
     assert split["tuning"] == []
     assert [p.name for p in split["test"]] == ["BraTS2021_00001", "BraTS2021_00002"]
 
@@ -99,7 +100,7 @@ def bench(cases, tmp_path_factory):
     methods = ["raw-mlp"] + (["fill-between"] if _have_itk() else [])
     out = tmp_path_factory.mktemp("bench")
     opts = PropagationOptions(method="raw", device="cpu", classifier=FAST)
-    records = benchmark.benchmark_propagation([c[0] for c in cases], [1, 2], methods, out, opts)
+    records = propagation.benchmark_propagation([c[0] for c in cases], [1, 2], methods, out, opts)
     return records, methods, out
 
 
@@ -138,7 +139,7 @@ def test_benchmark_fill_between_scores(bench, cases):
     # the recorded score is the score of the method's output
     case = load_case(folder)
     ann, zs = simulate_annotation(case.label, 2)
-    pred = benchmark.run_method(case, ann, "fill-between", PropagationOptions())
+    pred = propagation.run_method(case, ann, "fill-between", PropagationOptions())
     assert by[(name, 2, "fill-between")] == pytest.approx(region_dice(pred, label, zs), abs=1e-4)
     # ITK's one-off loading of its filters is not counted in the first case's time
     assert max(r["seconds"] for r in records if r["method"] == "fill-between") < 2.0
@@ -169,7 +170,7 @@ def test_unknown_benchmark_method(cases):
     case = load_case(cases[0][0])
     ann, _ = simulate_annotation(case.label, 1)
     with pytest.raises(ValueError, match="unknown method 'unet'"):
-        benchmark.run_method(case, ann, "unet", PropagationOptions())
+        propagation.run_method(case, ann, "unet", PropagationOptions())
 
 
 # ------------------------------------------------------------------------------------------ feature selection
@@ -198,12 +199,12 @@ def test_cached_features_are_the_deployed_features(prepared):
     candidates = CANDIDATES + [FeatureSpec(blocks=(1,), timesteps=(50,)),
                                FeatureSpec(blocks=(2, 0), timesteps=(50, 10), intensities=False),
                                FeatureSpec(blocks=(1,), timesteps=(10,), noise_seed=3)]
-    extractors = benchmark.cached_extractors(candidates, unet, cfg, stack, present, grid, fg)
+    extractors = feature_experiment.cached_extractors(candidates, unet, cfg, stack, present, grid, fg)
     assert len(extractors) == len(candidates)
     zs = list(range(fg.shape[-1]))
     head = torch.from_numpy(np.moveaxis(fg, -1, 0))
     for spec, cex in zip(candidates, extractors):
-        assert isinstance(cex, benchmark.CachedExtractor) and cex.spec == spec and cex.grid == grid
+        assert isinstance(cex, feature_experiment.CachedExtractor) and cex.spec == spec and cex.grid == grid
         live = FeatureExtractor(unet if spec.blocks else None, cfg, spec, stack, present, grid)
         assert cex.n_channels == live.n_channels
         a, b = cex.diffusion_maps(zs), live.diffusion_maps(zs)
@@ -223,7 +224,7 @@ def test_propagation_with_cached_features_matches_live_features(prepared, tiny_c
     """The experiment's propagation (cached features) and the deployed one (features computed live) agree."""
     unet, cfg, case, stack, present, grid, fg = prepared
     spec = FeatureSpec(blocks=(1,), timesteps=(50,))
-    cex = benchmark.cached_extractors([CANDIDATES[1], spec], unet, cfg, stack, present, grid, fg)[1]
+    cex = feature_experiment.cached_extractors([CANDIDATES[1], spec], unet, cfg, stack, present, grid, fg)[1]
     ann, zs = simulate_annotation(case.label, 3)
     opts = PropagationOptions(method="diffusion", checkpoint=str(tiny_checkpoint), features=spec, device="cpu",
                               classifier=FAST)
@@ -236,12 +237,12 @@ def test_propagation_with_cached_features_matches_live_features(prepared, tiny_c
 
 def test_select_features(cases, tiny_checkpoint, prepared, tmp_path):
     unet, cfg, case, stack, present, grid, _ = prepared
-    records = benchmark.select_features([cases[0][0]], str(tiny_checkpoint), tmp_path / "fs", k=3,
+    records = feature_experiment.select_features([cases[0][0]], str(tiny_checkpoint), tmp_path / "fs", k=3,
                                         candidates=CANDIDATES, n_models=1)
     saved = json.loads((tmp_path / "fs" / "feature_selection.json").read_text())
     assert saved["records"] == records and saved["k"] == 3 and saved["checkpoint"] == str(tiny_checkpoint)
     assert len(records) == 3
-    assert [r["spec"] for r in records] == [benchmark.spec_name(s) for s in CANDIDATES]
+    assert [r["spec"] for r in records] == [feature_experiment.spec_name(s) for s in CANDIDATES]
     assert len({r["spec"] for r in records}) == 3
     for spec, r in zip(CANDIDATES, records):
         live = FeatureExtractor(unet if spec.blocks else None, cfg, spec, stack, present, grid)
@@ -264,7 +265,7 @@ def test_table_has_a_section_per_dataset(tmp_path):
     recs = [{"case": "Brats18_X", "k": 1, "method": "raw-mlp", "seconds": 1.0, "dice": {"WT": 0.8, "TC": 0.7, "ET": 0.6}},
             {"case": "Brats18_Y", "k": 1, "method": "raw-mlp", "seconds": 3.0, "dice": {"WT": 0.6, "TC": 0.5, "ET": 0.4}},
             {"case": "TCGA_CS_1", "k": 1, "method": "raw-mlp", "seconds": 2.0, "dice": {"WT": 0.9}}]
-    benchmark.write_table(recs, tmp_path / "t.md")
+    report.write_table(recs, tmp_path / "t.md")
     text = (tmp_path / "t.md").read_text()
     assert "### all cases (3 cases)" in text and "### BraTS (2 cases)" in text and "### LGG (1 cases)" in text
     brats = text.split("### BraTS")[1].split("###")[0]

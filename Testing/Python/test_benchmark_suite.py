@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from BrainDiffSegLib import benchmark
+from BrainDiffSegBench import merge, propagation, report
 from BrainDiffSegLib.classifier import ClassifierOptions
 from BrainDiffSegLib.errors import InputError
 from BrainDiffSegLib.io import load_case
-from BrainDiffSegLib.protocol import hd95, region_dice, region_hd95, simulate_annotation
+from BrainDiffSegBench.metrics import hd95, region_hd95
+from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 from BrainDiffSegLib.propagate import PropagationOptions
 from conftest import REPO, write_case, write_tumour_case
 
@@ -53,12 +54,12 @@ def test_region_hd95_ignores_annotated_slices():
 
 
 def test_nan_stats_and_table_count_undefined():
-    assert benchmark.nan_stats([1.0, float("nan"), 3.0]) == (2.0, 1.0, 2, 1)
-    mean, sd, n, n_nan = benchmark.nan_stats([float("nan")])
+    assert report.nan_stats([1.0, float("nan"), 3.0]) == (2.0, 1.0, 2, 1)
+    mean, sd, n, n_nan = report.nan_stats([float("nan")])
     assert math.isnan(mean) and n == 0 and n_nan == 1
     recs = [{"case": f"TCGA_{i}", "k": 1, "method": "m", "seconds": 1.0, "dice": {"WT": d}, "hd95": {"WT": h}}
             for i, (d, h) in enumerate([(0.8, 2.0), (0.6, 4.0), (0.0, float("nan"))])]
-    table = benchmark._table(recs)
+    table = report.propagation_table(recs)
     assert "| WT Dice | WT HD95 (mm) | HD95 undefined |" in table
     assert "| m | 1 | 3 | 0.467 ± 0.340 | 3.0 ± 1.0 | 1 | 1.0 |" in table
 
@@ -67,13 +68,13 @@ def test_nan_stats_and_table_count_undefined():
 
 @pytest.fixture(scope="module")
 def bench_unet(tmp_path_factory):
-    from BrainDiffSegLib.segnets import PatientUNetOptions, SegTrainOptions
+    from BrainDiffSegBench.segnets import PatientUNetOptions, SegTrainOptions
 
     root = tmp_path_factory.mktemp("cases")
     folder, _, _ = write_tumour_case(root / "BraTS2021_81001", seed=1)
     out = tmp_path_factory.mktemp("bench_unet")
     unet = PatientUNetOptions(train=SegTrainOptions(steps=120, batch_size=4, lr=5e-3), filters=(8, 16, 32), size=64)
-    records = benchmark.benchmark_propagation([folder], [3], ["raw-mlp", "unet-patient"], out,
+    records = propagation.benchmark_propagation([folder], [3], ["raw-mlp", "unet-patient"], out,
                                               PropagationOptions(method="raw", device="cpu", classifier=FAST),
                                               overlays=0, unet_options=unet)
     return records, out
@@ -99,8 +100,8 @@ def test_propagation_records_hd95_and_unet_patient(bench_unet):
 
 def test_unknown_methods_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="unknown propagation method"):
-        benchmark.benchmark_propagation([], [1], ["unet"], tmp_path)
-    from BrainDiffSegLib.fewshot import FewShotOptions
+        propagation.benchmark_propagation([], [1], ["unet"], tmp_path)
+    from BrainDiffSegBench.fewshot import FewShotOptions
 
     with pytest.raises(InputError, match="unknown few-shot method"):
         FewShotOptions(methods=("nnunet",)).check()
@@ -110,7 +111,7 @@ def test_unknown_methods_are_input_errors(tmp_path):
 
 def test_noise_predictor_head_starts_at_zero_and_encoder_is_frozen(tiny_checkpoint):
     from BrainDiffSegLib.model import load_backbone
-    from BrainDiffSegLib.segnets import NoisePredictorSegmenter, SegTrainOptions, train_segnet
+    from BrainDiffSegBench.segnets import NoisePredictorSegmenter, SegTrainOptions, train_segnet
 
     unet, cfg = load_backbone(tiny_checkpoint)
     net = NoisePredictorSegmenter(unet, cfg, n_classes=3, t=50)
@@ -139,7 +140,7 @@ def fewshot_root(tmp_path_factory):
 
 
 def test_fewshot_smoke(fewshot_root, tiny_checkpoint, tmp_path):
-    from BrainDiffSegLib.fewshot import FewShotOptions, run_dataset
+    from BrainDiffSegBench.fewshot import FewShotOptions, run_dataset
 
     opt = FewShotOptions(ns=(1, 3), seeds=(0, 1), steps=2, batch_size=2, n_mlps=1, brats_slices=(8, 15),
                          eval_every=2, checkpoint=str(tiny_checkpoint), timestep=10)
@@ -167,7 +168,7 @@ def test_fewshot_smoke(fewshot_root, tiny_checkpoint, tmp_path):
     s0 = {r["n"]: r["train_slices"] for r in brats if r["seed"] == 0 and r["method"] == "unet"}
     assert s0[3][:1] == s0[1]
     # runs with other seeds join into one table
-    from BrainDiffSegLib.fewshot import merge_fewshot
+    from BrainDiffSegBench.merge import merge_fewshot
 
     run_dataset(fewshot_root, "LGG", FewShotOptions(**{**opt.__dict__, "seeds": (2,), "ns": (1,)}), tmp_path / "s2")
     merged = merge_fewshot([out / "fewshot_lgg.json", tmp_path / "s2" / "fewshot_lgg.json"], tmp_path / "m")
@@ -179,7 +180,7 @@ def test_fewshot_smoke(fewshot_root, tiny_checkpoint, tmp_path):
 
 def test_speed_smoke(tmp_path):
     from BrainDiffSegLib.resources import default_checkpoint
-    from BrainDiffSegLib.speed import benchmark_speed
+    from BrainDiffSegBench.speed import benchmark_speed
 
     if not (Path(default_checkpoint()) / "model.safetensors").is_file():
         pytest.skip("the bundled backbone is missing")
@@ -222,7 +223,7 @@ def test_slicer_benchmark_script_under_plain_python(tmp_path):
     case = load_case(folder)
     ann, zs = simulate_annotation(case.label, 2)
     opts = PropagationOptions(method="raw", device="cpu", classifier=ClassifierOptions(n_models=1))
-    engine = region_dice(benchmark.run_method(case, ann, "raw-mlp", opts), case.label, zs)
+    engine = region_dice(propagation.run_method(case, ann, "raw-mlp", opts), case.label, zs)
     assert records[0]["dice"] == pytest.approx(engine, abs=1e-4)
     assert all(0 <= v <= 1 for v in records[0]["dice"].values())
     bad = subprocess.run([sys.executable, str(script), "propagation", "--methods", "nope", "--data", str(folder),
@@ -236,7 +237,7 @@ def test_merge_runs(tmp_path):
     for name, recs in (("a", [rec("Brats18_A", "m", 0.5), rec("TCGA_X", "m", 0.1)]), ("b", [rec("TCGA_X", "m", 0.9)])):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps({"machine": "x", "records": recs}))
-    merged = benchmark.merge_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    merged = merge.merge_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
     assert [(r["case"], r["dice"]["WT"]) for r in merged] == [("Brats18_A", 0.5), ("TCGA_X", 0.1)]  # first wins
     assert "### LGG (1 cases)" in (tmp_path / "m" / "table.md").read_text()
     assert (tmp_path / "m" / "dice_vs_k.png").read_bytes()[:8] == PNG

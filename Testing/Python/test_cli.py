@@ -1,4 +1,4 @@
-"""The `braindiffseg` command line, run in-process through `BrainDiffSegLib.cli.main` on small synthetic BraTS-named
+"""The `braindiffseg` command line, run in-process through `BrainDiffSegCLI.main` on small synthetic BraTS-named
 case folders: propagate (outputs on the input grid, summary JSON, overwrite protection, bad annotations, diffusion
 with a tiny checkpoint, corrupt checkpoints), demo, train-ddpm and benchmark, plus the installed console script."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from BrainDiffSegLib.cli import main
+from BrainDiffSegCLI import main
 from BrainDiffSegLib.protocol import protocol_slices, region_dice
 
 CASE = "BraTS2021_90001"

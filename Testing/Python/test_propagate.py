@@ -148,7 +148,7 @@ def test_propagation_is_reproducible(synth):
 
 # ------------------------------------------------------------------------------------------ post-processing
 
-def testkeep_connected_to_annotation_removes_islands_not_connected_to_the_annotation():
+def test_keep_connected_to_annotation_removes_islands_not_connected_to_the_annotation():
     ann = np.zeros((20, 20, 10), np.int16)
     ann[5:9, 5:9, 4] = 2
     ann[6:8, 6:8, 4] = 1
@@ -173,7 +173,7 @@ def testkeep_connected_to_annotation_removes_islands_not_connected_to_the_annota
     np.testing.assert_array_equal(keep_connected_to_annotation(empty, ann), empty)
 
 
-def testkeep_connected_to_annotation_in_propagation(synth):
+def test_keep_connected_to_annotation_in_propagation(synth):
     """A bright tumour-like blob far from the annotated tumour is predicted as tumour without post-processing and
     removed with it."""
     images, label, head, ann, zs = synth

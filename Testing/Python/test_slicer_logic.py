@@ -1,9 +1,13 @@
-"""The 3D Slicer layer (`BrainDiffSeg/BrainDiffSeg.py`) under the `slicer-core` wheel: real MRML nodes, no Qt.
+"""The 3D Slicer layer (`BrainDiffSeg/BrainDiffSeg.py`, `BrainDiffSegSlicer`) under the `slicer-core` wheel: real
+MRML nodes, no Qt, and no global scene (each test's scene and module logics are passed to the Logic).
 
 The Logic is exercised on a crop of the real case BraTS2021_00006 loaded through `loadCase` (volumes and labels read
 by Slicer's archetype storage node), with a segmentation painted on the 3 protocol slices from the ground truth.
-Also: the module description, the packaging files (CMakeLists, catalog JSON, icon) and the rule that the engine
-never imports Slicer, Qt or VTK.
+Also: the module description, the packaging files (catalog JSON, icon), the parameter node, the shared scenarios
+of `slicer_scenarios.py` (also the module's self-test) and the rule that the engine never imports Slicer, Qt or VTK.
+
+Longer than 400 lines: the tests share module-scoped fixtures (the real case loaded once, one propagation reused by
+several tests), which splitting the file would load again.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ RAW = PropagationOptions(method="raw", device="cpu", classifier=FAST)
 PAINTED = (("edema", 2, (0.2, 0.2, 0.9)), ("NCR", 1, (0.9, 0.5, 0.1)), ("enhancing tumor", 4, (0.8, 0.2, 0.8)))
 MODULE_FILE = REPO / "BrainDiffSeg" / "BrainDiffSeg.py"
 LIB = REPO / "BrainDiffSeg" / "BrainDiffSegLib"
+SLICER_PACKAGE = REPO / "BrainDiffSeg" / "BrainDiffSegSlicer"
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +57,9 @@ def crop(data_root, M):
     case_dir = data_root / CASE
     if not case_dir.is_dir():
         pytest.skip(f"{case_dir} not available")
-    with slicer_scene_context() as scene:
-        nodes = M.BrainDiffSegLogic().loadCase(case_dir, loadGroundTruth=True)
+    with slicer_scene_context() as headless:
+        scene = headless.scene
+        nodes = headless.logic().loadCase(case_dir, loadGroundTruth=True)
         assert set(nodes) == {"t1", "t1ce", "t2", "flair", "seg"}
         assert all(n.IsA("vtkMRMLScalarVolumeNode") for n in nodes.values())
         assert nodes["seg"].IsA("vtkMRMLLabelMapVolumeNode") and not nodes["t1"].IsA("vtkMRMLLabelMapVolumeNode")
@@ -73,16 +79,21 @@ def crop(data_root, M):
             "axis": axis, "case_dir": case_dir, "loaded_nodes": n_nodes}
 
 
-def add_volumes(crop, roles=("t1", "t1ce", "t2", "flair")):
-    import slicer
+def add_volume(scene, kji, ijk_to_ras, name, class_name="vtkMRMLScalarVolumeNode"):
+    """A volume node in `scene` from a KJI array (slicer.util.addVolumeFromArray would use the global scene)."""
+    from BrainDiffSegSlicer.arrays import addVolumeFromArray
 
-    return {r: slicer.util.addVolumeFromArray(crop["arrays"][r].astype(np.float32), crop["ijk_to_ras"], f"crop {r}")
+    return addVolumeFromArray(scene, kji, ijk_to_ras, name, class_name)
+
+
+def add_volumes(scene, crop, roles=("t1", "t1ce", "t2", "flair")):
+    return {r: add_volume(scene, crop["arrays"][r].astype(np.float32), crop["ijk_to_ras"], f"crop {r}")
             for r in roles}
 
 
 def paint(scene, reference, label_kji, segments=PAINTED, name="Painted"):
     """A segmentation with one segment per (name, value, colour), painted where label_kji == value."""
-    import slicer
+    from BrainDiffSegSlicer.arrays import setSegmentFromArray
 
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     node.CreateDefaultDisplayNodes()
@@ -91,7 +102,7 @@ def paint(scene, reference, label_kji, segments=PAINTED, name="Painted"):
         sid = node.GetSegmentation().AddEmptySegment("", seg_name, colour)
         mask = (label_kji == value).astype(np.uint8)
         if mask.any():
-            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, sid, reference)
+            setSegmentFromArray(node, sid, mask, reference)
     return node
 
 
@@ -131,17 +142,18 @@ def scene_ids(scene):
 @pytest.fixture(scope="module")
 def raw_run(crop, M):
     """One propagation with the raw features through the Logic, uncertainty volume requested."""
-    with slicer_scene_context() as scene:
-        volumes = add_volumes(crop)
+    with slicer_scene_context() as headless:
+        scene = headless.scene
+        volumes = add_volumes(scene, crop)
         ann, zs = painted_truth(crop, M)
         painted = paint(scene, volumes["flair"], ann)
         before = snapshot(painted)
         n_before = scene.GetNumberOfNodes()
         stages = []
-        logic = M.BrainDiffSegLogic()
+        logic = headless.logic()
         out = logic.propagate(volumes, painted, RAW, progress=lambda s, f: stages.append((s, f)),
                               createUncertainty=True)
-        yield {"scene": scene, "logic": logic, "volumes": volumes, "painted": painted, "before": before,
+        yield {"scene": scene, "headless": headless, "logic": logic, "volumes": volumes, "painted": painted, "before": before,
                "n_before": n_before, "out": out, "zs": zs, "ann": ann, "stages": stages}
 
 
@@ -161,7 +173,9 @@ def test_module_imports_under_slicer_core(M):
     assert "Baranchuk" in parent.acknowledgementText and "ICLR 2022" in parent.acknowledgementText
     assert module.iconPath() == REPO / "Resources" / "Icons" / "BrainDiffSeg.png"
     assert M.BrainDiffSegLogic().moduleName == "BrainDiffSeg"
-    assert M.BrainDiffSegLogic.missingPackages() == []
+    from BrainDiffSegSlicer.install import missingPackages
+
+    assert missingPackages() == []
 
 
 def test_module_file_loads_without_the_engine_dependencies(tmp_path):
@@ -188,17 +202,6 @@ def test_engine_never_imports_slicer_qt_or_vtk():
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
 
 
-def test_cmake_lists_every_engine_file_and_the_resources():
-    text = (REPO / "BrainDiffSeg" / "CMakeLists.txt").read_text()
-    assert "slicerMacroBuildScriptedModule" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
-    assert re.search(r"^\s*\$\{MODULE_NAME\}\.py\s*$", text, re.MULTILINE)
-    listed = set(re.findall(r"BrainDiffSegLib/(\w+\.py)", text))
-    assert listed == {p.name for p in LIB.glob("*.py")}
-    assert "Resources/Icons" in text and "Resources/Models" in text
-    top = (REPO / "CMakeLists.txt").read_text()
-    assert "add_subdirectory(BrainDiffSeg)" in top
-
-
 def test_extension_catalog_entry_and_icon():
     entry = json.loads((REPO / "BrainDiffSeg.json").read_text())
     assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
@@ -223,7 +226,8 @@ def test_extension_catalog_entry_and_icon():
 
 
 def test_segment_name_rule(M):
-    rule = M.labelValuesForSegments
+    from BrainDiffSegSlicer.segments import labelValuesForSegments as rule
+
     assert rule(["Necrotic core", "Edema", "Enhancing tumour"]) == ([1, 2, 4], True)
     assert rule(["ET", "ED", "NCR"]) == ([4, 2, 1], True)
     assert rule(["non-enhancing tumour", "peritumoral oedema"]) == ([1, 2], True)
@@ -253,11 +257,11 @@ def test_load_case_matches_the_engine_reader(crop, M):
 
 def test_load_case_errors(mrml_scene, M, tmp_path):
     with pytest.raises(InputError, match="No MRI sequence found"):
-        M.BrainDiffSegLogic().loadCase(tmp_path)
+        M.BrainDiffSegLogic(mrml_scene).loadCase(tmp_path)
     (tmp_path / "X_flair.nii.gz").write_bytes(b"not a nifti file")
     n = mrml_scene.GetNumberOfNodes()
     with pytest.raises(InputError, match="X_flair.nii.gz"):
-        M.BrainDiffSegLogic().loadCase(tmp_path)
+        M.BrainDiffSegLogic(mrml_scene).loadCase(tmp_path)
     assert mrml_scene.GetNumberOfNodes() == n
 
 
@@ -339,7 +343,7 @@ def test_save_segmentation(raw_run, crop, tmp_path):
     with pytest.raises(OutputExistsError):
         logic.saveSegmentation(out, nii)
     seg_file = logic.saveSegmentation(out, tmp_path / "labels.seg.nrrd")
-    loaded = slicer.modules.segmentations.logic().LoadSegmentationFromFile(str(seg_file), False)
+    loaded = raw_run["headless"].segmentationsLogic.LoadSegmentationFromFile(str(seg_file), False)
     assert loaded is not None
     names = [loaded.GetSegmentation().GetSegment(s).GetName() for s in loaded.GetSegmentation().GetSegmentIDs()]
     assert names == ["Necrotic core", "Edema", "Enhancing tumour"]
@@ -351,11 +355,11 @@ def test_save_segmentation(raw_run, crop, tmp_path):
 
 @pytest.mark.skipif(not (default_checkpoint() / "model.safetensors").is_file(), reason="no bundled backbone")
 def test_propagation_with_the_default_diffusion_method(mrml_scene, crop, M):
-    volumes = add_volumes(crop)
+    volumes = add_volumes(mrml_scene, crop)
     ann, zs = painted_truth(crop, M)
     painted = paint(mrml_scene, volumes["flair"], ann)
     before = snapshot(painted)
-    logic = M.BrainDiffSegLogic()
+    logic = M.BrainDiffSegLogic(mrml_scene)
     out = logic.propagate(volumes, painted, PropagationOptions(device="cpu", classifier=FAST))
     assert logic.lastResult.timings and out.GetSegmentation().GetNumberOfSegments() == 3
     labels, _, _ = logic.labelArrayFromSegmentation(out, volumes["flair"])
@@ -366,11 +370,11 @@ def test_propagation_with_the_default_diffusion_method(mrml_scene, crop, M):
 
 def test_generic_segments_keep_their_names_and_values(mrml_scene, crop, M):
     """Segments that are not BraTS classes are numbered 1..N in order and keep their names in the result."""
-    volumes = add_volumes(crop, roles=("flair", "t1ce"))
+    volumes = add_volumes(mrml_scene, crop, roles=("flair", "t1ce"))
     ann, _ = painted_truth(crop, M)
     whole = np.where(ann > 0, 7, 0)
     painted = paint(mrml_scene, volumes["flair"], whole, segments=(("Lesion", 7, (0.3, 0.6, 0.9)),), name="Mine")
-    out = M.BrainDiffSegLogic().propagate(volumes, painted, RAW)
+    out = M.BrainDiffSegLogic(mrml_scene).propagate(volumes, painted, RAW)
     seg = out.GetSegmentation()
     assert out.GetName() == "Mine propagated"
     assert [seg.GetSegment(s).GetName() for s in seg.GetSegmentIDs()] == ["Lesion"]
@@ -378,23 +382,20 @@ def test_generic_segments_keep_their_names_and_values(mrml_scene, crop, M):
     np.testing.assert_allclose(seg.GetSegment(seg.GetSegmentIDs()[0]).GetColor(), (0.3, 0.6, 0.9))
 
 
-@pytest.mark.parametrize("modules", ["slicer.modules", "no slicer.modules"])
-def test_cancel_leaves_the_scene_unchanged(mrml_scene, crop, M, modules, monkeypatch):
-    import slicer
-
-    volumes = add_volumes(crop, roles=("flair", "t1ce"))
+@pytest.mark.parametrize("modules", ["logics given", "logics of its own"])
+def test_cancel_leaves_the_scene_unchanged(headless, mrml_scene, crop, M, modules):
+    volumes = add_volumes(mrml_scene, crop, roles=("flair", "t1ce"))
     ann, _ = painted_truth(crop, M)
     painted = paint(mrml_scene, volumes["flair"], ann)
     before, ids = snapshot(painted), scene_ids(mrml_scene)
-    if modules == "no slicer.modules":  # plain slicer-core: the Logic makes its own Segmentations logic
-        monkeypatch.delattr(slicer, "modules")
     calls = []
 
     def cancelled():
         calls.append(1)
         return len(calls) > 1  # False on the first call, True afterwards
 
-    logic = M.BrainDiffSegLogic()
+    # plain slicer-core without module logics given: the Logic makes its own, attached to the scene
+    logic = headless.logic() if modules == "logics given" else M.BrainDiffSegLogic(mrml_scene)
     with pytest.raises(CancelledError):
         logic.propagate(volumes, painted, RAW, cancelled=cancelled, createUncertainty=True)
     assert len(calls) >= 2
@@ -407,7 +408,7 @@ def test_surface_only_segmentation_is_read_from_a_copy(mrml_scene, M):
     """A segmentation whose only representation is a closed surface is rasterised on a copy outside the scene."""
     import slicer
 
-    volume = slicer.util.addVolumeFromArray(np.ones((20, 40, 40), np.float32), np.diag([-1.0, -1.0, 2.0, 1.0]), "v")
+    volume = add_volume(mrml_scene, np.ones((20, 40, 40), np.float32), np.diag([-1.0, -1.0, 2.0, 1.0]), "v")
     painted = np.zeros((20, 40, 40), np.uint8)
     painted[8:12, 10:25, 10:25] = 1
     node = paint(mrml_scene, volume, painted, segments=(("Edema", 1, (0, 1, 0)),), name="Surface")
@@ -415,7 +416,7 @@ def test_surface_only_segmentation_is_read_from_a_copy(mrml_scene, M):
     node.GetSegmentation().SetSourceRepresentationName("Closed surface")
     node.GetSegmentation().RemoveRepresentation("Binary labelmap")
     mtimes, n_nodes = (node.GetMTime(), node.GetSegmentation().GetMTime()), mrml_scene.GetNumberOfNodes()
-    labels, ids, brats = M.BrainDiffSegLogic().labelArrayFromSegmentation(node, volume)
+    labels, ids, brats = M.BrainDiffSegLogic(mrml_scene).labelArrayFromSegmentation(node, volume)
     assert brats and set(ids) == {2} and set(np.unique(labels)) == {0, 2}
     assert (labels > 0).sum() > 0.7 * painted.sum() and not labels[painted == 0].any()
     assert (node.GetMTime(), node.GetSegmentation().GetMTime()) == mtimes
@@ -432,16 +433,93 @@ def test_the_modules_self_test_runs_headless(mrml_scene, M):
     assert result.testsRun == 2 and result.wasSuccessful() and not result.skipped, result
 
 
+def test_the_modules_self_test_skips_without_the_source_tree(M, tmp_path, monkeypatch):
+    """In an installed extension (no Testing/ beside the module) the self-test skips, saying why."""
+    import unittest
+
+    monkeypatch.setattr(M, "TESTING_DIR", tmp_path / "Testing" / "Python")
+    result = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(
+        M.BrainDiffSegTest))
+    assert result.testsRun == 2 and result.wasSuccessful() and len(result.skipped) == 2, result
+    assert all("installed extension" in reason for _, reason in result.skipped)
+
+
+def test_scenario_synthetic_propagation(headless):
+    """The synthetic scenario shared with the module's self-test (`slicer_scenarios.py`)."""
+    import slicer_scenarios
+
+    slicer_scenarios.propagate_synthetic(headless.logic())
+
+
+def test_scenario_real_case_in_background(headless, data_root):
+    """The real-case scenario shared with the module's self-test: background run, update in place, cancel."""
+    import slicer_scenarios
+
+    slicer_scenarios.real_case_in_background(headless.logic(), data_root / CASE)
+
+
+def test_two_scenes_at_once_and_no_global_scene(crop, M):
+    """Two Logics on two independent scenes: each loads and propagates into its own scene; the global
+    `slicer.mrmlScene` (absent under slicer-core) is neither created nor used, `slicer.modules` neither."""
+    import slicer
+
+    had = {name: getattr(slicer, name, None) for name in ("mrmlScene", "modules")}
+    count = had["mrmlScene"].GetNumberOfNodes() if had["mrmlScene"] is not None else None
+    with slicer_scene_context() as a, slicer_scene_context() as b:
+        logic_a, logic_b = a.logic(), M.BrainDiffSegLogic(b.scene)  # given logics / logics of its own
+        assert logic_b.scene is b.scene and logic_b.volumesLogic.GetMRMLScene() is b.scene
+        n_b = b.scene.GetNumberOfNodes()
+        nodes = logic_a.loadCase(crop["case_dir"])
+        assert all(n.GetScene() is a.scene for n in nodes.values()) and b.scene.GetNumberOfNodes() == n_b
+        node_a = logic_a.getParameterNode()
+        assert node_a.GetScene() is a.scene and logic_b.getParameterNode() is not node_a
+        results = []
+        for headless, logic in ((a, logic_a), (b, logic_b)):
+            volumes = add_volumes(headless.scene, crop, roles=("flair",))
+            painted = paint(headless.scene, volumes["flair"], painted_truth(crop, M)[0])
+            results.append(logic.propagate(volumes, painted, RAW))
+        assert results[0].GetScene() is a.scene and results[1].GetScene() is b.scene
+        assert a.scene.GetNodeByID(results[1].GetID()) is not results[1]
+        np.testing.assert_array_equal(logic_a.labelArrayFromSegmentation(results[0], nodes["flair"])[0].shape,
+                                      nodes["flair"].GetImageData().GetDimensions()[::-1])
+    assert {name: getattr(slicer, name, None) for name in ("mrmlScene", "modules")} == had
+    if count is not None:
+        assert had["mrmlScene"].GetNumberOfNodes() == count
+
+
+def test_slicer_layer_structure():
+    """The module file is a thin entry point; the Slicer layer never imports the command line, the benchmarks nor
+    the web annotator, and reads the global scene / module logics only in the Logic's constructor defaults."""
+    module_text = MODULE_FILE.read_text()
+    assert len(module_text.splitlines()) <= 150
+    pattern = re.compile(r"^\s*(import|from)\s+(BrainDiffSegCLI|BrainDiffSegBench|BrainDiffSegWeb)\b", re.MULTILINE)
+    files = [MODULE_FILE, *SLICER_PACKAGE.glob("*.py")]
+    assert len(files) >= 9 and not [p.name for p in files if pattern.search(p.read_text())]
+    for path in SLICER_PACKAGE.glob("*.py"):
+        text = path.read_text()
+        if path.name in ("widget.py", "install.py"):  # the panel: inside the Slicer application only
+            continue
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith(("#", "`")))
+        uses = re.findall(r"slicer\.(mrmlScene|modules|app)\b", code.split('"""', 2)[-1])
+        if path.name == "logic.py":
+            assert sorted(set(uses)) == ["modules", "mrmlScene"], uses  # the constructor's defaults
+            init = text[text.index("def __init__"):text.index("def _ownLogic")]
+            assert len(re.findall(r"slicer\.(mrmlScene|modules)\b", text.split('"""', 2)[-1])) == \
+                len(re.findall(r"slicer\.(mrmlScene|modules)\b", init)), "a method uses the global scene"
+        else:
+            assert not uses, (path.name, uses)
+
+
 # ------------------------------------------------------------------------------------------ what the panel uses
 
 def test_background_propagation_and_prompt_cancel(mrml_scene, crop, M):
     """startPropagation reads the nodes, runs the engine in a thread (progress reported), finishPropagation adds
     the result; a run cancelled right after it started stops within seconds and leaves the scene as it was."""
-    volumes = add_volumes(crop, roles=("flair", "t1ce"))
+    volumes = add_volumes(mrml_scene, crop, roles=("flair", "t1ce"))
     ann, zs = painted_truth(crop, M)
     painted = paint(mrml_scene, volumes["flair"], ann)
     before, ids = snapshot(painted), scene_ids(mrml_scene)
-    logic = M.BrainDiffSegLogic()
+    logic = M.BrainDiffSegLogic(mrml_scene)
     run = logic.startPropagation(volumes, painted, RAW, createUncertainty=True)
     assert scene_ids(mrml_scene) == ids  # nothing is added while the engine runs
     assert run.task.wait(300)
@@ -470,11 +548,11 @@ def test_rerun_updates_the_previous_result_in_place(mrml_scene, crop, M):
     instead of adding new nodes; the painted segmentation and unrelated segmentations are never targets."""
     import slicer
 
-    volumes = add_volumes(crop, roles=("flair", "t1ce"))
+    volumes = add_volumes(mrml_scene, crop, roles=("flair", "t1ce"))
     gt = crop["arrays"]["seg"]
     ann2, zs2 = painted_truth(crop, M, k=2)
     painted = paint(mrml_scene, volumes["flair"], ann2)
-    logic = M.BrainDiffSegLogic()
+    logic = M.BrainDiffSegLogic(mrml_scene)
     first = logic.propagate(volumes, painted, RAW, createUncertainty=True)
     unc = logic.uncertaintyNodeOf(first)
     assert logic.previousResultOf(painted) is first
@@ -484,11 +562,9 @@ def test_rerun_updates_the_previous_result_in_place(mrml_scene, crop, M):
     extra = sorted(set(zs3) - set(zs2))[0]
     for sid in painted.GetSegmentation().GetSegmentIDs():  # paint one more slice, as a user would
         value = {"edema": 2, "NCR": 1, "enhancing tumor": 4}[painted.GetSegmentation().GetSegment(sid).GetName()]
-        import slicer
-
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(painted, sid, volumes["flair"]).copy()
+        mask = logic.labelArrayFromSegmentation(painted, volumes["flair"])[0] == value  # the segments are disjoint
         mask[extra] = gt[extra] == value
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), painted, sid, volumes["flair"])
+        logic.setSegmentFromArray(painted, sid, mask.astype(np.uint8), volumes["flair"])
     before, ids = snapshot(painted), scene_ids(mrml_scene)
     again = logic.propagate(volumes, painted, RAW, createUncertainty=True,
                             outputNode=logic.previousResultOf(painted))
@@ -514,15 +590,15 @@ def test_multi_component_volume(mrml_scene, crop, M):
     import slicer
 
     stacked = np.stack([crop["arrays"][r].astype(np.float32) for r in ("t1", "t1ce", "t2", "flair")], axis=-1)
-    vector = slicer.util.addVolumeFromArray(stacked, crop["ijk_to_ras"], "multi", "vtkMRMLVectorVolumeNode")
-    volumes = add_volumes(crop)
+    vector = add_volume(mrml_scene, stacked, crop["ijk_to_ras"], "multi", "vtkMRMLVectorVolumeNode")
+    volumes = add_volumes(mrml_scene, crop)
     ann, _ = painted_truth(crop, M)
     painted = paint(mrml_scene, volumes["flair"], ann)
-    logic = M.BrainDiffSegLogic()
+    logic = M.BrainDiffSegLogic(mrml_scene)
     a = logic.labelArrayFromSegmentation(logic.propagate(vector, painted, RAW), volumes["flair"])[0]
     b = logic.labelArrayFromSegmentation(logic.propagate(volumes, painted, RAW), volumes["flair"])[0]
     np.testing.assert_array_equal(a, b)
-    two = slicer.util.addVolumeFromArray(stacked[..., [3, 1]].copy(), crop["ijk_to_ras"], "two",
+    two = add_volume(mrml_scene, stacked[..., [3, 1]].copy(), crop["ijk_to_ras"], "two",
                                          "vtkMRMLVectorVolumeNode")
     with pytest.raises(InputError, match="has 2 components: say which sequence"):
         logic.propagate(two, painted, RAW)
@@ -539,7 +615,7 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu(mrml_scene, crop, M, monkeypatc
 
     import BrainDiffSegLib.propagate as engine
 
-    volumes = add_volumes(crop, roles=("flair",))
+    volumes = add_volumes(mrml_scene, crop, roles=("flair",))
     painted = paint(mrml_scene, volumes["flair"], painted_truth(crop, M)[0])
     real, devices = engine.propagate, []
 
@@ -551,7 +627,7 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu(mrml_scene, crop, M, monkeypatc
 
     monkeypatch.setattr(engine, "propagate", propagate)
     stages = []
-    logic = M.BrainDiffSegLogic()
+    logic = M.BrainDiffSegLogic(mrml_scene)
     out = logic.propagate(volumes, painted, replace(RAW, device="auto"), progress=lambda s, f: stages.append(s))
     assert devices == ["auto", "cpu"] and out.GetSegmentation().GetNumberOfSegments() > 0
     assert any("out of memory" in m for m in logic.lastMessages) and any("out of memory" in s for s in stages)
@@ -562,12 +638,13 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu(mrml_scene, crop, M, monkeypatc
 
 def test_parameter_node_defaults_and_options(mrml_scene, M, tmp_path):
     from BrainDiffSegLib.features import FeatureSpec
+    from BrainDiffSegSlicer import parameters
 
-    logic = M.BrainDiffSegLogic()
+    logic = M.BrainDiffSegLogic(mrml_scene)
     node = logic.getParameterNode()
     assert node is logic.getParameterNode()  # a singleton, saved with the scene
-    logic.setDefaultParameters(node)
-    options = logic.optionsFromParameters(node)
+    parameters.setDefaultParameters(node)
+    options = parameters.optionsFromParameters(node)
     assert options.method == "diffusion" and options.device == "auto" and options.checkpoint is None
     assert options.features.blocks == FeatureSpec().blocks and options.features.timesteps == FeatureSpec().timesteps
     node.SetParameter("Blocks", "0, 1 2")
@@ -576,8 +653,8 @@ def test_parameter_node_defaults_and_options(mrml_scene, M, tmp_path):
     node.SetParameter("Device", "CPU")
     node.SetParameter("Method", "raw")
     node.SetParameter("Checkpoint", str(tmp_path))
-    logic.setDefaultParameters(node)  # keeps what is set
-    options = logic.optionsFromParameters(node)
+    parameters.setDefaultParameters(node)  # keeps what is set
+    options = parameters.optionsFromParameters(node)
     assert (options.features.blocks, options.features.timesteps, options.classifier.n_models) == ((0, 1, 2),
                                                                                                   (25, 250), 3)
     assert (options.device, options.method, options.checkpoint) == ("cpu", "raw", str(tmp_path))
@@ -587,21 +664,70 @@ def test_parameter_node_defaults_and_options(mrml_scene, M, tmp_path):
         saved = node.GetParameter(name)
         node.SetParameter(name, value)
         with pytest.raises(InputError, match=message):
-            logic.optionsFromParameters(node)
+            parameters.optionsFromParameters(node)
         node.SetParameter(name, saved)
-    logic.setDefaultParameters(node, overwrite=True)
+    parameters.setDefaultParameters(node, overwrite=True)
     assert node.GetParameter("Method") == "diffusion" and node.GetParameter("Blocks") == "1,2"
 
 
+def test_parameter_node_round_trip(mrml_scene, M):
+    """Every field of PropagationOptions survives the parameter node (a real vtkMRMLScriptedModuleNode, also through
+    a saved and reloaded scene); a bad value gives an InputError naming the parameter."""
+    import dataclasses
+
+    from BrainDiffSegLib.options import fields, preset, to_strings
+    from BrainDiffSegSlicer import parameters
+
+    node = M.BrainDiffSegLogic(mrml_scene).getParameterNode()
+    assert node.IsA("vtkMRMLScriptedModuleNode")
+    names = parameters.optionParameters()
+    assert len(names) == len(fields()) and {"Method", "Blocks", "Ensemble", "BatchSize", "Device"} <= set(names)
+    assert set(parameters.PANEL_DEFAULTS) == {"ComponentRoles", "CreateUncertainty", "ShowUncertainty",
+                                              "UpdateResult"}
+    changed = preset("quick")  # every field different from the default
+    changed = dataclasses.replace(
+        changed, checkpoint=str(REPO), device="cuda", precision="bf16", batch_size=3, postprocess=False, seed=7,
+        features=dataclasses.replace(changed.features, blocks=(0, 2), timesteps=(25, 250), noise_seed=4,
+                                     intensities=False, smoothing=(0.5, 3.0)),
+        classifier=dataclasses.replace(changed.classifier, patience=5, lr=0.01, weight_decay=0.5,
+                                       val_fraction=0.25, max_pixels=1000, seed=9))
+    default = to_strings(preset("default"))
+    assert all(v != default[k] for k, v in to_strings(changed).items()), "a field kept its default"
+    parameters.setParametersFromOptions(node, changed)
+    assert parameters.optionsFromParameters(node) == changed
+    import slicer
+
+    mrml_scene.SetSaveToXMLString(1)
+    mrml_scene.Commit()
+    other = slicer.vtkMRMLScene()
+    other.SetLoadFromXMLString(1)
+    other.SetSceneXMLString(mrml_scene.GetSceneXMLString())
+    other.Import()
+    reloaded = other.GetSingletonNode("BrainDiffSeg", "vtkMRMLScriptedModuleNode")
+    assert reloaded is not None and parameters.optionsFromParameters(reloaded) == changed
+    for name, value in (("Precision", "fp8"), ("Smoothing", "wide"), ("Postprocess", "maybe"),
+                        ("ClassifierLr", "fast"), ("MaxPixels", "-3"), ("BatchSize", "0")):
+        saved = node.GetParameter(name)
+        node.SetParameter(name, value)
+        with pytest.raises(InputError, match=rf"^{name}: '{value}'"):
+            parameters.optionsFromParameters(node)
+        node.SetParameter(name, saved)
+    parameters.setDefaultParameters(node)  # fills in the panel's parameters, keeps the options
+    assert parameters.optionsFromParameters(node) == changed
+    assert parameters.componentRoles(node) == ["t1", "t1ce", "t2", "flair"] and parameters.flag(node, "UpdateResult")
+
+
 def test_inputs_guessed_from_volume_names_and_tumour_segments(mrml_scene, crop, M):
-    logic = M.BrainDiffSegLogic()
-    assert [logic.roleOfVolumeName(n) for n in ("BraTS2021_00006_flair", "BraTS-GLI-00000-000-t1c",
+    from BrainDiffSegSlicer.segments import guessInputs, roleOfVolumeName
+
+    logic = M.BrainDiffSegLogic(mrml_scene)
+    assert [roleOfVolumeName(n) for n in ("BraTS2021_00006_flair", "BraTS-GLI-00000-000-t1c",
                                                  "TCGA_CS_4942_pre", "x_t2", "T1", "seg")] == [
         "flair", "t1ce", "t1", "t2", "t1", None]
     nodes = logic.loadCase(crop["case_dir"], loadGroundTruth=True)
-    guessed = logic.guessInputs(list(nodes.values()))
+    guessed = guessInputs(list(nodes.values()))
     assert guessed == {r: nodes[r] for r in ("t1", "t1ce", "t2", "flair")}  # the label map is not an input
-    volumes = add_volumes(crop, roles=("flair",))
+    volumes = add_volumes(mrml_scene, crop, roles=("flair",))
     painted = paint(mrml_scene, volumes["flair"], np.zeros_like(crop["arrays"]["seg"]),
                     segments=(("edema", 2, (0, 1, 0)),))
     added = logic.addTumourSegments(painted)
@@ -615,41 +741,41 @@ def test_inputs_guessed_from_volume_names_and_tumour_segments(mrml_scene, crop, 
 def test_volumes_on_different_grids(mrml_scene, crop, M):
     import slicer
 
-    volumes = add_volumes(crop, roles=("flair",))
+    volumes = add_volumes(mrml_scene, crop, roles=("flair",))
     shifted = crop["ijk_to_ras"].copy()
     shifted[:3, 3] += 5.0
-    volumes["t1"] = slicer.util.addVolumeFromArray(crop["arrays"]["t1"].astype(np.float32), shifted, "moved t1")
+    volumes["t1"] = add_volume(mrml_scene, crop["arrays"]["t1"].astype(np.float32), shifted, "moved t1")
     painted = paint(mrml_scene, volumes["flair"], painted_truth(crop, M)[0])
     with pytest.raises(InputError, match=r"'crop flair' \(flair\) and volume 'moved t1' \(t1\) are not on one "
                        r"grid: different origin \(-78.0, 216.0, 47.0\) vs \(-73.0, 221.0, 52.0\)"):
-        M.BrainDiffSegLogic().propagate(volumes, painted, RAW)
-    volumes["t1"] = slicer.util.addVolumeFromArray(crop["arrays"]["t1"][:, :50].astype(np.float32),
+        M.BrainDiffSegLogic(mrml_scene).propagate(volumes, painted, RAW)
+    volumes["t1"] = add_volume(mrml_scene, crop["arrays"]["t1"][:, :50].astype(np.float32),
                                                    crop["ijk_to_ras"], "small t1")
     with pytest.raises(InputError, match=r"'small t1' \(t1\) are not on one grid: different dimensions"):
-        M.BrainDiffSegLogic().propagate(volumes, painted, RAW)
+        M.BrainDiffSegLogic(mrml_scene).propagate(volumes, painted, RAW)
 
 
 def test_empty_segmentation(mrml_scene, crop, M):
-    volumes = add_volumes(crop, roles=("flair",))
+    volumes = add_volumes(mrml_scene, crop, roles=("flair",))
     node = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Nothing")
     with pytest.raises(InputError, match="'Nothing' has no segments"):
-        M.BrainDiffSegLogic().propagate(volumes, node, RAW)
+        M.BrainDiffSegLogic(mrml_scene).propagate(volumes, node, RAW)
     blank = paint(mrml_scene, volumes["flair"], np.zeros(CROP, np.uint8), name="Blank")
     assert blank.GetSegmentation().GetNumberOfSegments() == 3
     ids = scene_ids(mrml_scene)
     with pytest.raises(InputError, match="'Blank' is empty.*paint the tumour"):
-        M.BrainDiffSegLogic().propagate(volumes, blank, RAW)
+        M.BrainDiffSegLogic(mrml_scene).propagate(volumes, blank, RAW)
     assert scene_ids(mrml_scene) == ids
 
 
 def test_one_class_painted_on_the_whole_head(mrml_scene, crop, M):
-    volumes = add_volumes(crop, roles=("flair",))
+    volumes = add_volumes(mrml_scene, crop, roles=("flair",))
     _, zs = painted_truth(crop, M)
     everything = np.zeros(CROP, np.uint8)
     everything[zs] = 1
     painted = paint(mrml_scene, volumes["flair"], everything, segments=(("Tumour", 1, (1, 0, 0)),))
     with pytest.raises(InputError, match="no background"):
-        M.BrainDiffSegLogic().propagate(volumes, painted, RAW)
+        M.BrainDiffSegLogic(mrml_scene).propagate(volumes, painted, RAW)
 
 
 def test_oblique_volume(mrml_scene, crop, M):
@@ -658,26 +784,26 @@ def test_oblique_volume(mrml_scene, crop, M):
     angle = np.deg2rad(40)
     rotation = np.eye(4)
     rotation[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]  # about L-R
-    node = slicer.util.addVolumeFromArray(crop["arrays"]["flair"].astype(np.float32),
+    node = add_volume(mrml_scene, crop["arrays"]["flair"].astype(np.float32),
                                           rotation @ crop["ijk_to_ras"], "tilted flair")
     painted = paint(mrml_scene, node, painted_truth(crop, M)[0])
     with pytest.raises(InputError, match="Volume 'tilted flair': the volume is oblique"):
-        M.BrainDiffSegLogic().propagate({"flair": node}, painted, RAW)
+        M.BrainDiffSegLogic(mrml_scene).propagate({"flair": node}, painted, RAW)
 
 
 def test_other_bad_input(mrml_scene, crop, M):
     import slicer
 
-    volumes = add_volumes(crop, roles=("flair",))
+    volumes = add_volumes(mrml_scene, crop, roles=("flair",))
     painted = paint(mrml_scene, volumes["flair"], painted_truth(crop, M)[0])
-    logic = M.BrainDiffSegLogic()
+    logic = M.BrainDiffSegLogic(mrml_scene)
     with pytest.raises(InputError, match="Unknown sequence role"):
         logic.propagate({"pd": volumes["flair"]}, painted, RAW)
     with pytest.raises(InputError, match="No input volume"):
         logic.propagate({"flair": None}, painted, RAW)
     with pytest.raises(InputError, match="segmentation"):
         logic.propagate(volumes, None, RAW)
-    label = slicer.util.addVolumeFromArray(crop["arrays"]["seg"], crop["ijk_to_ras"], "labels",
+    label = add_volume(mrml_scene, crop["arrays"]["seg"], crop["ijk_to_ras"], "labels",
                                            "vtkMRMLLabelMapVolumeNode")
     with pytest.raises(InputError, match="'labels' is not a scalar volume"):
         logic.propagate({"flair": label}, painted, RAW)

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 
 UI_FILE = REPO / "Resources" / "UI" / "BrainDiffSeg.ui"
-MODULE_FILE = REPO / "BrainDiffSeg" / "BrainDiffSeg.py"
+WIDGET_FILES = [REPO / "BrainDiffSeg" / "BrainDiffSegSlicer" / name for name in ("widget.py", "parameters.py")]
 # What the Widget does with each kind of widget -> the Qt class (or declared base) it must be
 EXPECTED_BASES = {"Selector": "QWidget", "Button": "QAbstractButton", "CheckBox": "QCheckBox",
                   "LineEdit": "QLineEdit", "SpinBox": "QSpinBox", "ComboBox": "QComboBox", "Label": "QLabel",
@@ -47,7 +47,7 @@ def loaded():
 
 
 def used_ui_names() -> set[str]:
-    text = MODULE_FILE.read_text()
+    text = "\n".join(path.read_text() for path in WIDGET_FILES)
     names = set(re.findall(r"self\.ui\.(\w+)", text))
     names |= set(re.findall(r'"(\w+(?:Selector|Button|LineEdit|CheckBox|SpinBox|ComboBox))"', text))
     return names
@@ -77,13 +77,20 @@ def test_every_widget_the_panel_uses_exists_with_a_suitable_type(loaded):
 
 
 def test_combo_boxes_match_the_values_the_widget_maps_them_to(loaded):
-    import BrainDiffSeg as M
+    pytest.importorskip("slicer")
+    from BrainDiffSegLib.constants import ROLES
+    from BrainDiffSegSlicer import parameters
+    from BrainDiffSegSlicer.widget import BrainDiffSegWidget
 
     _, widgets, _ = loaded
-    assert widgets["deviceComboBox"].count() == len(M.BrainDiffSegWidget.DEVICES) == 3
+    assert widgets["deviceComboBox"].count() == len(BrainDiffSegWidget.DEVICES) == 3
     assert [widgets["deviceComboBox"].itemText(i) for i in range(3)] == ["auto", "GPU", "CPU"]
-    assert widgets["methodComboBox"].count() == len(M.BrainDiffSegWidget.METHODS)
-    assert set(M.BrainDiffSegWidget.ROLE_SELECTORS) == set(M.ROLES)
+    assert widgets["methodComboBox"].count() == len(BrainDiffSegWidget.METHODS)
+    assert set(BrainDiffSegWidget.ROLE_SELECTORS) == set(ROLES)
+    # every item the combo boxes store is a value the parameter node accepts, for the option it stands for
+    fields = parameters.optionParameters()
+    assert set(BrainDiffSegWidget.METHODS) == set(fields["Method"].choices)
+    assert {parameters.DEVICES[d.lower()] for d in ("auto", "GPU", "CPU")} == set(BrainDiffSegWidget.DEVICES)
 
 
 def test_slicer_widgets_are_declared():
@@ -122,13 +129,13 @@ def test_segment_editor_and_scene_connections():
 def test_requirements_are_pinned_like_pyproject():
     import tomllib
 
-    import BrainDiffSeg as M
+    from BrainDiffSegSlicer import install
 
     pins = {}
     for req in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
         name, version = req.split("==")
         pins[name.lower()] = version
-    requirements = M.BrainDiffSegLogic.requirements()
+    requirements = install.requirements()
     assert requirements and not any(r.startswith(("torch", "numpy")) for r in requirements)
     for req in requirements:
         name, version = req.split("==")
@@ -136,7 +143,7 @@ def test_requirements_are_pinned_like_pyproject():
     # every engine package except torch / numpy (installed separately / shipped by Slicer) is in the file
     import_names = {"scikit-image": "skimage"}
     covered = {import_names.get(r.split("==")[0], r.split("==")[0]) for r in requirements}
-    assert set(M.ENGINE_PACKAGES) - {"torch", "numpy"} <= covered
+    assert set(install.ENGINE_PACKAGES) - {"torch", "numpy"} <= covered
 
 
 def test_the_panel_needs_the_slicer_application():
@@ -146,3 +153,17 @@ def test_the_panel_needs_the_slicer_application():
         pytest.skip("inside Slicer")
     with pytest.raises(RuntimeError, match="needs the 3D Slicer application"):
         M.BrainDiffSegWidget()
+
+
+def test_every_parameter_the_panel_uses_is_a_module_parameter():
+    """The names the Widget reads and writes in the parameter node are parameters of `parameters.py` (with
+    defaults), and flags it reads are the panel's own switches."""
+    pytest.importorskip("slicer")
+    from BrainDiffSegSlicer import parameters
+
+    text = WIDGET_FILES[0].read_text()
+    used = set(re.findall(r'(?:GetParameter|SetParameter)\("(\w+)"', text))
+    flags = set(re.findall(r'parameters\.flag\(\w+, "(\w+)"\)', text))
+    assert {"Method", "Device", "Blocks", "ComponentRoles"} <= used and flags
+    assert used | flags <= set(parameters.defaultParameters())
+    assert flags <= set(parameters.PANEL_DEFAULTS)

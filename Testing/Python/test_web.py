@@ -67,12 +67,12 @@ def crop_case(data_root, tmp_path_factory):
 
 
 def fast_options():
-    """What `braindiffseg web --fast --device cpu` propagates with."""
-    from BrainDiffSegLib.propagate import PropagationOptions
+    """What `braindiffseg web --fast --device cpu` propagates with: the 'quick' preset on the CPU."""
+    from dataclasses import replace
 
-    from BrainDiffSegWeb import fast_options as web_fast_options
+    from BrainDiffSegLib.options import preset
 
-    options = web_fast_options(PropagationOptions(device="cpu"))
+    options = replace(preset("quick"), device="cpu")
     assert options.method == "raw" and options.classifier.n_models == 2 and options.classifier.max_epochs == 6
     return options
 
@@ -164,16 +164,15 @@ def test_numbered_stem(tmp_path):
 
 
 @pytest.fixture
-def session(mrml_scene):
+def session(headless):
     from BrainDiffSegWeb.session import AnnotationSession
 
-    return AnnotationSession(mrml_scene, fast_options())
+    return AnnotationSession(headless.scene, fast_options(), volumesLogic=headless.volumesLogic,
+                             segmentationsLogic=headless.segmentationsLogic)
 
 
 def paint_truth_slices(session, label, zs):
     """A painted segmentation holding the ground truth of the crop on the axial slices zs (Edema = whole tumour)."""
-    import slicer
-
     logic = session.logic
     node = session.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
     node.CreateDefaultDisplayNodes()
@@ -181,7 +180,7 @@ def paint_truth_slices(session, label, zs):
     ann = np.zeros(label.shape, np.uint8)
     ann[..., zs] = label[..., zs] > 0
     sid = node.GetSegmentation().AddEmptySegment("", "Edema")
-    slicer.util.updateSegmentBinaryLabelmapFromArray(logic.fromEngineArray(ann, 2), node, sid, session.reference)
+    logic.setSegmentFromArray(node, sid, logic.fromEngineArray(ann, 2), session.reference)
     session.painted = node
     return node
 
@@ -258,7 +257,7 @@ def test_cli_bad_input_exits_with_code_2(tmp_path, free_port):
     for args, message in ((["--case", str(tmp_path / "missing")], "Case folder not found"),
                           ([], "Give --case DIR"),
                           (["--flair", str(tmp_path / "none.nii.gz")], "file not found")):
-        run = subprocess.run([sys.executable, "-m", "BrainDiffSegLib.cli", "web", *args, "--port", str(free_port)],
+        run = subprocess.run([sys.executable, "-m", "BrainDiffSegCLI", "web", *args, "--port", str(free_port)],
                              capture_output=True, text=True, timeout=120, env=env)
         assert run.returncode == 2, run.stderr[-2000:]
         assert message in run.stderr

@@ -28,7 +28,7 @@ def start_server(case_dir, port: int, out_dir, log_path, fast: bool = False, dev
                  brush_mm: float = 3.0, extra_args=()) -> subprocess.Popen:
     """`braindiffseg web --case case_dir` on 127.0.0.1:port, output to log_path (headless EGL rendering)."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "BrainDiffSeg"), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
-    args = [sys.executable, "-m", "BrainDiffSegLib.cli", "web", "--case", str(case_dir), "--port", str(port),
+    args = [sys.executable, "-m", "BrainDiffSegCLI", "web", "--case", str(case_dir), "--port", str(port),
             "--out", str(out_dir), "--device", device, "--brush", str(brush_mm), *(["--fast"] if fast else []),
             *extra_args]
     with open(log_path, "w") as log_file:

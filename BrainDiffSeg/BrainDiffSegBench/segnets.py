@@ -3,7 +3,7 @@
 Used by the propagation benchmark (`unet-patient`: a U-Net trained on the annotated slices of one patient) and by
 the few-shot experiment (`fewshot.py`: U-Net, TransUNet-style hybrid, fine-tuned noise predictor). Every network
 takes the backbone's input layout, (B, 2R, S, S): the R sequence-role channels in [-1, 1] and R presence planes
-(`model.model_input`), and returns (B, K, S, S) class logits.
+(`BrainDiffSegLib.model.model_input`), and returns (B, K, S, S) class logits.
 
 Training (`train_segnet`): seeded, random flips / rotations / intensity scaling of the sequence channels (MONAI
 transforms, labels moved with the images, nearest-neighbour), AdamW with a polynomial learning-rate decay (power
@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import InputError
-from .model import model_input
+from BrainDiffSegLib.errors import InputError
+from BrainDiffSegLib.model import model_input
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class NoisePredictorSegmenter(nn.Module):
 
     def __init__(self, unet, cfg, n_classes: int, t: int = 100, noise_seed: int = 0):
         super().__init__()
-        from .model import build_scheduler
+        from BrainDiffSegLib.model import build_scheduler
 
         self.unet = unet
         old = unet.conv_out
@@ -217,7 +217,7 @@ def train_segnet(net: nn.Module, images: torch.Tensor, present: torch.Tensor, la
     t0, first, last = time.perf_counter(), None, None
     for step in range(opt.steps):
         if cancelled is not None and cancelled():
-            from .errors import CancelledError
+            from BrainDiffSegLib.errors import CancelledError
 
             raise CancelledError("training cancelled")
         idx = torch.randint(len(images), (opt.batch_size,), generator=gen)
@@ -298,8 +298,8 @@ class PatientUNetOptions:
 def propagate_unet_patient(images: dict[str, np.ndarray], annotation: np.ndarray,
                            options: PatientUNetOptions | None = None) -> np.ndarray:
     """Label volume (axial axis last) predicted by a U-Net trained on the annotated slices of this case."""
-    from .propagate import check_annotation, keep_connected_to_annotation
-    from .preprocess import ModelGrid, normalize_case, stack_roles
+    from BrainDiffSegLib.preprocess import ModelGrid, normalize_case, stack_roles
+    from BrainDiffSegLib.propagate import check_annotation, keep_connected_to_annotation
 
     opt = options or PatientUNetOptions()
     norm, fg = normalize_case(images)

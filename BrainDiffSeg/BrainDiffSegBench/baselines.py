@@ -15,9 +15,9 @@ import threading
 
 import numpy as np
 
-from .errors import InputError
-from .constants import ROLES
-from .preprocess import is_brats_labels
+from BrainDiffSegLib.constants import ROLES
+from BrainDiffSegLib.errors import InputError
+from BrainDiffSegLib.preprocess import is_brats_labels
 
 WT_ROLES = ("flair", "t2", "t1ce", "t1")
 """Sequence of the whole-tumour growcut run: the first one available."""

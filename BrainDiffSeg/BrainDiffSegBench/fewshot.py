@@ -3,7 +3,7 @@ cases, segmentation of the slices of held-out cases, several methods, Dice vs th
 
 Data, on the model grid (the head's square box resized to 128 x 128, as everything else in the engine):
 - BraTS: axial slices 70..100 of each volume (the paper's choice); LGG: the slices containing tumour.
-- training pool: the *tuning* cases of the project's split (`benchmark.data_split`); evaluation: the *test* cases.
+- training pool: the *tuning* cases of the project's split (`splits.data_split`); evaluation: the *test* cases.
   Nothing is tuned on the test cases.
 - for each seed, a permutation of the pool's slices; the first N form the training set (nested sets over N).
 Methods:
@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
-from .preprocess import ModelGrid, normalize_case, stack_roles
+from BrainDiffSegLib.errors import InputError
+from BrainDiffSegLib.preprocess import ModelGrid, normalize_case, stack_roles
+
+from .report import machine, nan_stats, round_nan
 
 log = logging.getLogger(__name__)
 METHODS = ("diffusion-mlp", "noise-predictor", "unet", "transunet")
@@ -83,7 +85,8 @@ def dataset_of_case(path: Path) -> str:
 def case_slices(case_dir: Path, dataset: str, opt: FewShotOptions, size: int = 128, evaluation: bool = False
                 ) -> SliceSet | None:
     """The experiment's slices of one case (None when the case has no usable slice)."""
-    from .io import load_case
+    from BrainDiffSegLib.io import load_case
+
     from .segnets import labels_to_model, native_slices
 
     case = load_case(case_dir)
@@ -117,7 +120,7 @@ def case_slices(case_dir: Path, dataset: str, opt: FewShotOptions, size: int = 1
 
 def select_cases(data_root: Path, dataset: str, opt: FewShotOptions) -> tuple[list[Path], list[Path]]:
     """(training pool cases, evaluation cases) of one dataset from the project's split."""
-    from .benchmark import data_split
+    from .splits import data_split
 
     split = data_split(Path(data_root))
     train = [c for c in split["tuning"] if dataset_of_case(c) == dataset]
@@ -138,13 +141,13 @@ class _Features:
     """Diffusion features (model grid, head pixels) of slices, computed once per (case, slice) and kept."""
 
     def __init__(self, unet, cfg):
-        from .features import FeatureSpec
+        from BrainDiffSegLib.features import FeatureSpec
 
         self.unet, self.cfg, self.spec = unet, cfg, FeatureSpec()
         self.cache: dict[tuple[str, int], torch.Tensor] = {}
 
     def of(self, s: SliceSet, idx: list[int]) -> torch.Tensor:
-        from .features import FeatureExtractor
+        from BrainDiffSegLib.features import FeatureExtractor
 
         missing = [i for i in idx if (s.name, i) not in self.cache]
         if missing:
@@ -172,7 +175,7 @@ class _Features:
 
 def _train_mlp(feats: _Features, train: list[tuple[SliceSet, int]], n_classes: int, opt: FewShotOptions,
                seed: int):
-    from .classifier import ClassifierOptions, PixelEnsemble
+    from BrainDiffSegLib.classifier import ClassifierOptions, PixelEnsemble
 
     xs, ys = [], []
     for s, i in train:
@@ -198,7 +201,7 @@ def _build_net(method: str, n_roles: int, n_classes: int, checkpoint: str, opt: 
     if method == "transunet":
         return TransUNet2D(2 * n_roles, n_classes, size=size)
     if method == "noise-predictor":
-        from .model import load_backbone
+        from BrainDiffSegLib.model import load_backbone
 
         unet, cfg = load_backbone(checkpoint)
         return NoisePredictorSegmenter(unet, cfg, n_classes, t=opt.timestep)
@@ -230,7 +233,9 @@ def _train_net(method: str, train: list[tuple[SliceSet, int]], n_classes: int, o
 
 def evaluate(pred: torch.Tensor, s: SliceSet, values: list[int]) -> tuple[dict, dict]:
     """Dice and HD95 per region of predicted class indices (n, S, S) against the slice set's labels, in 3D."""
-    from .protocol import region_dice, region_hd95
+    from BrainDiffSegLib.protocol import region_dice
+
+    from .metrics import region_hd95
 
     vals = np.array(values)
     p = np.moveaxis(vals[pred.numpy()], 0, -1)
@@ -240,9 +245,8 @@ def evaluate(pred: torch.Tensor, s: SliceSet, values: list[int]) -> tuple[dict, 
 
 
 def run_dataset(data_root: Path, dataset: str, opt: FewShotOptions, out: Path) -> list[dict]:
-    from .benchmark import _round, machine, nan_stats
-    from .model import load_backbone, read_config
-    from .resources import default_checkpoint
+    from BrainDiffSegLib.model import load_backbone, read_config
+    from BrainDiffSegLib.resources import default_checkpoint
 
     opt.check()
     out = Path(out)
@@ -282,13 +286,13 @@ def run_dataset(data_root: Path, dataset: str, opt: FewShotOptions, out: Path) -
                 for s in eval_sets:
                     d, h = evaluate(predict(s), s, values)
                     per_case.append({"case": s.name, "dice": {r: round(v, 4) for r, v in d.items()},
-                                     "hd95": {r: _round(v) for r, v in h.items()}})
+                                     "hd95": {r: round_nan(v) for r, v in h.items()}})
                 regions = list(per_case[0]["dice"])
                 rec = {"dataset": dataset, "method": method, "n": n, "seed": seed,
                        "train_slices": [f"{s.name}:{s.zs[i]}" for s, i in train],
                        "seconds_train": round(t_train, 2), "seconds_total": round(time.perf_counter() - t, 2),
                        "dice": {r: round(float(np.mean([c["dice"][r] for c in per_case])), 4) for r in regions},
-                       "hd95": {r: _round(nan_stats([c["hd95"][r] for c in per_case])[0]) for r in regions},
+                       "hd95": {r: round_nan(nan_stats([c["hd95"][r] for c in per_case])[0]) for r in regions},
                        "hd95_undefined": {r: nan_stats([c["hd95"][r] for c in per_case])[3] for r in regions},
                        "cases": per_case}
                 records.append(rec)
@@ -307,8 +311,6 @@ def run_dataset(data_root: Path, dataset: str, opt: FewShotOptions, out: Path) -
 
 def summarise_fewshot(records: list[dict]) -> dict:
     """(method, n, metric, region) -> (mean, sd, n) over seeds (NaN HD95 seeds left out)."""
-    from .benchmark import nan_stats
-
     groups: dict = {}
     for r in records:
         for metric in ("dice", "hd95"):
@@ -367,61 +369,3 @@ def plot_dice_vs_n(records: list[dict], png: Path, dataset: str) -> None:
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
-
-
-def run_fewshot_cli(a) -> int:
-    from .resources import data_root
-
-    opt = FewShotOptions(ns=tuple(a.n), seeds=tuple(a.seeds), methods=tuple(a.methods), steps=a.steps, lr=a.lr,
-                         batch_size=a.batch_size, max_train_cases=a.max_train_cases,
-                         max_eval_cases=a.max_eval_cases, eval_every=a.eval_every, checkpoint=a.checkpoint,
-                         n_mlps=a.ensemble, timestep=a.timestep)
-    opt.check()
-    root = Path(a.data) if a.data else data_root()
-    for dataset in a.datasets:
-        run_dataset(root, dataset, opt, Path(a.out))
-        print((Path(a.out) / f"fewshot_{dataset.lower()}.md").read_text())
-    return 0
-
-
-def add_fewshot_args(b) -> None:
-    d = FewShotOptions()
-    b.add_argument("--data", default=None, help="data root (default $BRAINDIFFSEG_DATA): its split is used")
-    b.add_argument("--datasets", nargs="+", choices=["BraTS", "LGG"], default=["BraTS", "LGG"])
-    b.add_argument("--n", type=int, nargs="+", default=list(d.ns), help="numbers of labelled training slices")
-    b.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    b.add_argument("--methods", nargs="+", default=list(d.methods), help=", ".join(METHODS))
-    b.add_argument("--steps", type=int, default=d.steps, help="training steps of the trained networks")
-    b.add_argument("--batch-size", type=int, default=d.batch_size)
-    b.add_argument("--lr", type=float, default=d.lr, help="learning rate of the trained networks (AdamW, poly decay)")
-    b.add_argument("--ensemble", type=int, default=d.n_mlps, help="diffusion-mlp: number of MLPs")
-    b.add_argument("--timestep", type=int, default=d.timestep, help="noise-predictor: fixed timestep (0: clean)")
-    b.add_argument("--max-train-cases", type=int, default=0, help="0: every tuning case of the dataset")
-    b.add_argument("--max-eval-cases", type=int, default=0, help="0: every test case of the dataset")
-    b.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every n-th slice")
-    b.add_argument("--checkpoint", default=None, help="backbone folder (default: the bundled model)")
-    b.add_argument("--out", required=True)
-
-
-def merge_fewshot(files: list[Path], out: Path) -> list[dict]:
-    """Join the fewshot_<dataset>.json of runs of one dataset with other seeds (same settings otherwise) into one
-    JSON, table and plot in `out`; a (method, N, seed) present in several files is taken from the first."""
-    data = [json.loads(Path(f).read_text()) for f in files]
-    dataset = data[0]["dataset"]
-    if any(d["dataset"] != dataset for d in data):
-        raise InputError("merge_fewshot: the runs are of different datasets")
-    records, seen = [], set()
-    for d in data:
-        for r in d["records"]:
-            key = (r["method"], r["n"], r["seed"])
-            if key not in seen:
-                seen.add(key)
-                records.append(r)
-    merged = dict(data[0], records=records, merged_from=[str(f) for f in files])
-    merged["settings"] = dict(merged["settings"], seeds=sorted({r["seed"] for r in records}))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"fewshot_{dataset.lower()}.json").write_text(json.dumps(merged, indent=1))
-    write_fewshot_table(records, out / f"fewshot_{dataset.lower()}.md", dataset)
-    plot_dice_vs_n(records, out / f"fewshot_{dataset.lower()}.png", dataset)
-    return records

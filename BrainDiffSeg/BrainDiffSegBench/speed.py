@@ -81,15 +81,15 @@ class RssSampler:
 
 
 def _prepare(case_dir: str, k: int, device: str):
-    from .io import load_case
-    from .model import load_backbone
-    from .preprocess import ModelGrid, normalize_case, stack_roles
-    from .protocol import simulate_annotation
-    from .resources import default_checkpoint
+    from BrainDiffSegLib.io import load_case
+    from BrainDiffSegLib.model import load_backbone
+    from BrainDiffSegLib.preprocess import ModelGrid, normalize_case, stack_roles
+    from BrainDiffSegLib.protocol import simulate_annotation
+    from BrainDiffSegLib.resources import default_checkpoint
 
     case = load_case(case_dir)
     if case.label is None:
-        from .errors import InputError
+        from BrainDiffSegLib.errors import InputError
 
         raise InputError(f"{case_dir}: the speed benchmark simulates the annotation from the ground truth, "
                          "which is missing")
@@ -102,9 +102,9 @@ def _prepare(case_dir: str, k: int, device: str):
 
 
 def run_ours(case_dir: str, k: int, device: str) -> dict:
-    from .features import FeatureExtractor, FeatureSpec
-    from .propagate import PropagationOptions, propagate
-    from .protocol import region_dice
+    from BrainDiffSegLib.features import FeatureExtractor, FeatureSpec
+    from BrainDiffSegLib.propagate import PropagationOptions, propagate
+    from BrainDiffSegLib.protocol import region_dice
 
     times: dict = {}
     with RssSampler() as s:
@@ -138,8 +138,8 @@ def run_ours(case_dir: str, k: int, device: str) -> dict:
 
 
 def run_reference(case_dir: str, k: int, device: str, n_slices: int) -> dict:
-    from .classifier import ClassifierOptions, PixelEnsemble
-    from .features import FeatureExtractor, FeatureSpec
+    from BrainDiffSegLib.classifier import ClassifierOptions, PixelEnsemble
+    from BrainDiffSegLib.features import FeatureExtractor, FeatureSpec
 
     times: dict = {}
     with RssSampler() as s:
@@ -192,7 +192,7 @@ def _child(mode: str, case: str, k: int, device: str, n_slices: int, timeout: fl
     env = dict(os.environ)
     lib_parent = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = lib_parent + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "BrainDiffSegLib.speed", "--child", mode, "--case", case, "--k", str(k),
+    cmd = [sys.executable, "-m", "BrainDiffSegBench.speed", "--child", mode, "--case", case, "--k", str(k),
            "--device", device, "--reference-slices", str(n_slices)]
     log.info("running %s mode on %s in a subprocess", mode, device)
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -203,7 +203,7 @@ def _child(mode: str, case: str, k: int, device: str, n_slices: int, timeout: fl
 
 def benchmark_speed(case: str, out: Path, k: int = 3, devices: list[str] | None = None,
                     reference_slices: int = 16, timeout: float = 3000) -> dict:
-    from .benchmark import machine
+    from .report import machine
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,33 +249,6 @@ def write_speed_table(result: dict, path: Path) -> None:
                   f"Peak RSS per stage, ours: {o['peak_rss_gb']}; reference: {ref['peak_rss_gb']}.", ""]
     lines += [f"- {n}" for n in result["notes"]]
     path.write_text("\n".join(lines) + "\n")
-
-
-def add_speed_args(b) -> None:
-    b.add_argument("--case", default=None, help="case folder with ground truth (default: "
-                   "$BRAINDIFFSEG_DATA/brats2021/BraTS2021_00006)")
-    b.add_argument("--k", type=int, default=3)
-    b.add_argument("--devices", nargs="+", default=["cpu", "cuda"], help="cuda is skipped where there is none")
-    b.add_argument("--reference-slices", type=int, default=16,
-                   help="slices on which the reference mode is measured (then extrapolated)")
-    b.add_argument("--out", required=True)
-
-
-def run_speed_cli(a) -> int:
-    from .errors import InputError
-    from .resources import data_root
-
-    case = a.case or str(data_root() / "brats2021" / "BraTS2021_00006")
-    if not Path(case).is_dir():
-        raise InputError(f"case folder not found: {case}")
-    if a.reference_slices < a.k:
-        raise InputError(f"--reference-slices ({a.reference_slices}) must be at least k ({a.k})")
-    bad = [d for d in a.devices if d not in ("cpu", "cuda")]
-    if bad:
-        raise InputError(f"unknown device(s) {bad}; use cpu and/or cuda")
-    benchmark_speed(case, Path(a.out), a.k, a.devices, a.reference_slices)
-    print((Path(a.out) / "speed.md").read_text())
-    return 0
 
 
 if __name__ == "__main__":  # the per-mode subprocess

@@ -1,0 +1,115 @@
+"""The propagation benchmark: several methods on cases with ground truth under the project's protocol (k annotated
+slices simulated from the ground truth, scores on the other slices).
+
+Everything runs headless through the same engine calls that the Slicer Logic uses (or, with a `propagator`, through
+the Logic itself: `BrainDiffSeg/Scripts/benchmark.py`). Results are written as JSON (one record per case x k x
+method, Dice and HD95 per region), a Markdown table and PNG plots (`report`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from BrainDiffSegLib.errors import InputError
+from BrainDiffSegLib.io import Case, load_case
+from BrainDiffSegLib.propagate import PropagationOptions, propagate
+from BrainDiffSegLib.protocol import region_dice, simulate_annotation
+
+from .metrics import region_hd95
+from .report import machine, plot_dice_vs_k, round_nan, write_table
+
+log = logging.getLogger(__name__)
+METHODS = ("diffusion-mlp", "raw-mlp", "unet-patient", "growcut", "fill-between")
+# propagator(case, annotation, method, options) -> label volume: replaces the engine call of the classifier methods
+Propagator = Callable[[Case, np.ndarray, str, PropagationOptions], np.ndarray]
+
+
+def run_method(case: Case, annotation: np.ndarray, method: str, options: PropagationOptions,
+               propagator: Propagator | None = None, unet_options=None) -> np.ndarray:
+    """One method's label volume. `propagator` (if given) runs diffusion-mlp and raw-mlp instead of the engine's
+    `propagate` (the Slicer script passes one that goes through `BrainDiffSegLogic.propagate`)."""
+    if method in ("diffusion-mlp", "raw-mlp") and propagator is not None:
+        return propagator(case, annotation, method, options)
+    if method == "diffusion-mlp":
+        return propagate(case.images, annotation, replace(options, method="diffusion")).labels
+    if method == "raw-mlp":
+        return propagate(case.images, annotation, replace(options, method="raw")).labels
+    if method == "unet-patient":
+        from .segnets import propagate_unet_patient
+
+        return propagate_unet_patient(case.images, annotation, unet_options)
+    from . import baselines
+
+    if method == "growcut":
+        return baselines.growcut_brats(case.images, annotation)
+    if method == "fill-between":
+        return baselines.fill_between(annotation)
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def _warm_up_baselines(methods: list[str]) -> None:
+    """Run the ITK baselines once on a tiny volume, untimed: ITK loads its wrapped filters lazily on first use
+    (seconds), which would otherwise be counted in the first case's time."""
+    if not {"growcut", "fill-between"} & set(methods):
+        return
+    from . import baselines
+
+    ann = np.zeros((8, 8, 3), np.uint8)
+    ann[3:5, 3:5, [0, 2]] = 2
+    if "fill-between" in methods:
+        baselines.fill_between(ann)
+    if "growcut" in methods:
+        baselines.grow_from_seeds(np.random.default_rng(0).random(ann.shape).astype(np.float32), ann)
+
+
+def benchmark_propagation(case_dirs: list[Path], ks: list[int], methods: list[str], out: Path,
+                          options: PropagationOptions | None = None, overlays: int = 3,
+                          propagator: Propagator | None = None, unet_options=None) -> list[dict]:
+    """Every method on every case with ground truth at every k; `unet_options`: segnets.PatientUNetOptions."""
+    options = options or PropagationOptions()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"unknown propagation method(s) {unknown}; choose from {list(METHODS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _warm_up_baselines(methods)
+    records = []
+    for ci, cdir in enumerate(case_dirs):
+        case = load_case(cdir)
+        if case.label is None:
+            log.warning("%s has no ground truth; skipped", cdir)
+            continue
+        for k in ks:
+            annotation, zs = simulate_annotation(case.label, k)
+            preds = {}
+            for method in methods:
+                t = time.perf_counter()
+                pred = run_method(case, annotation, method, options, propagator, unet_options)
+                seconds = time.perf_counter() - t
+                preds[method] = pred
+                rec = {"case": case.name, "k": k, "method": method, "annotated": zs, "seconds": round(seconds, 2),
+                       "dice": {r: round(v, 4) for r, v in region_dice(pred, case.label, zs).items()},
+                       "hd95": {r: round_nan(v) for r, v in region_hd95(pred, case.label, zs, case.spacing).items()},
+                       "spacing": list(case.spacing)}
+                records.append(rec)
+                log.info("[%d/%d] %s k=%d %-14s Dice %s HD95 %s (%.1f s)", ci + 1, len(case_dirs), case.name, k,
+                         method, " ".join(f"{r} {v:.3f}" for r, v in rec["dice"].items()),
+                         " ".join(f"{r} {v:.1f}" for r, v in rec["hd95"].items()), seconds)
+            if ci < overlays:
+                from .overlay import save_overlay
+
+                img = case.images.get("flair", next(iter(case.images.values())))
+                for method, pred in preds.items():
+                    save_overlay(out / f"overlay_{case.name}_k{k}_{method}.png", img, pred, case.label, zs,
+                                 title=f"{case.name} k={k} {method}")
+        (out / "results.json").write_text(json.dumps({"machine": machine(), "records": records}, indent=1,
+                                                     allow_nan=True))
+    write_table(records, out / "table.md")
+    plot_dice_vs_k(records, out / "dice_vs_k.png")
+    return records

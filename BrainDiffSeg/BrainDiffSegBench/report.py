@@ -1,0 +1,121 @@
+"""Shared pieces of the benchmarks' reports: rounding that keeps NaN, the machine description, NaN-aware statistics,
+and the propagation benchmark's summary table (Markdown) and Dice-vs-k plot (PNG).
+
+HD95 follows `metrics.region_hd95`: in mm, NaN where exactly one of prediction and ground truth is
+empty; NaN values are left out of the means and counted in the table's "HD95 undefined" column.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+
+def round_nan(v: float, digits: int = 2) -> float:
+    """`v` rounded to `digits`; NaN stays NaN (written as NaN in the JSON)."""
+    return v if v != v else round(float(v), digits)
+
+
+def machine() -> str:
+    """One line describing this machine: CPU, cores, GPU (if torch sees one) and the torch version."""
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+
+
+def nan_stats(values: list[float]) -> tuple[float, float, int, int]:
+    """(mean, sd, n finite, n NaN) with NaN values excluded from mean and sd (NaN mean if none is finite)."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    ok = v[np.isfinite(v)]
+    if len(ok) == 0:
+        return float("nan"), float("nan"), 0, len(v)
+    return float(ok.mean()), float(ok.std()), len(ok), int(len(v) - len(ok))
+
+
+def dataset_of(case: str) -> str:
+    """'LGG' for the TCGA-named LGG patients, else 'BraTS'."""
+    return "LGG" if case.startswith("TCGA") else "BraTS"
+
+
+# ------------------------------------------------------------------------------------------------ propagation
+
+def summarise(records: list[dict]) -> dict:
+    """(method, k, region) -> (mean, sd, n) of Dice, (method, k, 'HD95 ' + region) -> (mean, sd, n, n NaN) and
+    (method, k, 'seconds') -> (mean, sd, n)."""
+    groups: dict = {}
+    for r in records:
+        for reg, v in r["dice"].items():
+            groups.setdefault((r["method"], r["k"], reg), []).append(v)
+        for reg, v in r.get("hd95", {}).items():
+            groups.setdefault((r["method"], r["k"], "HD95 " + reg), []).append(v)
+        groups.setdefault((r["method"], r["k"], "seconds"), []).append(r["seconds"])
+    out = {}
+    for key, v in groups.items():
+        if key[2].startswith("HD95"):
+            out[key] = nan_stats(v)
+        else:
+            out[key] = (float(np.mean(v)), float(np.std(v)), len(v))
+    return out
+
+
+def write_table(records: list[dict], path: Path) -> None:
+    """Mean ± sd per method x k over all cases, then per dataset when there are several."""
+    sections = [("all cases", records)]
+    datasets = sorted({dataset_of(r["case"]) for r in records})
+    if len(datasets) > 1:
+        sections += [(d, [r for r in records if dataset_of(r["case"]) == d]) for d in datasets]
+    text = []
+    for title, recs in sections:
+        n_cases = len({r["case"] for r in recs})
+        text.append(f"### {title} ({n_cases} cases)\n\n" + propagation_table(recs))
+    Path(path).write_text("\n".join(text))
+
+
+def propagation_table(records: list[dict]) -> str:
+    """One Markdown table: a row per (method, k), Dice and HD95 mean ± sd per region, undefined HD95, s/case."""
+    s = summarise(records)
+    regions = [r for r in ("WT", "TC", "ET") if any(k[2] == r for k in s)]
+    hd = [r for r in regions if any(k[2] == "HD95 " + r for k in s)]
+    lines = ["| method | k | n | " + " | ".join(f"{r} Dice" for r in regions)
+             + "".join(f" | {r} HD95 (mm)" for r in hd) + (" | HD95 undefined" if hd else "") + " | s/case |",
+             "|---|---|---|" + "---|" * (len(regions) + len(hd) + bool(hd) + 1)]
+    for method, k in sorted({(m, k) for m, k, _ in s}, key=lambda x: (x[1], x[0])):
+        cells = [f"{s[(method, k, r)][0]:.3f} ± {s[(method, k, r)][1]:.3f}" if (method, k, r) in s else "–"
+                 for r in regions]
+        for r in hd:
+            st = s.get((method, k, "HD95 " + r))
+            cells.append("–" if st is None or st[2] == 0 else f"{st[0]:.1f} ± {st[1]:.1f}")
+        if hd:
+            cells.append(str(sum(s[(method, k, "HD95 " + r)][3] for r in hd if (method, k, "HD95 " + r) in s)))
+        n = s[(method, k, "seconds")][2]
+        lines.append(f"| {method} | {k} | {n} | " + " | ".join(cells) + f" | {s[(method, k, 'seconds')][0]:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_dice_vs_k(records: list[dict], png: Path) -> None:
+    """Mean Dice ± sd against k, one panel per region, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarise(records)
+    regions = [r for r in ("WT", "TC", "ET") if any(k[2] == r for k in s)]
+    methods = sorted({m for m, _, _ in s})
+    fig, axes = plt.subplots(1, len(regions), figsize=(4 * len(regions), 3.2), dpi=100, squeeze=False)
+    for ax, reg in zip(axes[0], regions):
+        for m in methods:
+            ks = sorted(k for mm, k, r in s if mm == m and r == reg)
+            ax.errorbar(ks, [s[(m, k, reg)][0] for k in ks], yerr=[s[(m, k, reg)][1] for k in ks], marker="o",
+                        capsize=3, label=m)
+        ax.set_title(reg)
+        ax.set_xlabel("annotated slices k")
+        ax.set_ylabel("Dice")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)

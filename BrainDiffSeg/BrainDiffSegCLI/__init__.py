@@ -1,0 +1,57 @@
+"""The `braindiffseg` command: propagate, demo, train-ddpm, benchmark, web.
+
+The one package that wires the engine (`BrainDiffSegLib`), the benchmarks (`BrainDiffSegBench`) and the browser
+annotator (`BrainDiffSegWeb`, imported only by `braindiffseg web`). Each command lives in its own module
+(`propagate`: propagate and demo, `train`: train-ddpm, `benchmark`, `web`), which adds its parser and runs it. The
+propagation flags (`--preset`, `--method`, `--blocks`, `--ensemble`, ...) are generated from the options dataclasses
+by `BrainDiffSegLib.options.add_arguments`; given flags override the chosen preset.
+
+Exit status: 0 on success, 2 for bad input (a message, no traceback), 1 when a benchmark produced nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+log = logging.getLogger("braindiffseg")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import benchmark, propagate, train, web
+
+    ap = argparse.ArgumentParser(prog="braindiffseg", description=__doc__.split("\n\n")[0])
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+    propagate.add_parsers(sub)
+    train.add_parser(sub)
+    benchmark.add_parser(sub)
+    web.add_parser(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None, propagator=None) -> int:
+    """The command line. `propagator`: see `BrainDiffSegBench.propagation.benchmark_propagation` (the Slicer
+    benchmark script injects one that runs the classifier methods through the module's Logic)."""
+    from BrainDiffSegLib.errors import BrainDiffSegError
+
+    from . import benchmark, propagate, train, web
+
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        if a.command == "train-ddpm":
+            return train.run(a)
+        if a.command == "benchmark":
+            return benchmark.run(a, propagator)
+        if a.command == "web":
+            return web.run(a)
+        return propagate.run(a)
+    except BrainDiffSegError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""`python -m BrainDiffSegCLI ...` (= `braindiffseg ...`; e.g. `torchrun -m BrainDiffSegCLI train-ddpm ...`)."""
+import sys
+
+from BrainDiffSegCLI import main
+
+sys.exit(main())

@@ -1,0 +1,168 @@
+"""`braindiffseg benchmark propagation | features | fewshot | speed | merge` (the benchmarks: BrainDiffSegBench)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from BrainDiffSegLib.options import add_arguments, options_from_arguments
+
+log = logging.getLogger("braindiffseg")
+
+
+def add_parser(sub) -> None:
+    from BrainDiffSegBench.propagation import METHODS
+
+    p = sub.add_parser("benchmark", help="benchmarks (results as JSON, Markdown and PNG)")
+    bsub = p.add_subparsers(dest="benchmark", required=True)
+    b = bsub.add_parser("propagation", help="patient-level propagation under the protocol, several methods")
+    b.add_argument("--data", nargs="+", default=None, help="case folders or folders above them "
+                   "(default: the test split of $BRAINDIFFSEG_DATA)")
+    b.add_argument("--split", choices=["test", "tuning", "all"], default="test",
+                   help="with a data root: which part of the project's split to run")
+    b.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 5])
+    b.add_argument("--methods", nargs="+", default=list(METHODS), help=", ".join(METHODS))
+    b.add_argument("--max-cases", type=int, default=0, help="only the first N cases (0: all)")
+    b.add_argument("--unet-steps", type=int, default=150, help="unet-patient: training steps")
+    b.add_argument("--unet-batch", type=int, default=4, help="unet-patient: slices per step")
+    b.add_argument("--out", required=True)
+    add_arguments(b)
+
+    b = bsub.add_parser("features", help="the feature-selection experiment on the tuning cases")
+    b.add_argument("--data", default=None, help="data root (default $BRAINDIFFSEG_DATA)")
+    b.add_argument("--checkpoint", default=None)
+    b.add_argument("--k", type=int, default=3)
+    b.add_argument("--max-cases", type=int, default=0)
+    b.add_argument("--out", required=True)
+
+    _add_fewshot_args(bsub.add_parser("fewshot", help="the paper's few-shot experiment: N labelled slices of the "
+                                      "tuning cases, evaluation on the test cases, four methods"))
+    _add_speed_args(bsub.add_parser("speed", help="time and peak memory of one full volume, ours vs the reference "
+                                    "approach (all decoder blocks, every pixel's features in memory)"))
+
+    b = bsub.add_parser("merge", help="join runs split over several processes into one table: propagation runs "
+                        "(folders with results.json) or few-shot runs (fewshot_<dataset>.json files or folders with "
+                        "them, e.g. other seeds); a record in several inputs is taken from the first")
+    b.add_argument("inputs", nargs="+", metavar="RUN", help="run folders or result files, first wins")
+    b.add_argument("--out", required=True, help="folder for the joined results (may be one of the inputs)")
+
+
+def _add_fewshot_args(b) -> None:
+    from BrainDiffSegBench.fewshot import METHODS, FewShotOptions
+
+    d = FewShotOptions()
+    b.add_argument("--data", default=None, help="data root (default $BRAINDIFFSEG_DATA): its split is used")
+    b.add_argument("--datasets", nargs="+", choices=["BraTS", "LGG"], default=["BraTS", "LGG"])
+    b.add_argument("--n", type=int, nargs="+", default=list(d.ns),
+                   help="numbers of labelled training slices")
+    b.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    b.add_argument("--methods", nargs="+", default=list(d.methods), help=", ".join(METHODS))
+    b.add_argument("--steps", type=int, default=d.steps, help="training steps of the trained networks")
+    b.add_argument("--batch-size", type=int, default=d.batch_size)
+    b.add_argument("--lr", type=float, default=d.lr, help="learning rate of the trained networks (AdamW, poly decay)")
+    b.add_argument("--ensemble", type=int, default=d.n_mlps, help="diffusion-mlp: number of MLPs")
+    b.add_argument("--timestep", type=int, default=d.timestep, help="noise-predictor: fixed timestep (0: clean)")
+    b.add_argument("--max-train-cases", type=int, default=0, help="0: every tuning case of the dataset")
+    b.add_argument("--max-eval-cases", type=int, default=0, help="0: every test case of the dataset")
+    b.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every n-th slice")
+    b.add_argument("--checkpoint", default=None, help="backbone folder (default: the bundled model)")
+    b.add_argument("--out", required=True)
+
+
+def _add_speed_args(b) -> None:
+    b.add_argument("--case", default=None, help="case folder with ground truth (default: "
+                   "$BRAINDIFFSEG_DATA/brats2021/BraTS2021_00006)")
+    b.add_argument("--k", type=int, default=3)
+    b.add_argument("--devices", nargs="+", default=["cpu", "cuda"], help="cuda is skipped where there is none")
+    b.add_argument("--reference-slices", type=int, default=16,
+                   help="slices on which the reference mode is measured (then extrapolated)")
+    b.add_argument("--out", required=True)
+
+
+def propagation_cases(data: list[str] | None, split: str) -> list[Path]:
+    """The cases of `benchmark propagation`: with one data root, the chosen part of the project's split."""
+    from BrainDiffSegBench.splits import data_split
+    from BrainDiffSegLib.io import find_cases
+    from BrainDiffSegLib.resources import data_root
+
+    roots = [Path(d) for d in data] if data else [data_root()]
+    if len(roots) == 1 and (roots[0] / "brats2018").exists() and split != "all":
+        return data_split(roots[0])[split]
+    return find_cases(roots)
+
+
+def run_propagation(a, propagator=None) -> int:
+    from BrainDiffSegBench.propagation import benchmark_propagation
+    from BrainDiffSegBench.segnets import PatientUNetOptions, SegTrainOptions
+
+    options = options_from_arguments(a)
+    cases = propagation_cases(a.data, a.split)
+    cases = cases[:a.max_cases] if a.max_cases else cases
+    log.info("%d cases, k=%s, methods %s", len(cases), a.k, a.methods)
+    unet = PatientUNetOptions(train=SegTrainOptions(steps=a.unet_steps, batch_size=a.unet_batch, seed=options.seed))
+    records = benchmark_propagation(cases, a.k, a.methods, Path(a.out), options, propagator=propagator,
+                                    unet_options=unet)
+    print((Path(a.out) / "table.md").read_text())
+    return 0 if records else 1
+
+
+def run_features(a) -> int:
+    from BrainDiffSegBench.features import select_features
+    from BrainDiffSegBench.splits import data_split
+    from BrainDiffSegLib.resources import data_root, default_checkpoint
+
+    cases = data_split(Path(a.data) if a.data else data_root())["tuning"]
+    if a.max_cases:  # as many LGG as BraTS cases
+        lgg = [c for c in cases if c.name.startswith("TCGA")]
+        other = [c for c in cases if c not in lgg]
+        cases = other[:(a.max_cases + 1) // 2] + lgg[:a.max_cases // 2]
+    select_features(cases, a.checkpoint or str(default_checkpoint()), Path(a.out), a.k)
+    print((Path(a.out) / "feature_selection.md").read_text())
+    return 0
+
+
+def run_fewshot(a) -> int:
+    from BrainDiffSegBench.fewshot import FewShotOptions, run_dataset
+    from BrainDiffSegLib.resources import data_root
+
+    opt = FewShotOptions(ns=tuple(a.n), seeds=tuple(a.seeds), methods=tuple(a.methods), steps=a.steps, lr=a.lr,
+                         batch_size=a.batch_size, max_train_cases=a.max_train_cases,
+                         max_eval_cases=a.max_eval_cases, eval_every=a.eval_every, checkpoint=a.checkpoint,
+                         n_mlps=a.ensemble, timestep=a.timestep)
+    opt.check()
+    root = Path(a.data) if a.data else data_root()
+    for dataset in a.datasets:
+        run_dataset(root, dataset, opt, Path(a.out))
+        print((Path(a.out) / f"fewshot_{dataset.lower()}.md").read_text())
+    return 0
+
+
+def run_speed(a) -> int:
+    from BrainDiffSegBench.speed import benchmark_speed
+    from BrainDiffSegLib.errors import InputError
+    from BrainDiffSegLib.resources import data_root
+
+    case = a.case or str(data_root() / "brats2021" / "BraTS2021_00006")
+    if not Path(case).is_dir():
+        raise InputError(f"case folder not found: {case}")
+    if a.reference_slices < a.k:
+        raise InputError(f"--reference-slices ({a.reference_slices}) must be at least k ({a.k})")
+    bad = [d for d in a.devices if d not in ("cpu", "cuda")]
+    if bad:
+        raise InputError(f"unknown device(s) {bad}; use cpu and/or cuda")
+    benchmark_speed(case, Path(a.out), a.k, a.devices, a.reference_slices)
+    print((Path(a.out) / "speed.md").read_text())
+    return 0
+
+
+def run_merge(a) -> int:
+    from BrainDiffSegBench.merge import merge
+
+    for table in merge([Path(p) for p in a.inputs], Path(a.out)):
+        print(table.read_text())
+    return 0
+
+
+def run(a, propagator=None) -> int:
+    if a.benchmark == "propagation":
+        return run_propagation(a, propagator)
+    return {"features": run_features, "fewshot": run_fewshot, "speed": run_speed, "merge": run_merge}[a.benchmark](a)

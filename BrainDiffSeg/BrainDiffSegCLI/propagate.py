@@ -1,0 +1,120 @@
+"""`braindiffseg propagate` (a case and an annotation, or one simulated from the ground truth) and `braindiffseg demo`
+(the patient-level demo on BraTS2021_00006 with 3 simulated slices)."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from BrainDiffSegLib.options import add_arguments, options_from_arguments
+
+log = logging.getLogger("braindiffseg")
+DEMO_CASE = "brats2021/BraTS2021_00006"
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("propagate", help="segment a case from a few annotated axial slices")
+    p.add_argument("--case", required=True, help="case folder (BraTS, BraTS 2023 or LGG layout)")
+    p.add_argument("--annotation", help="label volume on the case's grid; slices with any label are annotated")
+    p.add_argument("--simulate-annotation", type=int, metavar="K",
+                   help="take K slices from the case's ground truth by the benchmark protocol")
+    p.add_argument("--out", required=True, help="output label volume (.nii.gz)")
+    p.add_argument("--uncertainty", help="output entropy volume (.nii.gz)")
+    p.add_argument("--overlay", help="output PNG with a few predicted slices")
+    p.add_argument("--json", help="write the summary (Dice, timings) to this JSON file")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_arguments(p)
+
+    p = sub.add_parser("demo", help="the patient-level demo on BraTS2021_00006 with 3 simulated slices")
+    p.add_argument("--case", default=None, help=f"default: $BRAINDIFFSEG_DATA/{DEMO_CASE}")
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--out-dir", default="out/demo")
+    add_arguments(p)
+
+
+def _progress():
+    last = {"stage": None, "t": 0.0}
+
+    def report(stage: str, frac: float):
+        now = time.time()
+        if stage != last["stage"] or now - last["t"] > 2 or frac >= 1:
+            log.info("%-20s %3.0f%%", stage, 100 * frac)
+            last.update(stage=stage, t=now)
+    return report
+
+
+def run_propagate(a) -> dict:
+    """One propagation as the parsed command line asks; writes the outputs and returns the summary."""
+    import numpy as np
+
+    from BrainDiffSegLib.errors import BrainDiffSegError
+    from BrainDiffSegLib.io import check_writable, load_case, load_label, save_volume
+    from BrainDiffSegLib.propagate import propagate
+    from BrainDiffSegLib.protocol import region_dice, simulate_annotation
+
+    case = load_case(a.case)
+    # every output, the summary JSON included, is checked before any work is done
+    for target in [a.out] + [t for t in (a.uncertainty, a.overlay, getattr(a, "json", None)) if t]:
+        check_writable(target, a.force)
+    if a.simulate_annotation:
+        if case.label is None:
+            raise BrainDiffSegError(f"--simulate-annotation needs the case's ground truth (*_seg.nii.gz) in {a.case}")
+        annotation, _ = simulate_annotation(case.label, a.simulate_annotation)
+    elif a.annotation:
+        annotation = load_label(a.annotation, case.native(next(iter(case.images.values()))).shape, case.affine,
+                                case.axial_axis)
+    else:
+        raise BrainDiffSegError("give --annotation LABELS.nii.gz or --simulate-annotation K")
+    t = time.perf_counter()
+    res = propagate(case.images, annotation, options_from_arguments(a), progress=_progress())
+    seconds = time.perf_counter() - t
+    save_volume(case, res.labels, a.out, force=a.force, dtype=np.uint8)
+    if a.uncertainty:
+        save_volume(case, res.entropy, a.uncertainty, force=a.force, dtype=np.float32)
+    summary = {"case": case.name, "sequences": list(case.roles), "annotated_slices": res.annotated_slices,
+               "seconds": round(seconds, 2), "timings": {k: round(v, 2) for k, v in res.timings.items()},
+               "device": res.device, "least_certain_slices": [z for z, _ in res.least_certain_slices()]}
+    import resource
+
+    summary["peak_memory_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2)
+    if case.label is not None:
+        summary["dice"] = {k: round(v, 4) for k, v in region_dice(res.labels, case.label,
+                                                                   res.annotated_slices).items()}
+    if a.overlay:
+        from BrainDiffSegBench.overlay import save_overlay
+
+        img = case.images.get("flair", next(iter(case.images.values())))
+        save_overlay(a.overlay, img, res.labels, case.label, res.annotated_slices,
+                     title=f"{case.name}: {len(res.annotated_slices)} annotated slices {res.annotated_slices}; "
+                           + " ".join(f"{k} {v:.3f}" for k, v in summary.get("dice", {}).items()))
+    return summary
+
+
+def _print_summary(s: dict) -> None:
+    print(f"case {s['case']} ({', '.join(s['sequences'])}); annotated slices {s['annotated_slices']}")
+    if "dice" in s:
+        print("Dice on the non-annotated slices: " + "  ".join(f"{k} {v:.3f}" for k, v in s["dice"].items()))
+    print(f"time {s['seconds']:.1f} s on {s['device']}, peak memory {s['peak_memory_gb']:.2f} GB; stages "
+          + json.dumps(s["timings"]))
+
+
+def run(a) -> int:
+    """`propagate` or `demo` (the demo: propagate with fixed outputs in --out-dir, overwritten)."""
+    from BrainDiffSegLib.io import check_writable
+    from BrainDiffSegLib.resources import data_root
+
+    if a.command == "demo":
+        out = Path(a.out_dir)
+        a.case = a.case or str(data_root() / DEMO_CASE)
+        a.simulate_annotation, a.annotation, a.force, a.json = a.k, None, True, str(out / "summary.json")
+        a.out, a.uncertainty, a.overlay = str(out / "segmentation.nii.gz"), str(out / "uncertainty.nii.gz"), \
+            str(out / "overlay.png")
+    summary = run_propagate(a)
+    if a.json:
+        path = check_writable(a.json, a.force)
+        path.write_text(json.dumps(summary, indent=2))
+    _print_summary(summary)
+    if a.command == "demo":
+        print(f"wrote {a.out}, {a.uncertainty}, {a.overlay}")
+    return 0

@@ -1,0 +1,163 @@
+"""What stays the same between propagations of one volume, kept for interactive use (paint one more slice,
+propagate again): the normalised images, the loaded backbone, and the backbone's decoder activations of every slice
+computed so far.
+
+Activations are stored per slice at each decoder block's own resolution (before upsampling), in float16 on the CPU:
+for the default backbone and features (blocks 1 + 2, one noise level) that is 3.1 MB a slice, about 0.45 GB for the
+~140 head slices of a BraTS volume. `max_bytes` bounds the total; slices beyond it are computed each time (never
+wrong, only slower). Everything is keyed by what it depends on - a digest of the image arrays, the backbone files,
+the feature options, precision and device - and recomputed when any of them changes.
+
+Every run through a cache reads the stored float16 activations, the first run included, and each slice is always
+computed in the same batch of slices, so an update gives exactly the result of a from-scratch run through a fresh
+cache with the same seeds (while the cache has room). A run without a cache keeps the activations in float32: the
+two differ by the float16 rounding of the features.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .features import FeatureExtractor
+from .model import load_backbone
+from .options import PropagationOptions
+from .propagate import NormalizedVolume, feature_spec_of, make_extractor, normalize_volume
+from .resources import default_checkpoint
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_BYTES = 2 * 1024 ** 3
+
+
+def images_digest(images: dict[str, np.ndarray]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for role in sorted(images):
+        a = np.ascontiguousarray(images[role])
+        h.update(f"{role}:{a.dtype.str}:{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def backbone_key(checkpoint: str | Path) -> tuple:
+    folder = Path(checkpoint).resolve()
+    stamp = []
+    for name in ("model.safetensors", "config.json"):
+        path = folder / name
+        st = path.stat() if path.is_file() else None
+        stamp.append((name, st.st_size, st.st_mtime_ns) if st else (name, None, None))
+    return str(folder), tuple(stamp)
+
+
+class CachingFeatureExtractor(FeatureExtractor):
+    """A FeatureExtractor whose decoder activations are kept per slice (float16, CPU) in a shared store."""
+
+    store: dict  # z -> list of (C_i, h_i, w_i) float16 tensors
+    budget: "VolumeCache"
+    head: np.ndarray  # (Z,) bool: slices with head voxels
+
+    def _group(self, z: int) -> list[int]:
+        """The slices computed together with z: the head slices of z's block of `batch_size` consecutive slices.
+        A slice's activations thus always come from the same batch, whatever was asked before (batch composition
+        changes the last bits of a convolution's result)."""
+        b = max(1, self.batch_size)
+        group = [i for i in range(z - z % b, min(z - z % b + b, len(self.head))) if self.head[i]]
+        return group if z in group else [z]
+
+    def diffusion_maps(self, zs: list[int]) -> torch.Tensor | None:
+        if self.unet is None or not self.spec.blocks:
+            return None
+        zs = [int(z) for z in zs]
+        computed = {}
+        for z in dict.fromkeys(zs):
+            if z in self.store or z in computed:
+                continue
+            group = self._group(z)
+            x0 = self.grid.to_model(np.moveaxis(self.stack[..., group], -1, 0)).to(self.device)
+            acts = self._activations(group, x0)
+            for j, g in enumerate(group):
+                computed[g] = [a[j].to("cpu", torch.float16) for a in acts]
+                if g not in self.store and self.budget.admit(sum(t.numel() * t.element_size() for t in computed[g])):
+                    self.store[g] = computed[g]
+        per_slice = [self.store.get(z) or computed[z] for z in zs]
+        parts = [torch.stack([s[i] for s in per_slice]).to(self.device) for i in range(len(per_slice[0]))]
+        size = (self.cfg.sample_size, self.cfg.sample_size)
+        return torch.cat(self._upsampled(parts, size), dim=1)
+
+
+class VolumeCache:
+    """Cache of one volume's preparation and features across propagations (see the module docstring).
+
+    Not thread-safe: one propagation at a time per cache (each front end runs one at a time per volume)."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._digest = None
+        self._volume: NormalizedVolume | None = None
+        self._backbones: dict = {}
+        self._stores: dict = {}
+        self._full_warned = False
+
+    def clear(self) -> None:
+        """Forget everything (the hit / miss counts stay)."""
+        self.nbytes = 0
+        self._digest, self._volume = None, None
+        self._backbones, self._stores = {}, {}
+        self._full_warned = False
+
+    def admit(self, nbytes: int) -> bool:
+        if self.nbytes + nbytes > self.max_bytes:
+            if not self._full_warned:
+                log.warning("feature cache full (%.2f GB): further slices are recomputed each run",
+                            self.nbytes / 1024 ** 3)
+                self._full_warned = True
+            return False
+        self.nbytes += nbytes
+        return True
+
+    def volume(self, images: dict[str, np.ndarray]) -> NormalizedVolume:
+        """The normalised images; a new volume (other arrays) clears the whole cache."""
+        digest = images_digest(images)
+        if digest != self._digest:
+            if self._digest is not None:
+                log.info("feature cache: new images, cleared")
+            self.clear()
+            self._digest = digest
+            self._volume = normalize_volume(images)
+            self.misses += 1
+        else:
+            self.hits += 1
+        return self._volume
+
+    def extractor(self, volume: NormalizedVolume, opt: PropagationOptions, device: torch.device) -> FeatureExtractor:
+        """An extractor for the cached volume whose activations persist across calls with the same features."""
+        if volume is not self._volume:
+            raise ValueError("call VolumeCache.volume(images) first: the extractor belongs to the cached volume")
+        spec = feature_spec_of(opt)
+        backbone, bkey = None, None
+        if opt.method == "diffusion":
+            bkey = (backbone_key(opt.checkpoint or default_checkpoint()), str(device))
+            backbone = self._backbones.get(bkey)
+            if backbone is None:
+                backbone = load_backbone(opt.checkpoint or default_checkpoint(), device=device)
+                self._backbones = {bkey: backbone}
+        extractor = make_extractor(volume, opt, device, backbone=backbone, extractor_class=CachingFeatureExtractor)
+        key = (bkey, spec.blocks, spec.timesteps, spec.noise_seed, opt.precision, extractor.grid)
+        store = self._stores.get(key)
+        if store is None:  # other features than last time: only the current ones are kept
+            store = {}
+            self._stores = {key: store}
+            self.nbytes = 0
+            self._full_warned = False
+        extractor.store, extractor.budget = store, self
+        extractor.head = volume.foreground.reshape(-1, volume.foreground.shape[-1]).any(axis=0)
+        return extractor
+
+    def describe(self) -> dict:
+        return {"bytes": self.nbytes, "slices": sum(len(s) for s in self._stores.values()), "hits": self.hits,
+                "misses": self.misses, "max_bytes": self.max_bytes}

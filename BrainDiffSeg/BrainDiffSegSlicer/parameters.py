@@ -1,0 +1,113 @@
+"""The module's parameter node (a vtkMRMLScriptedModuleNode, saved with the scene) <-> PropagationOptions.
+
+Every field of `BrainDiffSegLib.options.PropagationOptions` is one parameter, named after its command-line flag in
+CamelCase ('method' -> 'Method', 'batch-size' -> 'BatchSize', 'ensemble' -> 'Ensemble', ...), stored as the
+string `BrainDiffSegLib.options.to_strings` writes and read back with `from_strings`. The panel's own parameters
+(not options): ComponentRoles, CreateUncertainty, ShowUncertainty, UpdateResult. The panel's input nodes are node
+references (Input_<role>, MultiComponent, Segmentation). Standard library only: works before torch is installed.
+Slicer's `parameterNodeWrapper` is not used: it is not available under slicer-core.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from BrainDiffSegLib.constants import ROLES
+from BrainDiffSegLib.errors import InputError
+from BrainDiffSegLib.options import OptionField, fields, from_strings, preset, to_strings
+
+# panel parameter -> default (strings, as stored)
+PANEL_DEFAULTS = {"ComponentRoles": ",".join(ROLES), "CreateUncertainty": "true", "ShowUncertainty": "false",
+                  "UpdateResult": "true"}
+DEVICES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}  # accepted spellings (any case)
+MINIMUM = {"ensemble": 1, "batch-size": 1, "classifier-batch-size": 1}  # fields where 0 makes no sense
+
+
+def parameterName(key: str) -> str:
+    """The parameter of an option key: 'batch-size' -> 'BatchSize'."""
+    return "".join(part[:1].upper() + part[1:] for part in key.split("-"))
+
+
+def optionParameters() -> dict[str, OptionField]:
+    """Parameter name -> the option field it stores."""
+    return {parameterName(f.key): f for f in fields()}
+
+
+def defaultParameters() -> dict[str, str]:
+    """Parameter name -> default value (strings, as stored in the parameter node)."""
+    values = to_strings(preset("default"))
+    return {**{parameterName(key): value for key, value in values.items()}, **PANEL_DEFAULTS}
+
+
+def setDefaultParameters(parameterNode, overwrite: bool = False) -> None:
+    """Fill in the parameters that are not set yet (all of them with overwrite)."""
+    wasModifying = parameterNode.StartModify()
+    for name, value in defaultParameters().items():
+        if overwrite or not parameterNode.GetParameter(name):
+            parameterNode.SetParameter(name, value)
+    parameterNode.EndModify(wasModifying)
+
+
+def setParametersFromOptions(parameterNode, options) -> None:
+    """Store every field of `options` in the parameter node."""
+    wasModifying = parameterNode.StartModify()
+    for key, value in to_strings(options).items():
+        parameterNode.SetParameter(parameterName(key), value)
+    parameterNode.EndModify(wasModifying)
+
+
+def _checked(name: str, f: OptionField, text: str) -> str:
+    """The stored text in the form `from_strings` reads, with the panel's spellings and limits; InputError naming
+    the parameter otherwise."""
+    text = text.strip()
+    if f.key == "device":
+        device = DEVICES.get(text.lower())
+        if device is None:
+            raise InputError(f"Device '{text}' is unknown; use auto, GPU or CPU.")
+        return device
+    if f.choices:
+        return text.lower()
+    if f.key == "checkpoint" and text and not Path(text).is_dir():
+        raise InputError(f"Backbone folder '{text}' does not exist; leave it empty for the bundled model.")
+    if f.key in MINIMUM:
+        try:
+            ok = int(text) >= MINIMUM[f.key]
+        except ValueError:
+            ok = False
+        if not ok:
+            raise InputError(f"{name}: '{text}' is not a whole number >= {MINIMUM[f.key]}.")
+    return text
+
+
+def optionsFromParameters(parameterNode, base=None):
+    """PropagationOptions from the parameter node: `base` (default: the default preset) with every non-empty
+    option parameter applied. InputError naming the parameter for a value that does not parse."""
+    options = base if base is not None else preset("default")
+    for name, f in optionParameters().items():
+        text = parameterNode.GetParameter(name)
+        if not text:
+            continue  # not set: the default
+        text = _checked(name, f, text)
+        try:
+            options = from_strings({f.key: text}, base=options)
+        except InputError as exc:
+            if "tuple" in str(f.type) and "int" in str(f.type):
+                example = defaultParameters()[name]
+                raise InputError(f"{name}: '{text}' is not a list of whole numbers >= 0 (e.g. '{example}').") \
+                    from None
+            message = str(exc)
+            if message.startswith(f"{f.key}:"):
+                message = name + message[len(f.key):]
+            raise InputError(message) from None
+    return options
+
+
+def componentRoles(parameterNode) -> list[str] | None:
+    """The sequence of each component of a multi-component input volume, or None for the default order."""
+    roles = [r for r in re.split(r"[,\s]+", parameterNode.GetParameter("ComponentRoles")) if r]
+    return roles or None
+
+
+def flag(parameterNode, name: str) -> bool:
+    """A panel switch (CreateUncertainty, ShowUncertainty, UpdateResult)."""
+    return parameterNode.GetParameter(name) == "true"
