@@ -1,4 +1,4 @@
-"""`braindiffseg benchmark propagation | features | fewshot | speed | merge` (the benchmarks: BrainDiffSegBench)."""
+"""`braindiffseg benchmark propagation | features | fewshot | speed | update | merge` (the benchmarks: BrainDiffSegBench)."""
 from __future__ import annotations
 
 import logging
@@ -38,6 +38,13 @@ def add_parser(sub) -> None:
                                       "tuning cases, evaluation on the test cases, four methods"))
     _add_speed_args(bsub.add_parser("speed", help="time and peak memory of one full volume, ours vs the reference "
                                     "approach (all decoder blocks, every pixel's features in memory)"))
+
+    b = bsub.add_parser("update", help="the interactive loop: a first propagation, then updates after painting one "
+                        "more slice, with the per-volume feature cache; vs a run without it")
+    b.add_argument("--case", default=None, help="case folder with ground truth (default: "
+                   "$BRAINDIFFSEG_DATA/brats2021/BraTS2021_00006)")
+    b.add_argument("--out", required=True)
+    add_arguments(b)
 
     b = bsub.add_parser("merge", help="join runs split over several processes into one table: propagation runs "
                         "(folders with results.json) or few-shot runs (fewshot_<dataset>.json files or folders with "
@@ -154,6 +161,19 @@ def run_speed(a) -> int:
     return 0
 
 
+def run_update(a) -> int:
+    from BrainDiffSegBench.update import benchmark_update
+    from BrainDiffSegLib.errors import InputError
+    from BrainDiffSegLib.resources import data_root
+
+    case = a.case or str(data_root() / "brats2021" / "BraTS2021_00006")
+    if not Path(case).is_dir():
+        raise InputError(f"case folder not found: {case}")
+    benchmark_update(case, Path(a.out), options_from_arguments(a))
+    print((Path(a.out) / "update.md").read_text())
+    return 0
+
+
 def run_merge(a) -> int:
     from BrainDiffSegBench.merge import merge
 
@@ -165,4 +185,5 @@ def run_merge(a) -> int:
 def run(a, propagator=None) -> int:
     if a.benchmark == "propagation":
         return run_propagation(a, propagator)
-    return {"features": run_features, "fewshot": run_fewshot, "speed": run_speed, "merge": run_merge}[a.benchmark](a)
+    return {"features": run_features, "fewshot": run_fewshot, "speed": run_speed, "update": run_update,
+            "merge": run_merge}[a.benchmark](a)

@@ -153,7 +153,7 @@ class PixelEnsemble:
         outputs are resampled at the native pixels of `mask` (B, X, Y) by `sample_native` (ModelGrid.sample_native,
         giving (P, M*h)); the native features `other` (P, Ci) (intensities) are added through their own columns.
         The standardisation and the BatchNorms are folded into the weights, and the members run as one batched
-        matrix product (measured 2.5x faster than member by member on 2 CPU cores). Works through
+        matrix product. Works through
         `slices_per_chunk` slices at a time to bound memory. Returns the same as `predict` for the pixels of `mask`,
         slice-major.
         """
@@ -179,13 +179,16 @@ class PixelEnsemble:
                 r = torch.baddbmm(b, r, w.transpose(1, 2))
                 if i < len(rest) - 1:
                     r = F.relu(r)
-            member_p = F.softmax(r, dim=2)  # (M, P, K)
-            p = member_p.mean(0)
-            hard = p.argmax(1)
-            probs.append(p.cpu())
-            ents.append((-(p * p.clamp_min(1e-8).log()).sum(1) / math.log(self.n_classes)).cpu())
-            diss.append((member_p.argmax(2) != hard).float().mean(0).cpu())
+            for out, value in zip((probs, ents, diss), self._combine(F.softmax(r, dim=2))):
+                out.append(value)
         return torch.cat(probs), torch.cat(ents), torch.cat(diss)
+
+    def _combine(self, member_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Members' probabilities (M, P, K) -> mean (P, K), normalised entropy (P,), disagreement (P,), on the CPU."""
+        p = member_p.mean(0)
+        ent = -(p * p.clamp_min(1e-8).log()).sum(1) / math.log(self.n_classes)
+        dis = (member_p.argmax(2) != p.argmax(1)).float().mean(0)
+        return p.cpu(), ent.cpu(), dis.cpu()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,9 +199,6 @@ class PixelEnsemble:
         for s in range(0, len(x), chunk):
             xb = self._standardise(x[s:s + chunk])
             member_p = torch.stack([F.softmax(net(xb), dim=1) for net in self.members])  # (M, B, K)
-            p = member_p.mean(0)
-            hard = p.argmax(1)
-            probs.append(p.cpu())
-            ent.append((-(p * p.clamp_min(1e-8).log()).sum(1) / math.log(self.n_classes)).cpu())
-            dis.append((member_p.argmax(2) != hard).float().mean(0).cpu())
+            for out, value in zip((probs, ent, dis), self._combine(member_p)):
+                out.append(value)
         return torch.cat(probs), torch.cat(ent), torch.cat(dis)

@@ -109,22 +109,15 @@ class ModelGrid:
     def sample_native(self, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Values (P, C) of `maps` (N, C, h, w) on the model box, bilinearly resampled at the True pixels of the native
         `mask` (N, X, Y), in row-major order: `to_native(maps).permute(0, 2, 3, 1)[mask]` without building the
-        native maps (bilinear sampling at the pixels' positions, the sampling `to_native`'s upsampling does).
-        Pixels outside the box get 0."""
-        _, xs, ys = torch.nonzero(mask, as_tuple=True)  # slice-major: slice i's pixels are one run
+        native maps. Pixels outside the box get 0."""
+        up = F.interpolate(maps, size=(self.side, self.side), mode="bilinear", align_corners=False)
+        n, xs, ys = torch.nonzero(mask, as_tuple=True)
         bx, by = xs - self.x0, ys - self.y0
-        # grid_sample's normalised coordinates (align_corners=False) of the box pixels' centres; (x, y) = (w, h)
-        g = torch.stack([(2 * by + 1).to(maps.dtype) / self.side - 1, (2 * bx + 1).to(maps.dtype) / self.side - 1], -1)
-        parts, start = [], 0
-        for i, count in enumerate(mask.flatten(1).sum(1).tolist()):
-            v = F.grid_sample(maps[i:i + 1], g[start:start + count].view(1, -1, 1, 2), mode="bilinear",
-                              padding_mode="border", align_corners=False)
-            parts.append(v[0, :, :, 0].T)
-            start += count
-        out = torch.cat(parts) if parts else maps.new_zeros((0, maps.shape[1]))
-        outside = (bx < 0) | (bx >= self.side) | (by < 0) | (by >= self.side)
-        if bool(outside.any()):
-            out[outside] = 0
+        inside = (bx >= 0) & (bx < self.side) & (by >= 0) & (by < self.side)
+        if bool(inside.all()):
+            return up[n, :, bx, by]
+        out = up.new_zeros((len(n), up.shape[1]))
+        out[inside] = up[n[inside], :, bx[inside], by[inside]]
         return out
 
 

@@ -111,3 +111,25 @@ def test_images_digest_sees_values_dtype_and_roles():
     b = {"t1": a["t1"].copy()}
     b["t1"][1, 2, 1] = 1
     assert C.images_digest(a) != C.images_digest(b)
+
+
+def test_benchmark_update_command(tmp_path, tiny_checkpoint):
+    """`braindiffseg benchmark update` on a synthetic case with a tiny backbone: a first run, the updates, the
+    run without a cache and the fresh-cache check, as JSON and Markdown."""
+    import json
+
+    from BrainDiffSegCLI import main
+    from conftest import write_tumour_case
+
+    folder, _, _ = write_tumour_case(tmp_path / "case")
+    out = tmp_path / "update"
+    assert main(["benchmark", "update", "--case", str(folder), "--out", str(out), "--preset", "quick",
+                 "--method", "diffusion", "--checkpoint", str(tiny_checkpoint), "--blocks", "1,2",
+                 "--device", "cpu"]) == 0
+    result = json.loads((out / "update.json").read_text())
+    runs = result["runs"]  # the k = 3 protocol slices not yet painted, one per update
+    assert len(runs) >= 3 and [r["run"] for r in runs] == ["first"] + ["update"] * (len(runs) - 1)
+    assert [len(r["annotated"]) for r in runs] == list(range(1, len(runs) + 1))
+    assert result["update_equals_fresh_cache"] is True
+    assert result["runs"][-1]["cache_gb"] > 0 and result["runs"][-1]["dice"]["WT"] > 0.5
+    assert "fresh cache" in (out / "update.md").read_text()
