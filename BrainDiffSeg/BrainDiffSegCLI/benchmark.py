@@ -1,4 +1,4 @@
-"""`braindiffseg benchmark propagation | features | fewshot | speed | update | merge` (the benchmarks: BrainDiffSegBench)."""
+"""`braindiffseg benchmark propagation | features | fewshot | speed | update | suggest | merge` (the benchmarks: BrainDiffSegBench)."""
 from __future__ import annotations
 
 import logging
@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
     b.add_argument("--out", required=True)
     add_arguments(b)
 
+    b = bsub.add_parser("suggest", help="'paint this slice next': simulated users adding the suggested slice each "
+                        "round vs evenly spaced slices, plus a correction user; Dice after 1, 2, 3, 5 slices")
+    _add_suggest_args(b)
+
     b = bsub.add_parser("merge", help="join runs split over several processes into one table: propagation runs "
                         "(folders with results.json) or few-shot runs (fewshot_<dataset>.json files or folders with "
                         "them, e.g. other seeds); a record in several inputs is taken from the first")
@@ -83,6 +87,22 @@ def _add_speed_args(b) -> None:
     b.add_argument("--reference-slices", type=int, default=16,
                    help="slices on which the reference mode is measured (then extrapolated)")
     b.add_argument("--out", required=True)
+
+
+def _add_suggest_args(b) -> None:
+    from BrainDiffSegLib.suggest import STRATEGIES
+
+    b.add_argument("--data", nargs="*", default=None, help="case folders or folders above them (default: the test "
+                   "split of $BRAINDIFFSEG_DATA; '--data' alone: none, only report the --join runs)")
+    b.add_argument("--split", choices=["test", "tuning", "all"], default="test",
+                   help="with a data root: which part of the project's split to run")
+    b.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help=", ".join(STRATEGIES))
+    b.add_argument("--max-slices", type=int, default=5, help="rounds up to this many painted slices")
+    b.add_argument("--max-cases", type=int, default=0, help="only the first N cases (0: all)")
+    b.add_argument("--join", nargs="+", default=[], metavar="JSON", help="suggest.json of earlier runs (e.g. the "
+                   "other dataset with other settings) reported together with this run")
+    b.add_argument("--out", required=True)
+    add_arguments(b)
 
 
 def propagation_cases(data: list[str] | None, split: str) -> list[Path]:
@@ -174,6 +194,35 @@ def run_update(a) -> int:
     return 0
 
 
+def run_suggest(a) -> int:
+    from BrainDiffSegBench.suggest import benchmark_suggest
+    from BrainDiffSegLib.errors import InputError
+    import torch
+
+    from BrainDiffSegLib.suggest import STRATEGIES
+
+    bad = [s for s in a.strategies if s not in STRATEGIES]
+    if bad or a.max_slices < 1:
+        raise InputError(f"unknown strategy(ies) {bad} (choose from {list(STRATEGIES)}) or --max-slices < 1")
+    options = options_from_arguments(a)
+    cases = propagation_cases(a.data, a.split) if a.data != [] else []
+    cases = cases[:a.max_cases] if a.max_cases else cases
+    settings = (f"method {options.method}, {options.classifier.n_models} MLPs, device {options.device}, seed "
+                f"{options.seed}, {torch.get_num_threads()} torch thread(s), strategies {' '.join(a.strategies)}, "
+                f"up to {a.max_slices} slices")
+    log.info("%s", settings)
+    missing = [j for j in a.join if not Path(j).is_file()]
+    if missing:
+        raise InputError(f"--join: no such file {missing}")
+    res = benchmark_suggest(cases, Path(a.out), options, a.strategies, a.max_slices, settings,
+                            [Path(j) for j in a.join])
+    if not res["records"]:
+        log.error("no case with ground truth: nothing to report")
+        return 1
+    print((Path(a.out) / "suggest.md").read_text())
+    return 0
+
+
 def run_merge(a) -> int:
     from BrainDiffSegBench.merge import merge
 
@@ -186,4 +235,4 @@ def run(a, propagator=None) -> int:
     if a.benchmark == "propagation":
         return run_propagation(a, propagator)
     return {"features": run_features, "fewshot": run_fewshot, "speed": run_speed, "update": run_update,
-            "merge": run_merge}[a.benchmark](a)
+            "suggest": run_suggest, "merge": run_merge}[a.benchmark](a)

@@ -66,7 +66,7 @@ class CachingFeatureExtractor(FeatureExtractor):
         group = [i for i in range(z - z % b, min(z - z % b + b, len(self.head))) if self.head[i]]
         return group if z in group else [z]
 
-    def diffusion_maps(self, zs: list[int]) -> torch.Tensor | None:
+    def diffusion_parts(self, zs: list[int]) -> list[torch.Tensor] | None:
         if self.unet is None or not self.spec.blocks:
             return None
         zs = [int(z) for z in zs]
@@ -82,9 +82,8 @@ class CachingFeatureExtractor(FeatureExtractor):
                 if g not in self.store and self.budget.admit(sum(t.numel() * t.element_size() for t in computed[g])):
                     self.store[g] = computed[g]
         per_slice = [self.store.get(z) or computed[z] for z in zs]
-        parts = [torch.stack([s[i] for s in per_slice]).to(self.device) for i in range(len(per_slice[0]))]
-        size = (self.cfg.sample_size, self.cfg.sample_size)
-        return torch.cat(self._upsampled(parts, size), dim=1)
+        return [torch.stack([s[i] for s in per_slice]).to(self.device, torch.float32)
+                for i in range(len(per_slice[0]))]
 
 
 class VolumeCache:

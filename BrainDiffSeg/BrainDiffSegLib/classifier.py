@@ -142,27 +142,32 @@ class PixelEnsemble:
         return torch.cat(w0), torch.cat(b0), rest
 
     @torch.no_grad()
-    def predict_factored(self, diffusion: torch.Tensor | None,
+    def predict_factored(self, diffusion: torch.Tensor | list[torch.Tensor] | None,
                          sample_native: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                          mask: torch.Tensor, other: torch.Tensor | None,
-                         slices_per_chunk: int = 4) -> tuple[torch.Tensor, ...]:
+                         slices_per_chunk: int = 2) -> tuple[torch.Tensor, ...]:
         """Predict native pixels without materialising their upsampled diffusion features.
 
         The first layer is linear and bilinear resampling is linear, so W·up(F) = up(W·F): the members' first layers
-        (stacked) are applied to the diffusion maps on the model grid (`diffusion` (B, Cd, S, S)), and only their
-        outputs are resampled at the native pixels of `mask` (B, X, Y) by `sample_native` (ModelGrid.sample_native,
-        giving (P, M*h)); the native features `other` (P, Ci) (intensities) are added through their own columns.
-        The standardisation and the BatchNorms are folded into the weights, and the members run as one batched
-        matrix product. Works through
+        (stacked) are applied to the diffusion features on the model grid, and only their outputs are resampled at
+        the native pixels of `mask` (B, X, Y) by `sample_native` (ModelGrid.sample_native, giving (P, M*h)); the
+        native features `other` (P, Ci) (intensities) are added through their own columns. `diffusion` is either the
+        maps (B, Cd, S, S) or, cheaper, the decoder activations at each block's own resolution
+        (`FeatureExtractor.diffusion_parts`, in channel order): the layer is then applied at the block's resolution
+        and its outputs upsampled to S x S, as the features were. The standardisation and the BatchNorms are folded
+        into the weights, the members run as one batched matrix product, and the first layer is a plain matrix
+        product on channels-last data (the gather of native pixels then reads contiguous rows). Works through
         `slices_per_chunk` slices at a time to bound memory. Returns the same as `predict` for the pixels of `mask`,
-        slice-major.
+        slice-major, up to float rounding.
         """
         if not self.members:
             raise RuntimeError("the ensemble is not trained")
-        n_d = 0 if diffusion is None else diffusion.shape[1]
+        parts = [diffusion] if isinstance(diffusion, torch.Tensor) else list(diffusion or [])
+        n_d = sum(p.shape[1] for p in parts)
         w0, b0, rest = self._folded()
         n_members = len(self.members)
         counts = mask.flatten(1).sum(1).tolist()
+        size = max((p.shape[-2:] for p in parts), default=None)
         probs, ents, diss = [], [], []
         start = 0
         for s in range(0, mask.shape[0], slices_per_chunk):
@@ -170,7 +175,7 @@ class PixelEnsemble:
             n = int(sum(counts[s:s + slices_per_chunk]))
             h = b0.expand(n, -1).clone()
             if n_d:
-                h += sample_native(torch.einsum("bchw,oc->bohw", diffusion[s:s + slices_per_chunk], w0[:, :n_d]), m)
+                h += sample_native(self._first_layer([p[s:s + slices_per_chunk] for p in parts], w0, size), m)
             if other is not None:
                 h += other[start:start + n].to(self.device, torch.float32) @ w0[:, n_d:].T
             start += n
@@ -182,6 +187,20 @@ class PixelEnsemble:
             for out, value in zip((probs, ents, diss), self._combine(F.softmax(r, dim=2))):
                 out.append(value)
         return torch.cat(probs), torch.cat(ents), torch.cat(diss)
+
+    @staticmethod
+    def _first_layer(parts: list[torch.Tensor], w0: torch.Tensor, size) -> torch.Tensor:
+        """sum_i up_S(W_i · part_i): (B, M*h, S, S) in channels-last memory, W_i the columns of part i."""
+        total, offset = None, 0
+        for part in parts:
+            b, c, h, w = part.shape
+            x = part.permute(0, 2, 3, 1).reshape(-1, c)
+            y = (x @ w0[:, offset:offset + c].T).view(b, h, w, -1).permute(0, 3, 1, 2)
+            if (h, w) != tuple(size):
+                y = F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)
+            total = y if total is None else total + y
+            offset += c
+        return total
 
     def _combine(self, member_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Members' probabilities (M, P, K) -> mean (P, K), normalised entropy (P,), disagreement (P,), on the CPU."""

@@ -133,12 +133,21 @@ class FeatureExtractor:
         return 0 if self.unet is None else feature_channels(self.unet, self.spec, 0)
 
     @torch.no_grad()
-    def diffusion_maps(self, zs: list[int]) -> torch.Tensor | None:
-        """(len(zs), Cd, S, S) decoder features on the model grid (float32, on the device), or None in raw mode."""
+    def diffusion_parts(self, zs: list[int]) -> list[torch.Tensor] | None:
+        """The decoder activations of slices zs, one (len(zs), C_i, h_i, w_i) float32 tensor per noise level and
+        block at the block's own resolution (on the device), or None in raw mode. `diffusion_maps` is their
+        upsampling to the model grid, concatenated."""
         if self.unet is None or not self.spec.blocks:
             return None
         x0 = self.grid.to_model(np.moveaxis(self.stack[..., zs], -1, 0)).to(self.device)
-        return torch.cat(self._diffusion_maps(zs, x0), dim=1)
+        return [a.float() for a in self._activations(zs, x0)]
+
+    def diffusion_maps(self, zs: list[int]) -> torch.Tensor | None:
+        """(len(zs), Cd, S, S) decoder features on the model grid (float32, on the device), or None in raw mode."""
+        parts = self.diffusion_parts(zs)
+        if parts is None:
+            return None
+        return torch.cat(self._upsampled(parts, (self.grid.size, self.grid.size)), dim=1)
 
     def intensity_maps(self, zs: list[int]) -> torch.Tensor | None:
         """(len(zs), Ci, X, Y) normalised intensities (+ smoothed) on the native grid, or None."""

@@ -41,16 +41,9 @@ class PropagationResult:
     device: str
 
     def least_certain_slices(self, n: int = 5) -> list[tuple[int, float]]:
-        """Predicted slices ranked by mean uncertainty over their tumour-or-uncertain pixels."""
-        score = []
-        for z in range(self.labels.shape[-1]):
-            if z in self.annotated_slices:
-                continue
-            e = self.entropy[..., z]
-            roi = (self.labels[..., z] > 0) | (e > 0.5)
-            if roi.any():
-                score.append((z, float(e[roi].mean())))
-        return sorted(score, key=lambda s: -s[1])[:n]
+        """Predicted slices ranked by mean uncertainty over their tumour-or-uncertain pixels (`suggest`)."""
+        from .suggest import rank_slices
+        return rank_slices(self, n, "uncertainty")
 
 
 def check_annotation(annotation: np.ndarray, shape: tuple, foreground: np.ndarray) -> tuple[list[int], list[int]]:
@@ -201,7 +194,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         mt = torch.from_numpy(m).to(device)
         inten = extractor.intensity_maps(zb)
         other = inten.permute(0, 2, 3, 1)[mt] if inten is not None else None
-        p, e, d = ens.predict_factored(extractor.diffusion_maps(zb), grid.sample_native, mt, other)
+        p, e, d = ens.predict_factored(extractor.diffusion_parts(zb), grid.sample_native, mt, other)
         for arr, val in ((labels, values_arr[p.argmax(1).numpy()]), (entropy, e.numpy()), (disagreement, d.numpy())):
             block = np.zeros(m.shape, dtype=arr.dtype)
             block[m] = val

@@ -20,7 +20,7 @@ from BrainDiffSegLib.constants import AFFINE_TOLERANCE_MM, ROLES
 from BrainDiffSegLib.errors import InputError
 
 from .segments import (ANNOTATED_SLICES_ATTRIBUTE, BINARY_LABELMAP, BRATS_SEGMENTS, BRATS_TERMINOLOGY,
-                       LABEL_VALUES_ATTRIBUTE, PALETTE, SOURCE_REFERENCE_ROLE, labelValuesForSegments)
+                       LABEL_VALUE_TAG, LABEL_VALUES_ATTRIBUTE, PALETTE, SOURCE_REFERENCE_ROLE, labelValuesForSegments)
 
 
 # ---------------------------------------------------------------------------------------------- geometry and arrays
@@ -157,6 +157,15 @@ def volumeArray(volumeNode, axialAxis: int) -> np.ndarray:
     """The voxels of a volume node as float32, IJK with the axial axis last (a copy)."""
     return toEngineArray(slicer.util.arrayFromVolume(volumeNode), axialAxis).astype(np.float32)
 
+def sliceCentreRas(volumeNode, axialIndex: int) -> tuple[float, float, float]:
+    """RAS centre of an axial slice of a volume, the slice given by its index along the engine's axial axis (the
+    IJK axis `axialAxis` picks): for jumping a slice view there."""
+    axis = axialAxis(volumeNode)
+    ijk = [(d - 1) / 2.0 for d in volumeNode.GetImageData().GetDimensions()]
+    ijk[axis] = float(axialIndex)
+    ras = ijkToRasArray(volumeNode) @ [*ijk, 1.0]
+    return float(ras[0]), float(ras[1]), float(ras[2])
+
 # ---------------------------------------------------------------------------------------------- segments <-> labels
 
 def segmentLabelInfo(segmentationNode) -> tuple[list[str], list[int], bool]:
@@ -179,8 +188,22 @@ def labelArrayFromSegmentation(segmentationNode, referenceVolumeNode) -> tuple[n
     ids, values, brats = segmentLabelInfo(segmentationNode)
     dims = referenceVolumeNode.GetImageData().GetDimensions()
     labels = np.zeros(tuple(reversed(dims)), dtype=np.int16)
+    masks = segmentMasks(segmentationNode, referenceVolumeNode)
+    segmentIdOfValue = {}
+    for sid, value in zip(ids, values):
+        if sid in masks:
+            labels[masks[sid]] = value
+            segmentIdOfValue[value] = sid
+    return labels, segmentIdOfValue, brats
+
+
+def segmentMasks(segmentationNode, referenceVolumeNode) -> dict:
+    """Segment id -> boolean KJI mask on the reference volume's grid, for the segments with voxels there (in the
+    segmentation's order). The node is only read: conversions, if any, are made on a copy outside the scene."""
+    ids = list(segmentationNode.GetSegmentation().GetSegmentIDs())
+    dims = referenceVolumeNode.GetImageData().GetDimensions()
     if not ids:
-        return labels, {}, brats
+        return {}
     reference = referenceImage(referenceVolumeNode)
     source = segmentationNode
     if not segmentationNode.GetSegmentation().ContainsRepresentation(BINARY_LABELMAP):
@@ -192,8 +215,8 @@ def labelArrayFromSegmentation(segmentationNode, referenceVolumeNode) -> tuple[n
         if not source.GetSegmentation().CreateRepresentation(BINARY_LABELMAP):
             raise InputError(f"Segmentation '{segmentationNode.GetName()}' cannot be converted to a binary "
                              "labelmap.")
-    segmentIdOfValue = {}
-    for sid, value in zip(ids, values):
+    masks = {}
+    for sid in ids:
         image = slicer.vtkOrientedImageData()
         if not source.GetBinaryLabelmapRepresentation(sid, image):
             raise InputError(f"Segment '{sid}' of '{segmentationNode.GetName()}' has no binary labelmap.")
@@ -202,11 +225,10 @@ def labelArrayFromSegmentation(segmentationNode, referenceVolumeNode) -> tuple[n
             image, reference, resampled, False, False)
         if resampled.GetPointData().GetScalars() is None or resampled.GetDimensions() != dims:
             continue  # nothing of this segment on the volume's grid
-        mask = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(labels.shape) > 0
+        mask = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(tuple(reversed(dims))) > 0
         if mask.any():
-            labels[mask] = value
-            segmentIdOfValue[value] = sid
-    return labels, segmentIdOfValue, brats
+            masks[sid] = mask
+    return masks
 
 
 def multiComponentArrays(vectorNode, componentRoles=None) -> dict:
@@ -260,6 +282,7 @@ def fillResultSegmentation(node, job, result):
         segment.SetColor(*color)
         segment.AddRepresentation(BINARY_LABELMAP, shared)
         segment.SetLabelValue(int(value))
+        segment.SetTag(LABEL_VALUE_TAG, str(int(value)))  # stays with the segment whatever its layer's values
         if job.brats:
             segment.SetTerminology(BRATS_TERMINOLOGY[value])
         else:

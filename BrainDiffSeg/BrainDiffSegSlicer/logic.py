@@ -13,26 +13,29 @@ Axes: `slicer.util.arrayFromVolume` gives arrays in KJI order; the engine wants 
 direction in the IJK-to-RAS matrix is closest to superior-inferior; oblique volumes are refused. Segment names ->
 label values: see `segments`.
 
-Length: the Logic's public API (propagate in the foreground or background, results, load and save) in one class;
-the array conversions and input checks it delegates to live in `arrays`.
+Interactive use: the Logic keeps one `BrainDiffSegLib.cache.VolumeCache` for every propagation it runs (the
+normalised images, the backbone and the features of the slices computed so far: a re-run on the same volume only
+computes what changed; `clearCache()` on scene close or another case), runs one propagation at a time, takes
+corrections painted into the result it updates as annotated slices and never changes locked segments (module
+`corrections`), and suggests the slice to paint next (`nextSliceToPaint`, `BrainDiffSegLib.suggest`).
+
+Length: the Logic's public API (propagate in the foreground or background, the cache, suggestions, results, load and
+save) in one class; the array conversions and input checks it delegates to live in `arrays`, corrections and locks
+in `corrections`, file reading and writing in `files`.
 """
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
-import vtk
 
 import slicer
 import slicer.util
 
-from BrainDiffSegLib.constants import ROLES
-from BrainDiffSegLib.errors import BrainDiffSegError, InputError, OutputExistsError
+from BrainDiffSegLib.errors import InputError
 
-from . import arrays
+from . import arrays, corrections, files
 from .compat import SLICER_APPLICATION, ScriptedLoadableModuleLogic
 from .segments import (ANNOTATED_SLICES_ATTRIBUTE, BRATS_SEGMENTS, LABEL_VALUES_ATTRIBUTE, SOURCE_REFERENCE_ROLE,
                        UNCERTAINTY_REFERENCE_ROLE, bratsLabelOfName)
@@ -55,6 +58,7 @@ class PropagationJob:
     transformId: str | None
     outputNode: object = None  # an earlier result to update, or None for a new node
     createUncertainty: bool = False
+    correctedSlices: list = None  # slices corrected in outputNode, annotated slices of this run
 
 
 @dataclass
@@ -91,6 +95,10 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         self.lastResult = None
         self.lastUncertaintyNode = None
         self.lastMessages = []
+        self._cache = None  # BrainDiffSegLib.cache.VolumeCache, made on first use
+        self._written = corrections.WrittenLabels()
+        self._task = None  # the background task of the running propagation
+        self._inForeground = False
 
     @staticmethod
     def _ownLogic(cls, scene):
@@ -131,6 +139,7 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
     checkSameGrid = staticmethod(arrays.checkSameGrid)
     segmentLabelInfo = staticmethod(arrays.segmentLabelInfo)
     labelArrayFromSegmentation = staticmethod(arrays.labelArrayFromSegmentation)
+    sliceCentreRas = staticmethod(arrays.sliceCentreRas)
     # ------------------------------------------------------------------ propagation
 
     def propagate(self, volumeNodes, segmentationNode, options=None, progress=None, cancelled=None,
@@ -150,10 +159,15 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         Bad input raises `BrainDiffSegLib.errors.InputError` with a message naming the nodes. If the GPU runs
         out of memory, the work is redone on the CPU (`lastMessages` says so).
         """
-        job = self.preparePropagation(volumeNodes, segmentationNode, outputNode=outputNode,
-                                      componentRoles=componentRoles)
-        result = self.runEngine(job, options, progress=progress, cancelled=cancelled)
-        return self.addPropagationResult(job, result, createUncertainty=createUncertainty)
+        self._refuseIfRunning()
+        self._inForeground = True
+        try:
+            job = self.preparePropagation(volumeNodes, segmentationNode, outputNode=outputNode,
+                                          componentRoles=componentRoles)
+            result = self.runEngine(job, options, progress=progress, cancelled=cancelled)
+            return self.addPropagationResult(job, result, createUncertainty=createUncertainty)
+        finally:
+            self._inForeground = False
 
     def startPropagation(self, volumeNodes, segmentationNode, options=None, createUncertainty: bool = False,
                          outputNode=None, componentRoles=None):
@@ -162,12 +176,23 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         GUI's event loop, then call `finishPropagation(run)` in the GUI thread to add the result to the scene."""
         from BrainDiffSegLib.background import BackgroundTask
 
+        self._refuseIfRunning()
         job = self.preparePropagation(volumeNodes, segmentationNode, outputNode=outputNode,
                                       componentRoles=componentRoles)
         job.createUncertainty = createUncertainty
         task = BackgroundTask(lambda progress, cancelled: self.runEngine(job, options, progress, cancelled),
                               name="propagation")
-        return PropagationRun(job, task.start())
+        self._task = task.start()
+        return PropagationRun(job, task)
+
+    @property
+    def running(self) -> bool:
+        """Whether a propagation of this Logic is running (its engine part: one at a time per Logic)."""
+        return self._inForeground or (self._task is not None and not self._task.done)
+
+    def _refuseIfRunning(self):
+        if self.running:
+            raise InputError("A propagation is already running: wait for it to finish or cancel it first.")
 
     def finishPropagation(self, run):
         """The result node of a finished `startPropagation` run. Re-raises the run's error (CancelledError,
@@ -207,12 +232,16 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
                              f"'{reference.GetName()}': paint the tumour on at least one axial slice.")
         if images is None:
             images = {role: self.volumeArray(node, axis) for role, node in volumes.items()}
-        return PropagationJob(images=images, annotation=self.toEngineArray(labelsKJI, axis), axis=axis,
-                              referenceNode=reference, segmentationNode=segmentationNode, brats=brats,
-                              segmentIdOfValue=segmentIdOfValue, transformId=transformId, outputNode=outputNode)
+        job = PropagationJob(images=images, annotation=self.toEngineArray(labelsKJI, axis), axis=axis,
+                             referenceNode=reference, segmentationNode=segmentationNode, brats=brats,
+                             segmentIdOfValue=segmentIdOfValue, transformId=transformId, outputNode=outputNode)
+        job.correctedSlices, messages = corrections.takeCorrections(job, self._written.written(outputNode))
+        self.lastMessages.extend(messages)
+        return job
 
     def runEngine(self, job, options=None, progress=None, cancelled=None):
-        """The engine's propagation on the job's arrays: no MRML access, safe in a background thread.
+        """The engine's propagation on the job's arrays, through the Logic's feature cache: no MRML access, safe
+        in a background thread.
 
         A GPU out-of-memory error restarts the work on the CPU, with a message in `lastMessages` and through
         `progress`."""
@@ -221,8 +250,10 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         from BrainDiffSegLib.propagate import propagate as enginePropagate
 
         options = options or PropagationOptions()
+        cache = self.featureCache
         try:
-            return enginePropagate(job.images, job.annotation, options, progress=progress, cancelled=cancelled)
+            return enginePropagate(job.images, job.annotation, options, progress=progress, cancelled=cancelled,
+                                   cache=cache)
         except torch.OutOfMemoryError:
             if options.device == "cpu":
                 raise
@@ -235,7 +266,40 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
             if progress:
                 progress(message, 0.0)
             return enginePropagate(job.images, job.annotation, replace(options, device="cpu"), progress=progress,
-                                   cancelled=cancelled)
+                                   cancelled=cancelled, cache=cache)
+
+    @property
+    def featureCache(self):
+        """The Logic's `BrainDiffSegLib.cache.VolumeCache` (made on first use; imports the engine)."""
+        if self._cache is None:
+            from BrainDiffSegLib.cache import VolumeCache
+
+            self._cache = VolumeCache()
+        return self._cache
+
+    def featureCacheBytes(self) -> int:
+        """Memory held by the feature cache (the stored activations), in bytes; 0 before the first run."""
+        return int(self._cache.nbytes) if self._cache is not None else 0
+
+    def clearCache(self) -> None:
+        """Forget the feature cache and what the Logic wrote into result nodes (on scene close, another case)."""
+        if self._cache is not None:
+            self._cache.clear()
+        self._written.clear()
+
+    def nextSliceToPaint(self, result=None) -> int | None:
+        """The axial slice (engine index) to paint next for `result` (default `lastResult`): `BrainDiffSegLib.
+        suggest.next_slice`, never an annotated slice; None without a result or a candidate."""
+        from BrainDiffSegLib.suggest import next_slice
+
+        result = result if result is not None else self.lastResult
+        return next_slice(result) if result is not None else None
+
+    def jumpToAxialSlice(self, sliceNode, volumeNode, axialIndex: int) -> tuple[float, float, float]:
+        """Centre a slice view (its vtkMRMLSliceNode, e.g. the Red one) on an axial slice of a volume."""
+        r, a, s = self.sliceCentreRas(volumeNode, axialIndex)
+        sliceNode.JumpSliceByCentering(r, a, s)
+        return r, a, s
 
     def addPropagationResult(self, job, result, createUncertainty: bool = False):
         """Add (or update, for `job.outputNode`) the result segmentation and the optional uncertainty volume.
@@ -254,7 +318,10 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
             else:
                 outputNode = job.outputNode
                 detached = slicer.vtkMRMLSegmentationNode()  # built outside the scene, then swapped in at once
-                arrays.fillResultSegmentation(detached, job, result)
+                locked = corrections.lockedMasks(outputNode, reference, axis)
+                corrections.copyLockedSegments(detached, outputNode, locked, reference, axis)
+                arrays.fillResultSegmentation(
+                    detached, job, replace(result, labels=corrections.withoutLocked(result.labels, locked)))
                 outputNode.GetSegmentation().DeepCopy(detached.GetSegmentation())
                 for attribute in (ANNOTATED_SLICES_ATTRIBUTE, LABEL_VALUES_ATTRIBUTE):
                     outputNode.SetAttribute(attribute, detached.GetAttribute(attribute))
@@ -271,6 +338,8 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         except Exception:
             self._removeNodes(scene, created)
             raise
+        valueOfName, _ = corrections.paintedValues(job.segmentationNode)
+        self._written.remember(outputNode, corrections.resultLabels(outputNode, reference, axis, valueOfName)[0])
         self.lastResult = result
         self.lastUncertaintyNode = uncertaintyNode
         return outputNode
@@ -335,86 +404,11 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
 
     setSegmentFromArray = staticmethod(arrays.setSegmentFromArray)
 
-    # ------------------------------------------------------------------ files
+    # ------------------------------------------------------------------ files (BrainDiffSegSlicer.files)
 
     def loadCase(self, caseDir, loadGroundTruth: bool = False) -> dict:
-        """Load the sequences of a case folder (BraTS 2018-2021, BraTS 2023 or LGG names) as volume nodes.
+        """The sequences of a case folder as volume nodes of this Logic's scene (see `files.loadCase`)."""
+        return files.loadCase(self.scene, self.volumesLogic, caseDir, loadGroundTruth)
 
-        Returns role -> vtkMRMLScalarVolumeNode (and 'seg' -> vtkMRMLLabelMapVolumeNode with loadGroundTruth and
-        a label file present). Uses the Volumes module logic (archetype storage nodes); on any failure the nodes
-        loaded so far are removed again."""
-        from BrainDiffSegLib.io import find_case_files
-
-        files = find_case_files(caseDir)
-        scene = self.scene
-        volumesLogic = self.volumesLogic
-        wanted = [r for r in ROLES if r in files] + (["seg"] if loadGroundTruth and "seg" in files else [])
-        loaded = {}
-        try:
-            for role in wanted:
-                path = Path(files[role])
-                name = re.sub(r"\.nii(\.gz)?$", "", path.name)
-                node = volumesLogic.AddArchetypeVolume(str(path), name, 1 if role == "seg" else 0)
-                if node is None or node.GetImageData() is None:
-                    raise InputError(f"Cannot read {path} ({role}).")
-                loaded[role] = node
-        except Exception:
-            for node in loaded.values():
-                self.removeVolumeNode(node)
-            raise
-        return loaded
-
-    @staticmethod
-    def removeVolumeNode(node):
-        """Remove a volume node and its display and storage nodes from its scene."""
-        scene = node.GetScene()
-        extra = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-        extra.append(node.GetStorageNode())
-        scene.RemoveNode(node)
-        for n in extra:
-            if n is not None and n.GetScene() is not None:
-                scene.RemoveNode(n)
-
-    def saveSegmentation(self, segmentationNode, path, referenceVolumeNode=None, force: bool = False) -> Path:
-        """Write a segmentation with a storage node, never overwriting an existing file unless `force`.
-
-        `.seg.nrrd` / `.nrrd` (and `.nhdr`): Slicer's segmentation file, segment names and colours included.
-        `.nii` / `.nii.gz`: a label volume on the grid of `referenceVolumeNode` (default: the segmentation's
-        reference geometry volume) with the label values of the segment rule in the module docstring (BraTS 1/2/4
-        for BraTS segments, as the engine and the command line write them).
-        """
-        path = Path(path)
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path} exists; pass force=True to overwrite it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lower = path.name.lower()
-        if lower.endswith((".nii", ".nii.gz")):
-            reference = referenceVolumeNode or segmentationNode.GetNodeReference(
-                slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
-            if reference is None:
-                raise InputError(f"Saving '{segmentationNode.GetName()}' as {path.name} needs a reference volume "
-                                 "(the grid of the label volume).")
-            labels, _, _ = self.labelArrayFromSegmentation(segmentationNode, reference)
-            labelNode = slicer.vtkMRMLLabelMapVolumeNode()  # not added to the scene
-            m = vtk.vtkMatrix4x4()
-            reference.GetIJKToRASMatrix(m)
-            labelNode.SetIJKToRASMatrix(m)
-            image = arrays.orientedImageFromArray(labels, reference)
-            plain = vtk.vtkImageData()
-            plain.ShallowCopy(image)
-            plain.SetOrigin(0, 0, 0)
-            plain.SetSpacing(1, 1, 1)
-            labelNode.SetAndObserveImageData(plain)
-            storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-            storage.SetUseCompression(lower.endswith(".gz"))
-        elif lower.endswith((".nrrd", ".nhdr")):
-            labelNode = segmentationNode
-            storage = segmentationNode.CreateDefaultStorageNode()
-        else:
-            raise InputError(f"Cannot save a segmentation as {path.name}: use .seg.nrrd or .nii.gz.")
-        storage.SetFileName(str(path))
-        if not storage.WriteData(labelNode):
-            raise BrainDiffSegError(f"Writing {path} failed.")
-        log.info("wrote %s", path)
-        return path
-
+    removeVolumeNode = staticmethod(files.removeVolumeNode)
+    saveSegmentation = staticmethod(files.saveSegmentation)

@@ -36,9 +36,14 @@ UNCERTAINTY_REFERENCE_ROLE = "BrainDiffSeg.uncertainty"  # result segmentation -
 SOURCE_REFERENCE_ROLE = "BrainDiffSeg.sourceSegmentation"  # result segmentation -> the painted segmentation
 ANNOTATED_SLICES_ATTRIBUTE = "BrainDiffSeg.annotatedSlices"  # JSON {"axis": "K", "indices": [...]}
 LABEL_VALUES_ATTRIBUTE = "BrainDiffSeg.labelValues"  # JSON list of the result's label values
+LABEL_VALUE_TAG = "BrainDiffSeg.labelValue"  # segment tag of a result segment: the label value it stands for
+# Slicer's segment status tag (vtkSlicerSegmentationsModuleLogic.GetStatusTagName(), the "State" column of the
+# segments table) and the status that locks a segment: a propagation never changes a "Completed" segment
+STATUS_TAG, LOCKED_STATUS = "Segmentation.Status", "completed"
 
 __all__ = ["ROLES", "BINARY_LABELMAP", "BRATS_SEGMENTS", "PALETTE", "BRATS_TERMINOLOGY", "UNCERTAINTY_REFERENCE_ROLE",
-           "SOURCE_REFERENCE_ROLE", "ANNOTATED_SLICES_ATTRIBUTE", "LABEL_VALUES_ATTRIBUTE", "bratsLabelOfName",
+           "SOURCE_REFERENCE_ROLE", "ANNOTATED_SLICES_ATTRIBUTE", "LABEL_VALUES_ATTRIBUTE", "LABEL_VALUE_TAG",
+           "STATUS_TAG", "LOCKED_STATUS", "bratsLabelOfName",
            "labelValuesForSegments", "roleOfVolumeName", "guessInputs"]
 
 

@@ -1,6 +1,8 @@
 """BrainDiffSegWidget: the module panel (Qt; used only inside the Slicer application).
 
-Inputs, the embedded Segment Editor, Propagate / Cancel with progress, advanced settings. All computation goes
+Inputs, the embedded Segment Editor (the painted segmentation, or with "Paint corrections into the result" the result:
+before updating it the panel saves an editor undo state, so Ctrl+Z there takes the update back), Propagate / Cancel
+with progress, "Paint this slice next", advanced settings. All computation goes
 through `BrainDiffSegLogic` (on the application's scene); settings live in the module's parameter node (`parameters`,
 saved with the scene). qt / ctk are imported inside the methods, so the file also imports under slicer-core.
 """
@@ -46,6 +48,7 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         self._updatingGUI = False
         self._run = None
         self._timer = None
+        self._nextSlice = None  # (axial index, reference volume) suggested by the last result
 
     # ------------------------------------------------------------------ set-up
 
@@ -78,6 +81,8 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
 
         self.ui.checkpointPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.showUncertaintyCheckBox.connect("toggled(bool)", self.onShowUncertainty)
+        self.ui.editResultCheckBox.connect("toggled(bool)", lambda on: self._parameterNode and self._updateSegmentEditor())
+        self.ui.paintNextButton.connect("clicked(bool)", self.onPaintNext)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagateButton)
         self.ui.addTumourSegmentsButton.connect("clicked(bool)", self.onAddTumourSegments)
         self.ui.restoreDefaultsButton.connect("clicked(bool)", self.onRestoreDefaults)
@@ -107,6 +112,8 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
 
     def onSceneStartClose(self, caller, event):
         self.cancelRun(wait=True)
+        self.logic.clearCache()  # the features and written labels belong to the closed scene's volumes
+        self._nextSlice = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -217,7 +224,10 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
     def _updateSegmentEditor(self):
         editor = self.ui.segmentEditorWidget
         segmentationNode = self._parameterNode.GetNodeReference("Segmentation")
-        editor.setSegmentationNode(segmentationNode)
+        result = self.logic.previousResultOf(segmentationNode) if self.ui.editResultCheckBox.checked else None
+        target = result or segmentationNode
+        if editor.segmentationNode() is not target:  # switching clears the editor's undo history
+            editor.setSegmentationNode(target)
         volumes = self._inputVolumes()
         source = volumes if hasattr(volumes, "IsA") else next(
             (volumes[r] for r in ("flair", "t1ce", "t2", "t1") if r in volumes), None)
@@ -236,6 +246,11 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
                                            _("Select at least one input volume and the painted segmentation."))
         for name in ("inputsCollapsibleButton", "advancedCollapsibleButton", "restoreDefaultsButton"):
             getattr(self.ui, name).enabled = not running
+        self.ui.editResultCheckBox.enabled = not running
+        painted = node.GetNodeReference("Segmentation") if node is not None else None
+        editor = self.ui.segmentEditorWidget  # no corrections into the result while an update runs
+        editor.readOnly = running and editor.segmentationNode() not in (None, painted)
+        self.ui.paintNextButton.enabled = not running and self._nextSlice is not None
 
     # ------------------------------------------------------------------ actions
 
@@ -335,10 +350,13 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
             return
         self._timer.stop()
         self._run = None
+        if run.task.error is None and run.job.outputNode is not None and \
+                self.ui.segmentEditorWidget.segmentationNode() is run.job.outputNode:
+            self.ui.segmentEditorWidget.saveStateForUndo()  # Undo in the editor restores the result before this
         try:
             outputNode = self.logic.finishPropagation(run)
         except CancelledError:
-            self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
+            self.ui.statusLabel.text = _("Cancelled; the scene (and the previous result) is unchanged.")
             self.ui.progressBar.value = 0
         except BrainDiffSegError as exc:
             self.ui.statusLabel.text = str(exc)
@@ -348,17 +366,22 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
             self.ui.statusLabel.text = _("Failed: ") + str(exc)
             slicer.util.errorDisplay(_("Propagation failed: ") + str(exc), windowTitle=_("BrainDiffSeg"))
         else:
-            self._showResult(outputNode)
+            self._showResult(outputNode, run.job.referenceNode)
         finally:
             self._updateButtons()
 
-    def _showResult(self, outputNode):
+    def _showResult(self, outputNode, referenceNode):
         result = self.logic.lastResult
         self.ui.progressBar.value = 1000
-        seconds = sum(result.timings.values()) if result.timings else 0.0
+        seconds = result.timings.get("total", sum(result.timings.values())) if result.timings else 0.0
         messages = " ".join(self.logic.lastMessages)
-        self.ui.statusLabel.text = (_("Done in {seconds:.1f} s on {device}: '{name}'. ").format(
-            seconds=seconds, device=result.device, name=outputNode.GetName()) + messages)
+        self.ui.statusLabel.text = (_("Done in {seconds:.1f} s on {device}: '{name}' (feature cache {mb:.0f} MB). ")
+                                    .format(seconds=seconds, device=result.device, name=outputNode.GetName(),
+                                            mb=self.logic.featureCacheBytes() / 1024 ** 2) + messages)
+        z = self.logic.nextSliceToPaint(result)
+        self._nextSlice = (z, referenceNode) if z is not None else None
+        self.ui.paintNextButton.text = _("Paint this slice next: {z}").format(z="" if z is None else z)
+        self._updateSegmentEditor()  # a new result node becomes the edited one with "Paint corrections into ..."
         worst = result.least_certain_slices(5)
         self.ui.leastCertainLabel.text = ", ".join(f"{z} ({score:.2f})" for z, score in worst) or _("none")
         displayNode = outputNode.GetDisplayNode()
@@ -367,3 +390,11 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
             displayNode.SetOpacity2DFill(0.35)
         if self.ui.showUncertaintyCheckBox.checked:
             self.onShowUncertainty(True)
+
+    def onPaintNext(self):
+        """Centre the Red slice view on the suggested axial slice."""
+        if self._nextSlice is None:
+            return
+        z, referenceNode = self._nextSlice
+        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        self.logic.jumpToAxialSlice(sliceNode, referenceNode, z)

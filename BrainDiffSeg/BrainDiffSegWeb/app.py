@@ -3,7 +3,7 @@
 Axial (large), sagittal and coronal slice views of the case; in the side panel: the sequence shown, the painted
 segments (select one, Paint / Erase with a one-slice brush, undo), the axial slice, Propagate with a progress bar,
 stage text and Cancel, the propagated segments with their voxel counts, an uncertainty overlay toggle, the slices
-the model is least sure of (click one to go there) and Save.
+the model is least sure of (click one to go there), "Paint this slice next" (the suggested slice) and Save.
 
 Everything that changes the MRML scene runs on the server's event loop; the propagation itself runs in a worker
 thread (see `session.py`), polled by `_poll` a few times a second.
@@ -124,6 +124,7 @@ class BrainDiffSegWebApp:
         s.running = False
         s.result_name, s.result_segments = "", []
         s.has_uncertainty, s.show_uncertainty, s.least_certain = False, False, []
+        s.next_slice = None
         s.message, s.message_type = "", "info"
         s.saved_files = []
         s.out_dir = str(self.out_dir)
@@ -190,6 +191,9 @@ class BrainDiffSegWebApp:
                             html.Td("{{ seg.voxels.toLocaleString() }} voxels", classes="text-right")
                 v3.VSwitch(v_model=("show_uncertainty",), label="Show uncertainty", disabled=("!has_uncertainty",),
                            density="compact", hide_details=True, color="orange", id="show-uncertainty")
+                v3.VBtn("Paint this slice next: {{ next_slice }}", v_if="next_slice !== null", size="small",
+                        variant="tonal", color="primary", click="axial_slice = next_slice", id="paint-next",
+                        prepend_icon="mdi-target", classes="my-1")
                 html.Div("Least certain slices (click to review)", classes="text-caption")
                 with html.Div(classes="d-flex flex-wrap ga-1", id="least-certain"):
                     v3.VChip("{{ s.z }} ({{ s.score.toFixed(2) }})", v_for="s in least_certain", key="s.z",
@@ -397,9 +401,11 @@ class BrainDiffSegWebApp:
              "voxels": counts.get(segmentation.GetSegment(sid).GetName(), 0)}
             for sid in segmentation.GetSegmentIDs()]
         self.state.least_certain = [{"z": int(z), "score": float(score)} for z, score in self.session.least_certain]
+        self.state.next_slice = self.session.next_slice
         self.state.has_uncertainty = self.session.uncertainty is not None
         self._show_uncertainty_overlay(self.state.show_uncertainty)
-        self._say(f"Propagated in {job.seconds:.1f} s: new segmentation '{result.GetName()}'.", "success")
+        self._say(f"Propagated in {job.seconds:.1f} s into '{result.GetName()}' (feature cache "
+                  f"{self.session.feature_cache_mb():.0f} MB).", "success")
         log.info("result %s: %s", result.GetName(), counts)
 
     def _on_show_uncertainty(self, show_uncertainty, **_):

@@ -8,6 +8,9 @@ Threading: the shown MRML scene is only ever touched from the thread that owns i
 owner thread once the job is done) adds the new segmentation and the uncertainty volume to the shown scene
 (`BrainDiffSegLogic.finishPropagation`). Painting while the job runs is therefore safe and does not change the
 running job's input.
+
+Interactive loop: every propagation goes through the Logic's feature cache (cleared when another case is loaded), a
+re-run updates the previous result in place, and `next_slice` is the slice to paint next (`BrainDiffSegLib.suggest`).
 """
 from __future__ import annotations
 
@@ -92,6 +95,7 @@ class AnnotationSession:
         self.result = None
         self.uncertainty = None
         self.least_certain: list[tuple[int, float]] = []
+        self.next_slice: int | None = None  # the slice to paint next, after a propagation
         self._state = JobState()
         self._run = None  # BrainDiffSegSlicer.logic.PropagationRun of the current job
 
@@ -103,6 +107,7 @@ class AnnotationSession:
         if not case_dir.is_dir():
             raise InputError(f"Case folder not found: {case_dir}")
         self.volumes = self.logic.loadCase(case_dir, loadGroundTruth=False)
+        self.logic.clearCache()
         self.case_dir, self.case_name = case_dir, case_dir.name
         log.info("loaded %s: %s", case_dir, ", ".join(self.volumes))
         return self.volumes
@@ -133,6 +138,7 @@ class AnnotationSession:
                 self.scene.RemoveNode(node)
             raise
         self.volumes = loaded
+        self.logic.clearCache()
         first = files[next(iter(loaded))]
         self.case_dir = first.parent
         self.case_name = re.sub(r"[_-](t1|t1ce|t2|flair|t1n|t1c|t2w|t2f|pre|post)$", "",
@@ -193,7 +199,9 @@ class AnnotationSession:
             raise InputError("Load a case and paint the tumour on a few axial slices first.")
         if not any(self._painted_voxels().values()):
             raise InputError("Nothing is painted yet: paint the tumour on at least one axial slice.")
-        self._run = self.logic.startPropagation(self.volumes, self.painted, self.options, createUncertainty=True)
+        previous = self.result if self.result is not None and self.result.GetScene() is self.scene else None
+        self._run = self.logic.startPropagation(self.volumes, self.painted, self.options, createUncertainty=True,
+                                                outputNode=previous)  # a re-run updates the previous result
         self._state = JobState(status=JobStatus.RUNNING, stage="starting")
 
     def cancel(self) -> None:
@@ -227,6 +235,7 @@ class AnnotationSession:
             display.SetUpperThreshold(1.0)
         self.result, self.uncertainty = result, uncertainty
         self.least_certain = self.logic.lastResult.least_certain_slices()
+        self.next_slice = self.logic.nextSliceToPaint()
         self._state = JobState()
         return result
 
@@ -253,14 +262,10 @@ class AnnotationSession:
 
     def slice_ras(self, axial_index: int) -> tuple[float, float, float]:
         """RAS centre of an axial slice (an index along the engine's axial axis) of the reference volume."""
-        reference = self.reference
-        axis = self.logic.axialAxis(reference)
-        dims = reference.GetImageData().GetDimensions()
-        ijk = [(d - 1) / 2.0 for d in dims]
-        ijk[axis] = float(axial_index)
-        m = self.logic.ijkToRasArray(reference)
-        ras = m @ [*ijk, 1.0]
-        return float(ras[0]), float(ras[1]), float(ras[2])
+        return self.logic.sliceCentreRas(self.reference, axial_index)
+
+    def feature_cache_mb(self) -> float:
+        return self.logic.featureCacheBytes() / 1024 ** 2
 
     def axial_slice_count(self) -> int:
         reference = self.reference

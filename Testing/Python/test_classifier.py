@@ -230,3 +230,27 @@ def test_predict_factored_equals_predict_on_native_features():
     assert torch.allclose(p1, p2, atol=2e-3)
     assert torch.allclose(e1, e2, atol=5e-3)
     assert (p1.argmax(1) != p2.argmax(1)).float().mean() < 0.01
+
+
+def test_predict_factored_from_block_resolution_parts_equals_from_maps():
+    """The first layer applied at each block's own resolution, then upsampled, equals it applied to the upsampled
+    maps (bilinear upsampling is linear)."""
+    import torch.nn.functional as F
+
+    from BrainDiffSegLib.preprocess import ModelGrid
+
+    gen = torch.Generator().manual_seed(3)
+    grid = ModelGrid(x0=2, y0=1, side=30, size=16, native_xy=(32, 30))
+    parts = [torch.randn((3, 4, 8, 8), generator=gen), torch.randn((3, 2, 16, 16), generator=gen)]
+    maps = torch.cat([F.interpolate(p, size=(16, 16), mode="bilinear", align_corners=False) for p in parts], 1)
+    mask = torch.rand((3, 32, 30), generator=gen) > 0.4
+    other = torch.randn((int(mask.sum()), 2), generator=gen)
+    x = torch.cat([grid.sample_native(maps, mask), other], 1)
+    y = (x[:, 0] - x[:, 5] > 0).long() + (x[:, 6] > 0.5).long()
+    ens = PixelEnsemble(8, 3, ClassifierOptions(n_models=3, max_epochs=3, seed=4))
+    ens.fit(x, y)
+    from_maps = ens.predict_factored(maps, grid.sample_native, mask, other)
+    from_parts = ens.predict_factored(parts, grid.sample_native, mask, other, slices_per_chunk=2)
+    for a, b in zip(from_maps, from_parts):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(ens.predict(x)[0], from_parts[0], atol=1e-4)

@@ -233,6 +233,16 @@ def test_session_propagates_in_the_background_and_cancels(session, crop_case):
     assert set(counts) == {"Edema"} and counts["Edema"] > 0.5 * np.count_nonzero(label)
     assert session.uncertainty is not None and session.least_certain
     assert all(z not in (20, 40) for z, _ in session.least_certain)
+    assert isinstance(session.next_slice, int) and session.next_slice not in (20, 40)
+    assert session.slice_ras(session.next_slice) == session.logic.sliceCentreRas(session.reference,
+                                                                                session.next_slice)
+
+    n_nodes = session.scene.GetNumberOfNodes()  # propagating again updates the same result (through the cache)
+    session.start_propagation()
+    assert session.wait(120).status == JobStatus.DONE
+    assert session.import_result() is result and session.scene.GetNumberOfNodes() == n_nodes
+    session.load_case(case_dir)  # another case: the Logic's cache is cleared
+    assert session.logic.featureCacheBytes() == 0 and session.logic.featureCache.describe()["slices"] == 0
 
 
 def test_session_bad_input(session, tmp_path):
@@ -306,6 +316,10 @@ def test_browser_paint_propagate_review_save(crop_case, tmp_path, free_port, req
             assert 0.5 * wt < sum(result.values()) < 1.5 * wt
             least = state(page, "least_certain")
             assert least and all(s["z"] not in zs for s in least)
+            next_z = state(page, "next_slice")
+            assert isinstance(next_z, int) and next_z not in zs
+            page.locator("#paint-next").click()
+            wait_for(page, f"window.trame.state.get('axial_slice') === {next_z}")
             page.locator(f"#least-certain-{least[0]['z']}").click()
             wait_for(page, f"window.trame.state.get('axial_slice') === {least[0]['z']}")
             time.sleep(1.0)  # let the views render before the screenshot

@@ -1,0 +1,74 @@
+"""Which slice to paint next: rank the non-annotated axial slices of a propagation result (numpy only).
+
+A slice is a candidate when it is not annotated and contains tumour-or-uncertain pixels (predicted tumour, or
+normalised entropy above 0.5 - the "region of interest", ROI). Strategies (a higher score is a better suggestion):
+
+- `uncertainty`: mean entropy of the ensemble's mean prediction over the slice's ROI (the first ranking, formerly
+  `PropagationResult.least_certain_slices`).
+- `disagreement`: mean fraction of ensemble members disagreeing with the ensemble over the ROI.
+- `distance`: distance (in slices) to the nearest annotated slice, for candidates within the axial extent of the
+  predicted tumour (ties: the larger ROI first).
+- `uncertainty-distance`: mean ROI entropy x distance to the nearest annotated slice.
+- `area-uncertainty`: summed ROI entropy, i.e. ROI area x mean entropy (the expected number of wrong pixels).
+
+`benchmark suggest` (`BrainDiffSegBench.suggest`) measures them with a simulated user; `DEFAULT_STRATEGY` is the one
+that measured best there (docs/results/README.md, section 9).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+STRATEGIES = ("uncertainty", "disagreement", "distance", "uncertainty-distance", "area-uncertainty")
+DEFAULT_STRATEGY = "uncertainty"
+ROI_ENTROPY = 0.5
+
+
+def _roi(result, z: int) -> np.ndarray:
+    return (result.labels[..., z] > 0) | (result.entropy[..., z] > ROI_ENTROPY)
+
+
+def slice_scores(result, strategy: str = DEFAULT_STRATEGY) -> dict[int, float]:
+    """Score of every candidate slice (see the module docstring); {} when there is none."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown suggestion strategy {strategy!r}; choose from {list(STRATEGIES)}")
+    Z = result.labels.shape[-1]
+    annotated = sorted({int(z) for z in result.annotated_slices})
+    ann = np.array(annotated, dtype=float)
+    tumour_z = np.nonzero(result.labels.reshape(-1, Z).any(axis=0))[0]
+    lo, hi = (int(tumour_z[0]), int(tumour_z[-1])) if len(tumour_z) else (0, -1)
+    scores: dict[int, float] = {}
+    for z in range(Z):
+        if z in annotated:
+            continue
+        roi = _roi(result, z)
+        if not roi.any():
+            continue
+        dist = float(np.abs(ann - z).min()) if len(ann) else float(Z)
+        mean_e = float(result.entropy[..., z][roi].mean())
+        if strategy == "uncertainty":
+            scores[z] = mean_e
+        elif strategy == "disagreement":
+            scores[z] = float(result.disagreement[..., z][roi].mean())
+        elif strategy == "distance":
+            if lo <= z <= hi:
+                scores[z] = dist + 1e-6 * float(roi.mean())  # ties: the larger ROI
+        elif strategy == "uncertainty-distance":
+            scores[z] = mean_e * dist
+        else:  # area-uncertainty
+            scores[z] = float(result.entropy[..., z][roi].sum())
+    return scores
+
+
+def rank_slices(result, n: int = 5, strategy: str = DEFAULT_STRATEGY) -> list[tuple[int, float]]:
+    """The n best slices to annotate next as (axial index, score), best first; never an annotated slice.
+
+    `result`: a `BrainDiffSegLib.propagate.PropagationResult` (labels, entropy, disagreement, annotated_slices)."""
+    scores = slice_scores(result, strategy)
+    return sorted(scores.items(), key=lambda s: (-s[1], s[0]))[:max(0, int(n))]
+
+
+def next_slice(result, strategy: str = DEFAULT_STRATEGY) -> int | None:
+    """The slice to paint next, or None when no slice is left to suggest (all annotated, or none with tumour or
+    uncertainty)."""
+    best = rank_slices(result, 1, strategy)
+    return best[0][0] if best else None

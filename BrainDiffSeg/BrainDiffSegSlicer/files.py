@@ -1,0 +1,99 @@
+"""Case folders -> volume nodes and segmentations -> files, with storage nodes and the Volumes module logic (never
+`slicer.util.load*` / `save*`, so this runs the same in Slicer, headless and under slicer-core)."""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import vtk
+
+import slicer
+
+from BrainDiffSegLib.constants import ROLES
+from BrainDiffSegLib.errors import BrainDiffSegError, InputError, OutputExistsError
+
+from . import arrays
+
+log = logging.getLogger(__name__)
+
+
+def loadCase(scene, volumesLogic, caseDir, loadGroundTruth: bool = False) -> dict:
+    """Load the sequences of a case folder (BraTS 2018-2021, BraTS 2023 or LGG names) as volume nodes of `scene`.
+
+    Returns role -> vtkMRMLScalarVolumeNode (and 'seg' -> vtkMRMLLabelMapVolumeNode with loadGroundTruth and
+    a label file present). Uses the Volumes module logic (archetype storage nodes); on any failure the nodes
+    loaded so far are removed again."""
+    from BrainDiffSegLib.io import find_case_files
+
+    files = find_case_files(caseDir)
+    wanted = [r for r in ROLES if r in files] + (["seg"] if loadGroundTruth and "seg" in files else [])
+    loaded = {}
+    try:
+        for role in wanted:
+            path = Path(files[role])
+            name = re.sub(r"\.nii(\.gz)?$", "", path.name)
+            node = volumesLogic.AddArchetypeVolume(str(path), name, 1 if role == "seg" else 0)
+            if node is None or node.GetImageData() is None:
+                raise InputError(f"Cannot read {path} ({role}).")
+            loaded[role] = node
+    except Exception:
+        for node in loaded.values():
+            removeVolumeNode(node)
+        raise
+    return loaded
+
+
+def removeVolumeNode(node):
+    """Remove a volume node and its display and storage nodes from its scene."""
+    scene = node.GetScene()
+    extra = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    extra.append(node.GetStorageNode())
+    scene.RemoveNode(node)
+    for n in extra:
+        if n is not None and n.GetScene() is not None:
+            scene.RemoveNode(n)
+
+
+def saveSegmentation(segmentationNode, path, referenceVolumeNode=None, force: bool = False) -> Path:
+    """Write a segmentation with a storage node, never overwriting an existing file unless `force`.
+
+    `.seg.nrrd` / `.nrrd` (and `.nhdr`): Slicer's segmentation file, segment names and colours included.
+    `.nii` / `.nii.gz`: a label volume on the grid of `referenceVolumeNode` (default: the segmentation's
+    reference geometry volume) with the label values of the segment rule (`segments`: BraTS 1/2/4 for BraTS
+    segments, as the engine and the command line write them).
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists; pass force=True to overwrite it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lower = path.name.lower()
+    if lower.endswith((".nii", ".nii.gz")):
+        reference = referenceVolumeNode or segmentationNode.GetNodeReference(
+            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+        if reference is None:
+            raise InputError(f"Saving '{segmentationNode.GetName()}' as {path.name} needs a reference volume "
+                             "(the grid of the label volume).")
+        labels, _, _ = arrays.labelArrayFromSegmentation(segmentationNode, reference)
+        labelNode = slicer.vtkMRMLLabelMapVolumeNode()  # not added to the scene
+        m = vtk.vtkMatrix4x4()
+        reference.GetIJKToRASMatrix(m)
+        labelNode.SetIJKToRASMatrix(m)
+        image = arrays.orientedImageFromArray(labels, reference)
+        plain = vtk.vtkImageData()
+        plain.ShallowCopy(image)
+        plain.SetOrigin(0, 0, 0)
+        plain.SetSpacing(1, 1, 1)
+        labelNode.SetAndObserveImageData(plain)
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetUseCompression(lower.endswith(".gz"))
+    elif lower.endswith((".nrrd", ".nhdr")):
+        labelNode = segmentationNode
+        storage = segmentationNode.CreateDefaultStorageNode()
+    else:
+        raise InputError(f"Cannot save a segmentation as {path.name}: use .seg.nrrd or .nii.gz.")
+    storage.SetFileName(str(path))
+    if not storage.WriteData(labelNode):
+        raise BrainDiffSegError(f"Writing {path} failed.")
+    log.info("wrote %s", path)
+    return path
