@@ -1,7 +1,9 @@
 """`braindiffseg benchmark suggest`: does "paint this slice next" (`BrainDiffSegLib.suggest`) beat even spacing?
 
 Simulated users on cases with ground truth; each round the user paints one more axial slice from the ground truth
-and propagates again; Dice per region on the slices without labels (`protocol.region_dice`):
+and propagates again. Two Dice scores per region (`protocol.region_dice`): `dice`, the protocol's, on the slices
+without labels (a different set of slices for each user), and `dice_all`, over the whole volume with the painted
+slices as painted (the segmentation the user ends up with; the same volume for every user). Users:
 - `even`: the protocol's evenly spaced slices for k = 1, 2, 3, 5 (each k from scratch);
 - one user per suggestion strategy: the k = 1 protocol slice, then each round the strategy's best slice of the last
   result (`suggest.rank_slices`) added, up to `max_slices` slices;
@@ -74,7 +76,7 @@ class CaseRunner:
                      seconds)
         return self.memo[key]
 
-    def round(self, painted: list[int]) -> tuple[dict, dict]:
+    def paint(self, painted: list[int]) -> tuple[dict, dict]:
         """(memo entry, round record) of the painted slices; `dice_all`: Dice over the whole volume with the painted
         slices as painted (ground truth, also where a painted slice has no tumour)."""
         r = self.run(painted)
@@ -85,11 +87,12 @@ class CaseRunner:
                    "dice": r["dice"], "dice_all": dice_all}
 
     def user(self, strategy: str, max_slices: int) -> list[dict]:
-        """Rounds of one simulated user from the k = 1 protocol slice: [{"n", "painted", "dice"}, ...]."""
+        """Rounds of one simulated user from the k = 1 protocol slice: [{"n", "painted", "labelled", "dice",
+        "dice_all"}, ...]."""
         painted = protocol_slices(self.case.label, 1)
         rounds = []
         while True:
-            r, row = self.round(painted)
+            r, row = self.paint(painted)
             rounds.append(row)
             if len(painted) >= max_slices:
                 return rounds
@@ -112,7 +115,7 @@ def run_case(case_dir: Path, options: PropagationOptions, strategies: list[str],
     runner = CaseRunner(case, options, list(strategies), depth=max_slices + 1)
     users = {"even": []}
     for k in EVEN_K:
-        _, row = runner.round(protocol_slices(case.label, k))
+        _, row = runner.paint(protocol_slices(case.label, k))
         users["even"].append(dict(row, n=k))
     for s in list(strategies) + ["correction"]:
         users[s] = runner.user(s, max_slices)
@@ -130,7 +133,10 @@ METRICS = {"dice_all": "Dice over the whole volume (painted slices as painted)",
 
 
 def dice_at(rec: dict, user: str, n: int, region: str, metric: str = "dice") -> float:
-    for r in rec["users"].get(user, []):
+    """Dice of `user` after n slices; `user` ("even", of=u): the even user of u's run."""
+    rounds = rec.get("even_of", {}).get(user[1], rec["users"]["even"]) if isinstance(user, tuple) else \
+        rec["users"].get(user, [])
+    for r in rounds:
         if r["n"] == n:
             return r[metric].get(region, float("nan"))
     return float("nan")
@@ -153,15 +159,16 @@ def summarise(records: list[dict], users: list[str]) -> dict:
         recs = [r for r in records if r["dataset"] == ds]
         regions = list(recs[0]["users"]["even"][0]["dice"])
         users_ds = [u for u in users if any(u in r["users"] for r in recs)]
-        settings = sorted({r.get("settings", "") for r in recs})
+        settings = list(dict.fromkeys(x for r in recs for x in r.get("settings", "").split("; ") if x))
         out[ds] = {"n_cases": len(recs), "regions": regions, "settings": "; ".join(settings)}
         for m in METRICS:
             out[ds][m] = {
                 "mean": {u: {n: {g: round_nan(nan_stats([dice_at(r, u, n, g, m) for r in recs])[0], 4)
                                  for g in regions} for n in REPORT_N} for u in ["even"] + users_ds},
                 "vs_even": {u: {n: {g: [round_nan(v, 4) for v in bootstrap_ci(
-                    [dice_at(r, u, n, g, m) - dice_at(r, "even", n, g, m) for r in recs])] for g in regions}
-                    for n in REPORT_N[1:]} for u in users_ds}}
+                    [dice_at(r, u, n, g, m) - dice_at(r, ("even", u), n, g, m) for r in recs])] for g in regions}
+                    for n in REPORT_N[1:]} for u in users_ds},
+                "cases": {u: sum(u in r["users"] for r in recs) for u in ["even"] + users_ds}}
     return out
 
 
@@ -173,11 +180,11 @@ def write_table(summary: dict, path: Path) -> None:
         for m, title in METRICS.items():
             s = s0[m]
             lines += [f"### {ds}: mean {title}, after n painted slices", "",
-                      "| user | " + " | ".join(f"{g} n={n}" for g in regions for n in REPORT_N) + " |",
-                      "|---|" + "---|" * (len(regions) * len(REPORT_N))]
+                      "| user | cases | " + " | ".join(f"{g} n={n}" for g in regions for n in REPORT_N) + " |",
+                      "|---|---|" + "---|" * (len(regions) * len(REPORT_N))]
             for u in s["mean"]:
-                lines.append(f"| {u} | " + " | ".join(f"{s['mean'][u][n][g]:.3f}" for g in regions
-                                                       for n in REPORT_N) + " |")
+                lines.append(f"| {u} | {s['cases'][u]} | " + " | ".join(f"{s['mean'][u][n][g]:.3f}" for g in regions
+                                                                         for n in REPORT_N) + " |")
             lines += ["", f"{ds}, {title}: paired difference vs even spacing, mean [bootstrap 95 % interval] over "
                       "cases", "", "| user | " + " | ".join(f"{g} n={n}" for g in regions for n in REPORT_N[1:])
                       + " |", "|---|" + "---|" * (len(regions) * (len(REPORT_N) - 1))]
@@ -201,17 +208,40 @@ def plot(summary: dict, png: Path) -> None:
         for u, by_n in s["mean"].items():
             ns = [n for n in REPORT_N if by_n[n]["WT"] == by_n[n]["WT"]]
             style = dict(color="black", linewidth=2.5) if u == "even" else \
-                dict(linestyle="--", color="grey") if u == "correction" else {}
-            ax.plot(ns, [by_n[n]["WT"] for n in ns], marker="o", label=u, **style)
+                dict(linestyle="--", color="grey") if u == "correction" else \
+                dict(color=f"C{STRATEGIES.index(u) % 10}" if u in STRATEGIES else None)
+            ax.plot(ns, [by_n[n]["WT"] for n in ns], marker="o", label=f"{u} ({s['cases'][u]})", **style)
         ax.set_title(f"{ds} ({s0['n_cases']} cases)")
         ax.set_xlabel("painted slices")
         ax.set_ylabel("WT Dice, " + ("whole volume" if m == "dice_all" else "slices without labels"))
         ax.set_xticks(list(REPORT_N))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        ax.legend(fontsize=7, title="user (cases)", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
+
+
+def merge_records(records: list[dict]) -> list[dict]:
+    """One record per case: the users of several runs of a case (e.g. other strategies) joined, the first run's
+    user kept where several have it; a user from a later run keeps that run's even user (`even_of`) for its paired
+    differences (runs with other code or settings may differ slightly)."""
+    out: dict[str, dict] = {}
+    for r in records:
+        if r["case"] not in out:
+            out[r["case"]] = dict(r, users=dict(r["users"]))
+            continue
+        m = out[r["case"]]
+        for u, rounds in r["users"].items():
+            if u not in m["users"]:
+                m["users"][u] = rounds
+                if u != "even":  # paired with the even user of its own run
+                    m.setdefault("even_of", {})[u] = r["users"]["even"]
+        if r.get("settings") and r["settings"] not in m.get("settings", ""):
+            m["settings"] = "; ".join(x for x in (m.get("settings"), r["settings"]) if x)
+        m["propagations"] = m.get("propagations", 0) + r.get("propagations", 0)
+        m["seconds"] = round(m.get("seconds", 0) + r.get("seconds", 0), 1)
+    return list(out.values())
 
 
 def benchmark_suggest(case_dirs: list[Path], out: Path, options: PropagationOptions, strategies: list[str],
@@ -224,7 +254,7 @@ def benchmark_suggest(case_dirs: list[Path], out: Path, options: PropagationOpti
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    joined = [r for j in join for r in json.loads(Path(j).read_text())["records"]]
+    joined = merge_records([r for j in join for r in json.loads(Path(j).read_text())["records"]])
     names = {Path(c).name for c in case_dirs}
     joined = [r for r in joined if r["case"] not in names]
     records, summary = [], {}

@@ -10,6 +10,10 @@ normalised entropy above 0.5 - the "region of interest", ROI). Strategies (a hig
   predicted tumour (ties: the larger ROI first).
 - `uncertainty-distance`: mean ROI entropy x distance to the nearest annotated slice.
 - `area-uncertainty`: summed ROI entropy, i.e. ROI area x mean entropy (the expected number of wrong pixels).
+- `tumour-uncertainty`: summed ROI entropy, only slices with predicted tumour (no suggestion of a slice where
+  only uncertainty, no tumour, was predicted).
+- `tumour-distance`: predicted tumour area x distance to the nearest annotated slice, only slices with predicted
+  tumour (an adaptive even spacing: large tumour slices far from what was painted).
 
 `benchmark suggest` (`BrainDiffSegBench.suggest`) measures them with a simulated user; `DEFAULT_STRATEGY` is the one
 that measured best there (docs/results/README.md, section 9).
@@ -18,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-STRATEGIES = ("uncertainty", "disagreement", "distance", "uncertainty-distance", "area-uncertainty")
-DEFAULT_STRATEGY = "uncertainty"
+STRATEGIES = ("uncertainty", "disagreement", "distance", "uncertainty-distance", "area-uncertainty",
+              "tumour-uncertainty", "tumour-distance")
+DEFAULT_STRATEGY = "tumour-uncertainty"
 ROI_ENTROPY = 0.5
 
 
@@ -54,8 +59,13 @@ def slice_scores(result, strategy: str = DEFAULT_STRATEGY) -> dict[int, float]:
                 scores[z] = dist + 1e-6 * float(roi.mean())  # ties: the larger ROI
         elif strategy == "uncertainty-distance":
             scores[z] = mean_e * dist
-        else:  # area-uncertainty
+        elif strategy == "area-uncertainty":
             scores[z] = float(result.entropy[..., z][roi].sum())
+        else:
+            area = int((result.labels[..., z] > 0).sum())
+            if area == 0:
+                continue
+            scores[z] = float(result.entropy[..., z][roi].sum()) if strategy == "tumour-uncertainty" else area * dist
     return scores
 
 
