@@ -424,8 +424,9 @@ def test_surface_only_segmentation_is_read_from_a_copy(mrml_scene, M):
     assert mrml_scene.GetNumberOfNodes() == n_nodes
 
 
-def test_the_modules_self_test_runs_headless(mrml_scene, M):
-    """BrainDiffSegTest (what Slicer's self-test and `slicer_add_python_unittest` run) passes under slicer-core."""
+def test_the_modules_self_test_runs_headless(mrml_scene, M, data_root):
+    """BrainDiffSegTest (what Slicer's self-test and `slicer_add_python_unittest` run) passes under slicer-core (its
+    real-case scenario needs the shared data: skipped with the other real-data tests without it)."""
     import unittest
 
     result = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(
