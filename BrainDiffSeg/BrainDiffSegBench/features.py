@@ -1,11 +1,14 @@
 """The feature-selection experiment (`braindiffseg benchmark features`): Dice of the propagation for candidate
 feature specs on the tuning cases, the diffusion features of each case computed once and served to every candidate
-from a cache (`cached_extractors`), which gives the features that the deployed FeatureExtractor computes.
+from a cache (`cached_extractors`), which gives the features that the deployed FeatureExtractor computes. With several
+`backbones` (`backbones.resolve_backbones`: bundled, random, checkpoint folders) every diffusion candidate runs on
+each (its records name the backbone); the intensity-only candidates, which use no backbone, run once.
 """
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from BrainDiffSegLib.preprocess import ModelGrid, normalize_case, stack_roles
 from BrainDiffSegLib.propagate import PropagationOptions, propagate
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 
+from .backbones import resolve_backbones
 from .report import machine
 
 log = logging.getLogger(__name__)
@@ -121,39 +125,54 @@ def cached_extractors(candidates: list[FeatureSpec], unet, cfg, stack: np.ndarra
 
 
 def select_features(case_dirs: list[Path], checkpoint: str, out: Path, k: int = 3,
-                    candidates: list[FeatureSpec] | None = None, n_models: int = 3) -> list[dict]:
-    """Dice of the propagation for candidate feature specs on tuning cases (features computed once per case)."""
-    unet, cfg = load_backbone(checkpoint)
+                    candidates: list[FeatureSpec] | None = None, n_models: int = 3,
+                    backbones: list[str] | None = None) -> list[dict]:
+    """Dice of the propagation for candidate feature specs on tuning cases (features computed once per case and
+    backbone); `backbones` default to [checkpoint]."""
+    with tempfile.TemporaryDirectory(prefix="braindiffseg-backbones-") as tmp:
+        chosen = resolve_backbones(backbones, Path(tmp), checkpoint)
+        loaded = [(b.name if len(chosen) > 1 else None, *load_backbone(b.checkpoint)) for b in chosen]
     candidates = candidates or default_candidates()
     records = []
     for ci, cdir in enumerate(case_dirs):
         case = load_case(cdir)
-        annotation, zs = simulate_annotation(case.label, k)
-        norm, fg = normalize_case(case.images)
-        stack, present = stack_roles(norm)
-        grid = ModelGrid.from_mask(fg, cfg.sample_size)
-        t = time.perf_counter()
-        extractors = cached_extractors(candidates, unet, cfg, stack, present, grid, fg)
-        log.info("%s: cached %s features in %.1f s", case.name, tuple(extractors[0].rows.shape),
-                 time.perf_counter() - t)
-        for spec, cex in zip(candidates, extractors):
-            # the cache and its extractors live on the CPU, so the classifier runs there too (also on a GPU machine)
-            opts = PropagationOptions(method="diffusion" if spec.blocks else "raw", features=spec,
-                                      classifier=ClassifierOptions(n_models=n_models), device="cpu")
-            t = time.perf_counter()
-            res = propagate(case.images, annotation, opts, extractor=cex)
-            d = region_dice(res.labels, case.label, zs)
-            rec = {"case": case.name, "spec": spec_name(spec), "channels": cex.n_channels,
-                   "seconds_classifier": round(time.perf_counter() - t, 2),
-                   "dice": {r: round(v, 4) for r, v in d.items()}}
-            records.append(rec)
-            log.info("[%d/%d] %s %-40s %s", ci + 1, len(case_dirs), case.name, rec["spec"],
-                     " ".join(f"{r} {v:.3f}" for r, v in d.items()))
-        del extractors
+        for bi, (name, unet, cfg) in enumerate(loaded):
+            records += _case_records(case, k, unet, cfg, name, [c for c in candidates if c.blocks or bi == 0],
+                                     n_models, f"[{ci + 1}/{len(case_dirs)}]")
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "feature_selection.json").write_text(json.dumps(
-            {"machine": machine(), "checkpoint": str(checkpoint), "k": k, "records": records}, indent=1))
+            {"machine": machine(), "checkpoint": str(checkpoint), "backbones": [b.name for b in chosen], "k": k,
+             "records": records}, indent=1))
         write_feature_table(records, Path(out) / "feature_selection.md")
+    return records
+
+
+def _case_records(case, k: int, unet, cfg, backbone: str | None, candidates: list[FeatureSpec], n_models: int,
+                  progress: str) -> list[dict]:
+    """The candidates' records on one case with one backbone (`backbone`: its name when several are compared,
+    recorded for the candidates that use it)."""
+    annotation, zs = simulate_annotation(case.label, k)
+    norm, fg = normalize_case(case.images)
+    stack, present = stack_roles(norm)
+    grid = ModelGrid.from_mask(fg, cfg.sample_size)
+    t = time.perf_counter()
+    extractors = cached_extractors(candidates, unet, cfg, stack, present, grid, fg)
+    log.info("%s: cached %s features in %.1f s", case.name, tuple(extractors[0].rows.shape),
+             time.perf_counter() - t)
+    records = []
+    for spec, cex in zip(candidates, extractors):
+        # the cache and its extractors live on the CPU, so the classifier runs there too (also on a GPU machine)
+        opts = PropagationOptions(method="diffusion" if spec.blocks else "raw", features=spec,
+                                  classifier=ClassifierOptions(n_models=n_models), device="cpu")
+        t = time.perf_counter()
+        res = propagate(case.images, annotation, opts, extractor=cex)
+        d = region_dice(res.labels, case.label, zs)
+        rec = {"case": case.name, "spec": spec_name(spec), "backbone": backbone if spec.blocks else None,
+               "channels": cex.n_channels, "seconds_classifier": round(time.perf_counter() - t, 2),
+               "dice": {r: round(v, 4) for r, v in d.items()}}
+        records.append(rec)
+        log.info("%s %s %-40s %s %s", progress, case.name, rec["spec"], backbone or "",
+                 " ".join(f"{r} {v:.3f}" for r, v in d.items()))
     return records
 
 
@@ -188,12 +207,16 @@ def default_candidates() -> list[FeatureSpec]:
 
 
 def write_feature_table(records: list[dict], path: Path) -> None:
+    """A row per candidate (per candidate and backbone when the records name several), best first."""
     by: dict = {}
     for r in records:
-        by.setdefault(r["spec"], []).append(r)
-    lines = ["| features | channels | cases | WT | TC | ET | mean of regions |", "|---|---|---|---|---|---|---|"]
+        by.setdefault((r["spec"], r.get("backbone")), []).append(r)
+    with_backbone = any(b for _, b in by)
+    lines = ["| features | " + ("backbone | " if with_backbone else "") + "channels | cases | WT | TC | ET | mean "
+             "of regions |", "|---|---|---|---|---|---|---|" + ("---|" if with_backbone else "")]
     rows = []
-    for spec, rs in by.items():
+    for (spec, backbone), rs in by.items():
+        spec = f"{spec} | {backbone or '–'}" if with_backbone else spec
         vals = {reg: [r["dice"][reg] for r in rs if reg in r["dice"]] for reg in ("WT", "TC", "ET")}
         means = {reg: float(np.mean(v)) if v else float("nan") for reg, v in vals.items()}
         overall = float(np.mean([v for r in rs for v in r["dice"].values()]))

@@ -18,20 +18,23 @@ from .report import plot_dice_vs_k, write_table
 
 def merge_runs(dirs: list[Path], out: Path) -> list[dict]:
     """Join the results.json of several propagation runs (e.g. one process per dataset) into one results.json,
-    table.md and dice_vs_k.png in `out`; a (case, k, method) present in several runs is taken from the first."""
-    records, seen, machines = [], set(), []
+    table.md and dice_vs_k.png in `out`; a (case, k, method, backbone, classifier seed) present in several runs is
+    taken from the first. The runs' backbones (name -> checkpoint and provenance) are joined too."""
+    records, seen, machines, backbones = [], set(), [], {}
     for d in dirs:
         data = json.loads((Path(d) / "results.json").read_text())
         machines.append(data["machine"])
+        for name, desc in data.get("backbones", {}).items():
+            backbones.setdefault(name, desc)
         for r in data["records"]:
-            key = (r["case"], r["k"], r["method"])
+            key = (r["case"], r["k"], r["method"], r.get("backbone"), r.get("seed"))
             if key not in seen:
                 seen.add(key)
                 records.append(r)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"machine": machines[0], "merged_from": [str(d) for d in dirs],
-                                                  "records": records}, indent=1))
+                                                  "backbones": backbones, "records": records}, indent=1))
     write_table(records, out / "table.md")
     plot_dice_vs_k(records, out / "dice_vs_k.png")
     return records

@@ -3,12 +3,18 @@ slices simulated from the ground truth, scores on the other slices).
 
 Everything runs headless through the same engine calls that the Slicer Logic uses (or, with a `propagator`, through
 the Logic itself: `BrainDiffSeg/Scripts/benchmark.py`). Results are written as JSON (one record per case x k x
-method, Dice and HD95 per region), a Markdown table and PNG plots (`report`).
+method x backbone x classifier seed, Dice and HD95 per region), a Markdown table and PNG plots (`report`).
+
+Dimensions beyond the method: `backbones` (diffusion-mlp only; `backbones.resolve_backbones`: 'bundled', 'random',
+a checkpoint folder) and classifier `seeds` (diffusion-mlp and raw-mlp; the other methods run once, with the first
+seed). Each record names its `backbone` (None for methods without one) and `seed`.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +27,7 @@ from BrainDiffSegLib.io import Case, load_case
 from BrainDiffSegLib.propagate import PropagationOptions, propagate
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 
+from .backbones import Backbone, resolve_backbones
 from .metrics import region_hd95
 from .report import machine, plot_dice_vs_k, round_nan, write_table
 
@@ -68,16 +75,42 @@ def _warm_up_baselines(methods: list[str]) -> None:
         baselines.grow_from_seeds(np.random.default_rng(0).random(ann.shape).astype(np.float32), ann)
 
 
+def variants(method: str, backbones: list[Backbone], seeds: list[int]) -> list[tuple[Backbone | None, int]]:
+    """The (backbone, classifier seed) runs of a method: diffusion-mlp per backbone x seed, raw-mlp per seed, the
+    other methods once (first seed, no backbone)."""
+    bs = backbones if method == "diffusion-mlp" else [None]
+    return [(b, s) for b in bs for s in (seeds if method in ("diffusion-mlp", "raw-mlp") else seeds[:1])]
+
+
+def variant_options(options: PropagationOptions, backbone: Backbone | None, seed: int) -> PropagationOptions:
+    """`options` with the run's seed (the classifier's too, as `--seed` sets them) and backbone."""
+    checkpoint = str(backbone.checkpoint) if backbone is not None else options.checkpoint
+    return replace(options, seed=seed, classifier=replace(options.classifier, seed=seed), checkpoint=checkpoint)
+
+
 def benchmark_propagation(case_dirs: list[Path], ks: list[int], methods: list[str], out: Path,
                           options: PropagationOptions | None = None, overlays: int = 3,
-                          propagator: Propagator | None = None, unet_options=None) -> list[dict]:
-    """Every method on every case with ground truth at every k; `unet_options`: segnets.PatientUNetOptions."""
+                          propagator: Propagator | None = None, unet_options=None,
+                          backbones: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
+    """Every method on every case with ground truth at every k (and per backbone / classifier seed, see the module's
+    docstring); `unet_options`: segnets.PatientUNetOptions."""
     options = options or PropagationOptions()
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"unknown propagation method(s) {unknown}; choose from {list(METHODS)}")
+    seeds = list(seeds or [options.seed])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="braindiffseg-backbones-") as tmp:
+        chosen = resolve_backbones(backbones, Path(tmp), options.checkpoint)
+        header = {"machine": machine(), "backbones": {b.name: b.describe() for b in chosen}, "seeds": seeds}
+        return _run_cases(case_dirs, ks, methods, out, options, overlays, propagator, unet_options, chosen, seeds,
+                          header)
+
+
+def _run_cases(case_dirs, ks, methods, out, options, overlays, propagator, unet_options, chosen, seeds,
+               header) -> list[dict]:
+    """The loop of `benchmark_propagation` over cases, k, methods and their variants; results.json after each case."""
     _warm_up_baselines(methods)
     records = []
     for ci, cdir in enumerate(case_dirs):
@@ -89,27 +122,33 @@ def benchmark_propagation(case_dirs: list[Path], ks: list[int], methods: list[st
             annotation, zs = simulate_annotation(case.label, k)
             preds = {}
             for method in methods:
-                t = time.perf_counter()
-                pred = run_method(case, annotation, method, options, propagator, unet_options)
-                seconds = time.perf_counter() - t
-                preds[method] = pred
-                rec = {"case": case.name, "k": k, "method": method, "annotated": zs, "seconds": round(seconds, 2),
-                       "dice": {r: round(v, 4) for r, v in region_dice(pred, case.label, zs).items()},
-                       "hd95": {r: round_nan(v) for r, v in region_hd95(pred, case.label, zs, case.spacing).items()},
-                       "spacing": list(case.spacing)}
-                records.append(rec)
-                log.info("[%d/%d] %s k=%d %-14s Dice %s HD95 %s (%.1f s)", ci + 1, len(case_dirs), case.name, k,
-                         method, " ".join(f"{r} {v:.3f}" for r, v in rec["dice"].items()),
-                         " ".join(f"{r} {v:.1f}" for r, v in rec["hd95"].items()), seconds)
+                for backbone, seed in variants(method, chosen, seeds):
+                    t = time.perf_counter()
+                    pred = run_method(case, annotation, method, variant_options(options, backbone, seed),
+                                      propagator, unet_options)
+                    seconds = time.perf_counter() - t
+                    name = backbone.name if backbone is not None else None
+                    if seed == seeds[0]:
+                        preds[method if name is None or len(chosen) == 1 else f"{method}_{name}"] = pred
+                    rec = {"case": case.name, "k": k, "method": method, "backbone": name, "seed": seed,
+                           "annotated": zs, "seconds": round(seconds, 2),
+                           "dice": {r: round(v, 4) for r, v in region_dice(pred, case.label, zs).items()},
+                           "hd95": {r: round_nan(v)
+                                    for r, v in region_hd95(pred, case.label, zs, case.spacing).items()},
+                           "spacing": list(case.spacing)}
+                    records.append(rec)
+                    log.info("[%d/%d] %s k=%d %-14s %s seed %d Dice %s HD95 %s (%.1f s)", ci + 1, len(case_dirs),
+                             case.name, k, method, name or "", seed,
+                             " ".join(f"{r} {v:.3f}" for r, v in rec["dice"].items()),
+                             " ".join(f"{r} {v:.1f}" for r, v in rec["hd95"].items()), seconds)
             if ci < overlays:
                 from .overlay import save_overlay
 
                 img = case.images.get("flair", next(iter(case.images.values())))
-                for method, pred in preds.items():
-                    save_overlay(out / f"overlay_{case.name}_k{k}_{method}.png", img, pred, case.label, zs,
-                                 title=f"{case.name} k={k} {method}")
-        (out / "results.json").write_text(json.dumps({"machine": machine(), "records": records}, indent=1,
-                                                     allow_nan=True))
+                for label, pred in preds.items():
+                    save_overlay(out / f"overlay_{case.name}_k{k}_{re.sub(r'[^A-Za-z0-9._-]+', '-', label)}.png",
+                                 img, pred, case.label, zs, title=f"{case.name} k={k} {label}")
+        (out / "results.json").write_text(json.dumps(dict(header, records=records), indent=1, allow_nan=True))
     write_table(records, out / "table.md")
     plot_dice_vs_k(records, out / "dice_vs_k.png")
     return records

@@ -3,6 +3,10 @@ and the propagation benchmark's summary table (Markdown) and Dice-vs-k plot (PNG
 
 HD95 follows `metrics.region_hd95`: in mm, NaN where exactly one of prediction and ground truth is
 empty; NaN values are left out of the means and counted in the table's "HD95 undefined" column.
+
+Records with a backbone (diffusion-mlp) are reported per backbone (a backbone column) and records of several
+classifier seeds are first averaged per case (`stats.seed_means`); the tables then add the paired per-case
+differences between backbones and against raw-mlp with bootstrap 95 % intervals, and the spread over seeds.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .stats import N_RESAMPLES, paired_differences, seed_means, seed_spread, variant
+
 
 def round_nan(v: float, digits: int = 2) -> float:
     """`v` rounded to `digits`; NaN stays NaN (written as NaN in the JSON)."""
@@ -19,11 +25,13 @@ def round_nan(v: float, digits: int = 2) -> float:
 
 
 def machine() -> str:
-    """One line describing this machine: CPU, cores, GPU (if torch sees one) and the torch version."""
+    """One line describing this machine: CPU, cores, GPU (if torch sees one), the torch version and the number of
+    torch threads (results depend on it: `BrainDiffSegLib.device`)."""
     import torch
 
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+            f", {torch.get_num_threads()} torch thread(s)")
 
 
 def nan_stats(values: list[float]) -> tuple[float, float, int, int]:
@@ -43,15 +51,17 @@ def dataset_of(case: str) -> str:
 # ------------------------------------------------------------------------------------------------ propagation
 
 def summarise(records: list[dict]) -> dict:
-    """(method, k, region) -> (mean, sd, n) of Dice, (method, k, 'HD95 ' + region) -> (mean, sd, n, n NaN) and
-    (method, k, 'seconds') -> (mean, sd, n)."""
+    """(variant, k, region) -> (mean, sd, n) of Dice, (variant, k, 'HD95 ' + region) -> (mean, sd, n, n NaN) and
+    (variant, k, 'seconds') -> (mean, sd, n), over cases (each case's values averaged over its classifier seeds);
+    the variant is the method, with its backbone if it has one (`stats.variant`)."""
     groups: dict = {}
-    for r in records:
+    for r in seed_means(records):
+        v_ = variant(r)
         for reg, v in r["dice"].items():
-            groups.setdefault((r["method"], r["k"], reg), []).append(v)
+            groups.setdefault((v_, r["k"], reg), []).append(v)
         for reg, v in r.get("hd95", {}).items():
-            groups.setdefault((r["method"], r["k"], "HD95 " + reg), []).append(v)
-        groups.setdefault((r["method"], r["k"], "seconds"), []).append(r["seconds"])
+            groups.setdefault((v_, r["k"], "HD95 " + reg), []).append(v)
+        groups.setdefault((v_, r["k"], "seconds"), []).append(r["seconds"])
     out = {}
     for key, v in groups.items():
         if key[2].startswith("HD95"):
@@ -70,7 +80,8 @@ def write_table(records: list[dict], path: Path) -> None:
     text = []
     for title, recs in sections:
         n_cases = len({r["case"] for r in recs})
-        text.append(f"### {title} ({n_cases} cases)\n\n" + propagation_table(recs))
+        text.append(f"### {title} ({n_cases} cases)\n\n" + propagation_table(recs) + paired_table(recs)
+                    + seed_table(recs))
     Path(path).write_text("\n".join(text))
 
 
@@ -79,9 +90,12 @@ def propagation_table(records: list[dict]) -> str:
     s = summarise(records)
     regions = [r for r in ("WT", "TC", "ET") if any(k[2] == r for k in s)]
     hd = [r for r in regions if any(k[2] == "HD95 " + r for k in s)]
-    lines = ["| method | k | n | " + " | ".join(f"{r} Dice" for r in regions)
+    backbone = {variant(r): r.get("backbone") for r in records}
+    with_backbone = any(backbone.values())
+    lines = ["| method | " + ("backbone | " if with_backbone else "") + "k | n | "
+             + " | ".join(f"{r} Dice" for r in regions)
              + "".join(f" | {r} HD95 (mm)" for r in hd) + (" | HD95 undefined" if hd else "") + " | s/case |",
-             "|---|---|---|" + "---|" * (len(regions) + len(hd) + bool(hd) + 1)]
+             "|---|---|---|" + "---|" * (len(regions) + len(hd) + bool(hd) + 1 + with_backbone)]
     for method, k in sorted({(m, k) for m, k, _ in s}, key=lambda x: (x[1], x[0])):
         cells = [f"{s[(method, k, r)][0]:.3f} ± {s[(method, k, r)][1]:.3f}" if (method, k, r) in s else "–"
                  for r in regions]
@@ -91,7 +105,40 @@ def propagation_table(records: list[dict]) -> str:
         if hd:
             cells.append(str(sum(s[(method, k, "HD95 " + r)][3] for r in hd if (method, k, "HD95 " + r) in s)))
         n = s[(method, k, "seconds")][2]
-        lines.append(f"| {method} | {k} | {n} | " + " | ".join(cells) + f" | {s[(method, k, 'seconds')][0]:.1f} |")
+        name = (f"{method.split(' (')[0]} | {backbone[method] or '–'}" if with_backbone else method)
+        lines.append(f"| {name} | {k} | {n} | " + " | ".join(cells) + f" | {s[(method, k, 'seconds')][0]:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_table(records: list[dict]) -> str:
+    """The paired per-case Dice differences (`stats.paired_differences`) as a Markdown table ('' if none)."""
+    rows = paired_differences(records)
+    if not rows:
+        return ""
+    lines = [f"\nPaired per-case Dice differences A - B (mean, bootstrap 95 % interval over cases, {N_RESAMPLES} "
+             "resamples, seed 0; each case's Dice averaged over its classifier seeds; wins: cases where A / B is "
+             "higher):\n", "| A | B | k | region | n | mean A - B | 95 % interval | wins A / B |",
+             "|---|---|---|---|---|---|---|---|"]
+    for d in rows:
+        lines.append(f"| {d['a']} | {d['b']} | {d['k']} | {d['region']} | {d['n']} | {d['mean']:+.3f} | "
+                     f"[{d['lo']:+.3f}, {d['hi']:+.3f}] | {d['a_wins']} / {d['b_wins']} |")
+    return "\n".join(lines) + "\n"
+
+
+def seed_table(records: list[dict]) -> str:
+    """Mean Dice over cases per classifier seed, then mean ± sd across seeds (`stats.seed_spread`; '' if one
+    seed)."""
+    s = seed_spread(records)
+    if not s:
+        return ""
+    regions = [r for r in ("WT", "TC", "ET") if any(k[2] == r for k in s)]
+    lines = ["\nSpread over classifier seeds (mean Dice over cases for each seed; mean ± sd across seeds):\n",
+             "| method | k | seeds | " + " | ".join(f"{r} Dice" for r in regions) + " |",
+             "|---|---|---|" + "---|" * len(regions)]
+    for v, k in sorted({(v, k) for v, k, _ in s}, key=lambda x: (x[1], x[0])):
+        cells = [f"{s[(v, k, r)][0]:.3f} ± {s[(v, k, r)][1]:.3f}" if (v, k, r) in s else "–" for r in regions]
+        n = max(s[(v, k, r)][2] for r in regions if (v, k, r) in s)
+        lines.append(f"| {v} | {k} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

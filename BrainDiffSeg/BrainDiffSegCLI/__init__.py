@@ -1,8 +1,9 @@
-"""The `braindiffseg` command: propagate, demo, train-ddpm, benchmark, web.
+"""The `braindiffseg` command: propagate, demo, train-ddpm, inpaint, train-inpaint, benchmark, web.
 
 The one package that wires the engine (`BrainDiffSegLib`), the benchmarks (`BrainDiffSegBench`) and the browser
 annotator (`BrainDiffSegWeb`, imported only by `braindiffseg web`). Each command lives in its own module
-(`propagate`: propagate and demo, `train`: train-ddpm, `benchmark`, `web`), which adds its parser and runs it. The
+(`propagate`: propagate and demo, `train`: train-ddpm, `inpaint`: inpaint and train-inpaint, `benchmark`,
+`web`), which adds its parser and runs it. The
 propagation flags (`--preset`, `--method`, `--blocks`, `--ensemble`, ...) are generated from the options dataclasses
 by `BrainDiffSegLib.options.add_arguments`; given flags override the chosen preset.
 
@@ -18,13 +19,14 @@ log = logging.getLogger("braindiffseg")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import benchmark, propagate, train, web
+    from . import benchmark, inpaint, propagate, train, web
 
     ap = argparse.ArgumentParser(prog="braindiffseg", description=__doc__.split("\n\n")[0])
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
     propagate.add_parsers(sub)
     train.add_parser(sub)
+    inpaint.add_parsers(sub)
     benchmark.add_parser(sub)
     web.add_parser(sub)
     return ap
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
     benchmark script injects one that runs the classifier methods through the module's Logic)."""
     from BrainDiffSegLib.errors import BrainDiffSegError
 
-    from . import benchmark, propagate, train, web
+    from . import benchmark, inpaint, propagate, train, web
 
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
     try:
         if a.command == "train-ddpm":
             return train.run(a)
+        if a.command in ("inpaint", "train-inpaint"):
+            return inpaint.run(a)
         if a.command == "benchmark":
             return benchmark.run(a, propagator)
         if a.command == "web":

@@ -1,4 +1,5 @@
-"""`braindiffseg benchmark propagation | features | fewshot | speed | update | suggest | merge` (the benchmarks: BrainDiffSegBench)."""
+"""`braindiffseg benchmark propagation | features | fewshot | speed | update | suggest | merge | inpainting` (the
+benchmarks: BrainDiffSegBench)."""
 from __future__ import annotations
 
 import logging
@@ -24,12 +25,17 @@ def add_parser(sub) -> None:
     b.add_argument("--max-cases", type=int, default=0, help="only the first N cases (0: all)")
     b.add_argument("--unet-steps", type=int, default=150, help="unet-patient: training steps")
     b.add_argument("--unet-batch", type=int, default=4, help="unet-patient: slices per step")
+    b.add_argument("--classifier-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="run diffusion-mlp and raw-mlp once per seed (e.g. 0 1 2) and report the spread "
+                   "(default: --seed only)")
+    _add_backbone_args(b)
     b.add_argument("--out", required=True)
     add_arguments(b)
 
     b = bsub.add_parser("features", help="the feature-selection experiment on the tuning cases")
     b.add_argument("--data", default=None, help="data root (default $BRAINDIFFSEG_DATA)")
     b.add_argument("--checkpoint", default=None)
+    _add_backbone_args(b)
     b.add_argument("--k", type=int, default=3)
     b.add_argument("--max-cases", type=int, default=0)
     b.add_argument("--out", required=True)
@@ -50,11 +56,31 @@ def add_parser(sub) -> None:
                         "round vs evenly spaced slices, plus a correction user; Dice after 1, 2, 3, 5 slices")
     _add_suggest_args(b)
 
+    b = bsub.add_parser("inpainting", help="healthy-tissue inpainting on healthy masks of the test split: the "
+                        "DDPM(s) vs the baselines, the challenge's SSIM / PSNR / MSE inside the mask, time per volume")
+    b.add_argument("--data", nargs="+", default=None, help="case folders or folders above them "
+                   "(default: the test split of $BRAINDIFFSEG_DATA)")
+    b.add_argument("--split", choices=["test", "tuning", "all"], default="test")
+    b.add_argument("--max-cases", type=int, default=0, help="only the first N BraTS and the first N LGG cases (0: all)")
+    b.add_argument("--model", default=None, help="2D inpainting checkpoint (default: the bundled model)")
+    b.add_argument("--model-3d", default=None, help="pseudo-3D inpainting checkpoint, if any")
+    b.add_argument("--steps", type=int, nargs="+", default=[25], help="DDIM step counts to compare")
+    b.add_argument("--seed", type=int, default=0, help="seed of the healthy masks")
+    b.add_argument("--out", required=True)
+
     b = bsub.add_parser("merge", help="join runs split over several processes into one table: propagation runs "
                         "(folders with results.json) or few-shot runs (fewshot_<dataset>.json files or folders with "
                         "them, e.g. other seeds); a record in several inputs is taken from the first")
     b.add_argument("inputs", nargs="+", metavar="RUN", help="run folders or result files, first wins")
     b.add_argument("--out", required=True, help="folder for the joined results (may be one of the inputs)")
+
+
+def _add_backbone_args(b) -> None:
+    b.add_argument("--backbones", nargs="+", default=None, metavar="BACKBONE", help="backbones of diffusion-mlp, "
+                   "each a dimension of the results: bundled, random (same architecture, seeded random weights; "
+                   "random:SEED for another seed) or a checkpoint folder (default: --checkpoint or bundled)")
+    b.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice); results are "
+                   "bit-identical for a given thread count, not across counts")
 
 
 def _add_fewshot_args(b) -> None:
@@ -126,8 +152,11 @@ def run_propagation(a, propagator=None) -> int:
     cases = cases[:a.max_cases] if a.max_cases else cases
     log.info("%d cases, k=%s, methods %s", len(cases), a.k, a.methods)
     unet = PatientUNetOptions(train=SegTrainOptions(steps=a.unet_steps, batch_size=a.unet_batch, seed=options.seed))
+    from BrainDiffSegLib.device import set_threads
+
+    log.info("%d torch thread(s)", set_threads(a.threads))
     records = benchmark_propagation(cases, a.k, a.methods, Path(a.out), options, propagator=propagator,
-                                    unet_options=unet)
+                                    unet_options=unet, backbones=a.backbones, seeds=a.classifier_seeds)
     print((Path(a.out) / "table.md").read_text())
     return 0 if records else 1
 
@@ -142,7 +171,10 @@ def run_features(a) -> int:
         lgg = [c for c in cases if c.name.startswith("TCGA")]
         other = [c for c in cases if c not in lgg]
         cases = other[:(a.max_cases + 1) // 2] + lgg[:a.max_cases // 2]
-    select_features(cases, a.checkpoint or str(default_checkpoint()), Path(a.out), a.k)
+    from BrainDiffSegLib.device import set_threads
+
+    log.info("%d torch thread(s)", set_threads(a.threads))
+    select_features(cases, a.checkpoint or str(default_checkpoint()), Path(a.out), a.k, backbones=a.backbones)
     print((Path(a.out) / "feature_selection.md").read_text())
     return 0
 
@@ -231,8 +263,25 @@ def run_merge(a) -> int:
     return 0
 
 
+def run_inpainting(a) -> int:
+    from BrainDiffSegBench.inpainting import benchmark_inpainting
+    from BrainDiffSegLib.inpaint import default_inpaint_model
+
+    cases = propagation_cases(a.data, a.split)
+    if a.max_cases:
+        lgg = [c for c in cases if "lgg" in str(c).lower()]
+        other = [c for c in cases if c not in lgg]
+        cases = other[:a.max_cases] + lgg[:a.max_cases]
+    models = {"DDPM 2D": str(a.model or default_inpaint_model())}
+    if a.model_3d:
+        models["DDPM pseudo-3D"] = str(a.model_3d)
+    result = benchmark_inpainting(cases, Path(a.out), models, steps=a.steps, seed=a.seed)
+    log.info("wrote %s", Path(a.out) / "README.md")
+    return 0 if result["rows"] else 1
+
+
 def run(a, propagator=None) -> int:
     if a.benchmark == "propagation":
         return run_propagation(a, propagator)
     return {"features": run_features, "fewshot": run_fewshot, "speed": run_speed, "update": run_update,
-            "suggest": run_suggest, "merge": run_merge}[a.benchmark](a)
+            "suggest": run_suggest, "merge": run_merge, "inpainting": run_inpainting}[a.benchmark](a)

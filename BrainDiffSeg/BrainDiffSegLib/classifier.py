@@ -160,47 +160,69 @@ class PixelEnsemble:
         `slices_per_chunk` slices at a time to bound memory. Returns the same as `predict` for the pixels of `mask`,
         slice-major, up to float rounding.
         """
-        if not self.members:
-            raise RuntimeError("the ensemble is not trained")
+        folded = self.folded()
         parts = [diffusion] if isinstance(diffusion, torch.Tensor) else list(diffusion or [])
-        n_d = sum(p.shape[1] for p in parts)
-        w0, b0, rest = self._folded()
-        n_members = len(self.members)
-        counts = mask.flatten(1).sum(1).tolist()
+        layer = self.first_layer_parts(parts, folded[0])
         size = max((p.shape[-2:] for p in parts), default=None)
-        probs, ents, diss = [], [], []
-        start = 0
+        n_d = sum(p.shape[1] for p in parts)
+        counts = mask.flatten(1).sum(1).tolist()
+        out, start = [], 0
         for s in range(0, mask.shape[0], slices_per_chunk):
             m = mask[s:s + slices_per_chunk]
             n = int(sum(counts[s:s + slices_per_chunk]))
-            h = b0.expand(n, -1).clone()
-            if n_d:
-                h += sample_native(self._first_layer([p[s:s + slices_per_chunk] for p in parts], w0, size), m)
+            h = folded[1].expand(n, -1).clone()
+            if layer:
+                h += sample_native(self.resized_sum([y[s:s + slices_per_chunk] for y in layer], size), m)
             if other is not None:
-                h += other[start:start + n].to(self.device, torch.float32) @ w0[:, n_d:].T
+                h += self.other_columns(other[start:start + n], folded[0], n_d)
             start += n
-            r = F.relu(h).view(n, n_members, -1).transpose(0, 1)  # (M, P, h)
-            for i, (w, b) in enumerate(rest):
-                r = torch.baddbmm(b, r, w.transpose(1, 2))
-                if i < len(rest) - 1:
-                    r = F.relu(r)
-            for out, value in zip((probs, ents, diss), self._combine(F.softmax(r, dim=2))):
-                out.append(value)
-        return torch.cat(probs), torch.cat(ents), torch.cat(diss)
+            out.append(self.head(h, folded))
+        return tuple(torch.cat(v) for v in zip(*out))
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The members folded for inference (see `_folded`); RuntimeError if not trained."""
+        if not self.members:
+            raise RuntimeError("the ensemble is not trained")
+        return self._folded()
 
     @staticmethod
-    def _first_layer(parts: list[torch.Tensor], w0: torch.Tensor, size) -> torch.Tensor:
-        """sum_i up_S(W_i · part_i): (B, M*h, S, S) in channels-last memory, W_i the columns of part i."""
-        total, offset = None, 0
+    def first_layer_parts(parts: list[torch.Tensor], w0: torch.Tensor) -> list[torch.Tensor]:
+        """W_i · part_i for each (B, C_i, h_i, w_i) part (the columns of part i, in order): (B, M*h, h_i, w_i)
+        tensors in channels-last memory, at each part's own resolution (no bias)."""
+        out, offset = [], 0
         for part in parts:
             b, c, h, w = part.shape
             x = part.permute(0, 2, 3, 1).reshape(-1, c)
-            y = (x @ w0[:, offset:offset + c].T).view(b, h, w, -1).permute(0, 3, 1, 2)
-            if (h, w) != tuple(size):
+            out.append((x @ w0[:, offset:offset + c].T).view(b, h, w, -1).permute(0, 3, 1, 2))
+            offset += c
+        return out
+
+    @staticmethod
+    def resized_sum(layer: list[torch.Tensor], size) -> torch.Tensor:
+        """sum_i up_size(layer_i): the first layer's output of the diffusion features on a size x size grid."""
+        total = None
+        for y in layer:
+            if tuple(y.shape[-2:]) != tuple(size):
                 y = F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)
             total = y if total is None else total + y
-            offset += c
         return total
+
+    def other_columns(self, other: torch.Tensor, w0: torch.Tensor, n_diffusion: int) -> torch.Tensor:
+        """The first layer's share (P, M*h) of the native features `other` (P, Ci), the columns after the first
+        `n_diffusion`."""
+        return other.to(self.device, torch.float32) @ w0[:, n_diffusion:].T
+
+    def head(self, h: torch.Tensor, folded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From first-layer pre-activations h (P, M*h) (bias included) of all members: mean probabilities (P, K),
+        normalised entropy (P,) and disagreement (P,) (as `predict`)."""
+        n = h.shape[0]
+        r = F.relu(h).view(n, len(self.members), -1).transpose(0, 1)  # (M, P, h)
+        rest = folded[2]
+        for i, (w, b) in enumerate(rest):
+            r = torch.baddbmm(b, r, w.transpose(1, 2))
+            if i < len(rest) - 1:
+                r = F.relu(r)
+        return self._combine(F.softmax(r, dim=2))
 
     def _combine(self, member_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Members' probabilities (M, P, K) -> mean (P, K), normalised entropy (P,), disagreement (P,), on the CPU."""

@@ -65,7 +65,8 @@ def _hide_sequences(present: torch.Tensor, p: float, gen: torch.Generator) -> to
     return keep
 
 
-def train_ddpm(opt: TrainOptions) -> Path:
+def setup_distributed(opt: TrainOptions) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the process group under torchrun."""
     rank, world = _dist_info()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() and opt.device != "cpu" else "gloo")
@@ -73,9 +74,13 @@ def train_ddpm(opt: TrainOptions) -> Path:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def train_ddpm(opt: TrainOptions) -> Path:
+    rank, world, device = setup_distributed(opt)
     out = Path(opt.out)
-    state_path = out / STATE
-    resume = state_path.is_file()
+    resume = (out / STATE).is_file()
     init = None
     if resume:
         cfg = read_config(out)
@@ -99,11 +104,48 @@ def train_ddpm(opt: TrainOptions) -> Path:
     model = build_unet(cfg).to(device)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    init_info = cfg.training if init is not None else None
+    scheduler = build_scheduler(cfg)
+    alphas = scheduler.alphas_cumprod.to(device)
+
+    def batch_loss(net, gen: torch.Generator, n: int) -> torch.Tensor:
+        idx = torch.randint(len(images_t), (n,), generator=gen)
+        x0 = images_t[idx].float()
+        if opt.crop and opt.crop < cfg.sample_size:
+            ox, oy = torch.randint(cfg.sample_size - opt.crop + 1, (2,), generator=gen).tolist()
+            x0 = x0[..., ox:ox + opt.crop, oy:oy + opt.crop]
+        if torch.rand((), generator=gen) < 0.5:
+            x0 = x0.flip(-2)  # left-right flip
+        keep = _hide_sequences(present_t[idx], opt.drop_sequences, gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(cfg.num_train_timesteps, (n,), generator=gen)
+        x0, noise, t, keep = x0.to(device), noise.to(device), t.to(device), keep.to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with autocast(device, opt.precision):
+            pred = net(model_input(xt, keep), t).sample
+        w = keep.float().view(n, -1, 1, 1)
+        return (((pred.float() - noise) ** 2) * w).sum() / (w.sum() * x0.shape[-1] * x0.shape[-2])
+
+    provenance = {"crop": opt.crop, "cases": len(cases), "slices": int(len(images)),
+                  "data": [str(d) for d in opt.data]}
+    run_loop(opt, cfg, model, device, batch_loss, provenance, init_info=cfg.training if init is not None else None)
+    return out
+
+
+def run_loop(opt: TrainOptions, cfg, model: torch.nn.Module, device: torch.device, batch_loss, provenance: dict,
+             init_info: dict | None = None, reseed_every_step: bool = False) -> None:
+    """The training loop shared by the backbone and the inpainting model: AdamW with warm-up, gradient clipping,
+    EMA, resuming from `out/train_state.pt`, loss.csv and its plot, checkpoints (EMA weights via
+    `save_backbone`), the time limit, DDP. `batch_loss(net, generator, per_rank_batch)` returns one step's loss;
+    `provenance` is added to `cfg.training`. With `reseed_every_step` the generator is reseeded from (seed, rank,
+    step) before each step, so that an interrupted and resumed run is bit-identical to an uninterrupted one."""
+    rank, world = _dist_info()
+    out = Path(opt.out)
+    state_path = out / STATE
     optim = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=0.0)
     ema = EMAModel(model.parameters(), decay=opt.ema_decay)
     step, wall = 0, 0.0
-    if resume:
+    if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
@@ -113,8 +155,6 @@ def train_ddpm(opt: TrainOptions) -> Path:
             log.info("resumed %s at step %d (%.1f min trained)", out, step, wall / 60)
     ema.to(device)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    scheduler = build_scheduler(cfg)
-    alphas = scheduler.alphas_cumprod.to(device)
     gen = seed_everything(opt.seed + 1000 * rank + 7919 * step)
     per_rank = max(1, opt.batch_size // world)
     start, losses, first_step = time.time(), [], step
@@ -130,10 +170,10 @@ def train_ddpm(opt: TrainOptions) -> Path:
     def save():
         if rank != 0:
             return
-        cfg.training = {"steps": step, "batch_size": opt.batch_size, "lr": opt.lr, "crop": opt.crop,
+        cfg.training = {"steps": step, "batch_size": opt.batch_size, "lr": opt.lr,
                         "ema_decay": opt.ema_decay, "precision": opt.precision, "world_size": world,
                         "wall_seconds": round(wall + time.time() - start, 1), "device": _hardware(device),
-                        "cases": len(cases), "slices": int(len(images)), "data": [str(d) for d in opt.data]}
+                        **provenance}
         if init_info:
             cfg.training.update(init_info)
         ema.store(model.parameters())
@@ -149,26 +189,12 @@ def train_ddpm(opt: TrainOptions) -> Path:
 
     model.train()
     while step < opt.steps:
-        idx = torch.randint(len(images_t), (per_rank,), generator=gen)
-        x0 = images_t[idx].float()
-        if opt.crop and opt.crop < cfg.sample_size:
-            ox, oy = torch.randint(cfg.sample_size - opt.crop + 1, (2,), generator=gen).tolist()
-            x0 = x0[..., ox:ox + opt.crop, oy:oy + opt.crop]
-        if torch.rand((), generator=gen) < 0.5:
-            x0 = x0.flip(-2)  # left-right flip
-        keep = _hide_sequences(present_t[idx], opt.drop_sequences, gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(cfg.num_train_timesteps, (per_rank,), generator=gen)
-        x0, noise, t, keep = x0.to(device), noise.to(device), t.to(device), keep.to(device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        if reseed_every_step:
+            gen.manual_seed(opt.seed + 1000 * rank + 7919 * step)
         lr = opt.lr * min(1.0, (step + 1) / max(1, opt.warmup))
         for g in optim.param_groups:
             g["lr"] = lr
-        with autocast(device, opt.precision):
-            pred = ddp(model_input(xt, keep), t).sample
-        w = keep.float().view(per_rank, -1, 1, 1)
-        loss = (((pred.float() - noise) ** 2) * w).sum() / (w.sum() * x0.shape[-1] * x0.shape[-2])
+        loss = batch_loss(ddp, gen, per_rank)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -202,7 +228,6 @@ def train_ddpm(opt: TrainOptions) -> Path:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return out
 
 
 def _hardware(device: torch.device) -> str:

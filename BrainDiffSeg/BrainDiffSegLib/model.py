@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, ClassVar
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -24,8 +25,30 @@ log = logging.getLogger(__name__)
 FORMAT = "braindiffseg-backbone/1"
 
 
+class CheckpointConfig:
+    """Mixin of the checkpointed model configurations (dataclasses with a `training` dict and a `FORMAT` name):
+    the architecture fields compared on load, and construction from a config.json dict."""
+
+    FORMAT: ClassVar[str] = FORMAT
+
+    def arch(self) -> dict:
+        """Fields that must match between a checkpoint and the code that loads it."""
+        d = asdict(self)
+        d.pop("training")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        fields = cls.__dataclass_fields__
+        known = {k: v for k, v in d.items() if k in fields}
+        for k, v in known.items():
+            if isinstance(fields[k].default, tuple):
+                known[k] = tuple(v)  # TypeError for a non-sequence: reported as an invalid configuration
+        return cls(**known)
+
+
 @dataclass
-class BackboneConfig:
+class BackboneConfig(CheckpointConfig):
     sample_size: int = 128
     roles: tuple[str, ...] = ROLES
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
@@ -41,20 +64,6 @@ class BackboneConfig:
     @property
     def in_channels(self) -> int:
         return 2 * len(self.roles)
-
-    def arch(self) -> dict:
-        """Fields that must match between a checkpoint and the code that loads it."""
-        d = asdict(self)
-        d.pop("training")
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BackboneConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for k in ("roles", "block_out_channels", "attention_levels"):
-            if k in known:
-                known[k] = tuple(known[k])
-        return cls(**known)
 
 
 def build_unet(cfg: BackboneConfig) -> UNet2DModel:
@@ -80,18 +89,19 @@ def model_input(images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return torch.cat([images * p, p], dim=1)
 
 
-def save_backbone(folder: str | Path, state_dict: dict[str, torch.Tensor], cfg: BackboneConfig) -> Path:
+def save_backbone(folder: str | Path, state_dict: dict[str, torch.Tensor], cfg: CheckpointConfig) -> Path:
+    """Write `model.safetensors` and `config.json` (any `CheckpointConfig`: the backbone, the inpainting model)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "model.safetensors.tmp"
     save_file({k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
     tmp.replace(folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"format": FORMAT, **cfg.arch(), "training": cfg.training},
+    (folder / "config.json").write_text(json.dumps({"format": cfg.FORMAT, **cfg.arch(), "training": cfg.training},
                                                    indent=2))
     return folder
 
 
-def read_config(folder: str | Path) -> BackboneConfig:
+def read_config(folder: str | Path, cls: type = BackboneConfig):
     folder = Path(folder)
     path = folder / "config.json"
     if not folder.is_dir():
@@ -105,10 +115,10 @@ def read_config(folder: str | Path) -> BackboneConfig:
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: expected a JSON object with the checkpoint configuration, "
                               f"got {type(d).__name__}")
-    if d.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {d.get('format')!r} (expected {FORMAT!r})")
+    if d.get("format") != cls.FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {d.get('format')!r} (expected {cls.FORMAT!r})")
     try:
-        return BackboneConfig.from_dict(d)
+        return cls.from_dict(d)
     except TypeError as exc:
         raise CheckpointError(f"{path}: invalid configuration: {exc}") from exc
 
@@ -116,8 +126,13 @@ def read_config(folder: str | Path) -> BackboneConfig:
 def load_backbone(folder: str | Path, expect: BackboneConfig | None = None,
                   device: str | torch.device = "cpu") -> tuple[UNet2DModel, BackboneConfig]:
     """Load a checkpoint folder; refuse (with the differing fields named) if it does not match `expect`."""
+    return load_checkpoint(folder, BackboneConfig, build_unet, expect, device)
+
+
+def load_checkpoint(folder: str | Path, cls: type, build: Callable, expect=None, device: str | torch.device = "cpu"):
+    """Load a checkpoint folder of configuration class `cls`, building the network with `build(cfg)`."""
     folder = Path(folder)
-    cfg = read_config(folder)
+    cfg = read_config(folder, cls)
     if expect is not None:
         a, b = cfg.arch(), expect.arch()
         diff = {k: (a[k], b[k]) for k in a if a[k] != b.get(k)}
@@ -132,7 +147,7 @@ def load_backbone(folder: str | Path, expect: BackboneConfig | None = None,
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights} is corrupt or not a safetensors file: {exc}") from exc
     try:
-        model = build_unet(cfg)
+        model = build(cfg)
     except (ValueError, TypeError) as exc:  # e.g. channels not divisible by norm_num_groups, non-integer fields
         raise CheckpointError(f"{folder / 'config.json'}: cannot build a model from this configuration: {exc}"
                               ) from exc
@@ -143,4 +158,20 @@ def load_backbone(folder: str | Path, expect: BackboneConfig | None = None,
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not fit the architecture in config.json "
                               f"(missing {len(missing)} tensors, e.g. {missing[:2]}; unexpected {unexpected[:2]})")
+    return model.to(device).eval(), cfg
+
+
+def random_backbone(seed: int = 0, like: str | Path | None = None,
+                    device: str | torch.device = "cpu") -> tuple[UNet2DModel, BackboneConfig]:
+    """The architecture of checkpoint folder `like` (default: the bundled backbone) with seeded random weights
+    (diffusers' own initialisation after `torch.manual_seed(seed)`; the global torch generator is left as it was):
+    the random-weights ablation of the benchmarks. The same seed gives the same weights."""
+    from .resources import default_checkpoint
+
+    like = Path(like or default_checkpoint())
+    cfg = read_config(like)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_unet(cfg)
+    cfg.training = {"random_weights_seed": seed, "architecture_of": str(like)}
     return model.to(device).eval(), cfg

@@ -80,6 +80,11 @@ class PropagationOptions:
     precision: str = _opt("fp32", "precision of the backbone's forward pass", choices=("fp32", "bf16", "fp16"))
     batch_size: int = _opt(16, "slices per forward pass", low=1)
     postprocess: bool = _opt(True, "keep only tumour connected in 3D to the annotated tumour")
+    # docs/results section 8: the coarse-to-fine prediction, and the exact one (0) it is measured against
+    roi_threshold: float = _opt(0.1, "classify native pixels only near coarse cells whose tumour probability "
+                                "reaches this (or whose ensemble members disagree); 0 classifies every head pixel "
+                                "natively (exact, slower)")
+    roi_margin: int = _opt(2, "coarse cells added around those cells")
     seed: int = _opt(0, "seed of everything random (the classifier's seed too)")
 
 

@@ -23,6 +23,7 @@ from .features import FeatureExtractor
 from .constants import ROLES
 from .model import load_backbone
 from .options import FeatureSpec, PropagationOptions
+from .predict import predict_slices
 from .preprocess import ModelGrid, normalize_case, stack_roles
 from .resources import default_checkpoint
 
@@ -179,7 +180,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     del x
     timings["train_classifier"] = time.perf_counter() - t
 
-    # 3. predict the other slices, batch by batch; diffusion features stay on the model grid (predict_factored)
+    # 3. predict the other slices, batch by batch, coarse to fine (`predict.predict_slices`)
     t = time.perf_counter()
     labels = np.zeros(shape, dtype=np.int16)
     entropy = np.zeros(shape, dtype=np.float32)
@@ -187,20 +188,18 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     todo = [z for z in range(shape[-1]) if z not in zs_ann and fg[..., z].any()]
     values_arr = np.array(values, dtype=np.int16)
     step = max(1, opt.batch_size)
+    native = head = 0
     for s in range(0, len(todo), step):
         check_cancel()
         zb = todo[s:s + step]
-        m = np.moveaxis(fg[..., zb], -1, 0)
-        mt = torch.from_numpy(m).to(device)
-        inten = extractor.intensity_maps(zb)
-        other = inten.permute(0, 2, 3, 1)[mt] if inten is not None else None
-        p, e, d = ens.predict_factored(extractor.diffusion_parts(zb), grid.sample_native, mt, other)
-        for arr, val in ((labels, values_arr[p.argmax(1).numpy()]), (entropy, e.numpy()), (disagreement, d.numpy())):
-            block = np.zeros(m.shape, dtype=arr.dtype)
-            block[m] = val
-            arr[..., zb] = np.moveaxis(block, 0, -1)
+        pred = predict_slices(ens, extractor, zb, fg, opt.roi_threshold, opt.roi_margin, check_cancel)
+        labels[..., zb] = np.where(fg[..., zb], values_arr[pred.classes], 0)
+        entropy[..., zb], disagreement[..., zb] = pred.entropy, pred.disagreement
+        native += pred.native_pixels
+        head += pred.head_pixels
         report("predicting", 0.3 + 0.7 * min(1.0, (s + step) / max(1, len(todo))))
     timings["predict"] = time.perf_counter() - t
+    log.info("classified %d of %d head pixels natively", native, head)
     labels[..., zs_ann] = annotation[..., zs_ann]
     if opt.postprocess:
         labels = keep_connected_to_annotation(labels, annotation)

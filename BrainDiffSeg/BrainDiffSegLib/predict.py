@@ -1,0 +1,133 @@
+"""Whole-volume prediction with a trained ensemble, coarse to fine.
+
+Classifying every native head pixel (1.5 M for a BraTS volume) took most of a propagation, yet most of a head is
+background far from any tumour. So each batch of slices is first classified on a coarse grid: the model box at the
+resolution of the finest decoder block used (64 x 64 by default), the ensemble's first layer applied to the decoder
+activations at each block's own resolution and upsampled to the coarse grid, the native intensity features sampled
+bilinearly at the cell centres. Native pixels are then classified exactly as before (`PixelEnsemble.predict_factored`:
+the first layer's outputs resampled to each pixel) only in the coarse cells where the ensemble's probability of a
+tumour class reaches `roi_threshold` or its members disagree, dilated by `roi_margin` cells. The other head pixels
+are background, with the entropy and disagreement of their coarse cell. `roi_threshold` 0 classifies every head
+pixel natively (the exact, slower prediction).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .classifier import PixelEnsemble
+from .features import FeatureExtractor
+from .preprocess import bilinear_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Class indices (into the label values), normalised entropy and disagreement of the predicted slices,
+    (X, Y, len(zs)) arrays, plus how many head pixels were classified natively."""
+
+    classes: np.ndarray
+    entropy: np.ndarray
+    disagreement: np.ndarray
+    native_pixels: int = 0
+    head_pixels: int = 0
+
+
+def _coarse_size(parts: list[torch.Tensor], model_size: int) -> int:
+    if parts:
+        return int(max(p.shape[-1] for p in parts))
+    return max(1, model_size // 2)
+
+
+def _cell_of(grid, n_cells: int, coords: torch.Tensor, origin: int) -> torch.Tensor:
+    """Index of the coarse cell (of n_cells across the box) holding native coordinates `coords`."""
+    return ((coords - origin) * n_cells // grid.side).clamp(0, n_cells - 1)
+
+
+def _coarse_features(parts: list[torch.Tensor], box_intensities: torch.Tensor | None,
+                     cells: tuple[torch.Tensor, ...], c: int) -> torch.Tensor:
+    """Features (P, C) at the coarse cells (n, i, j) of a c x c grid over the model box: each decoder part gathered
+    there (a part at c x c) or resampled bilinearly there (a coarser part, as upsampling would), then the box's
+    intensity features resampled at the cell centres."""
+    n, i, j = cells
+    x = []
+    for part in parts:
+        if part.shape[-1] == c:
+            x.append(part.permute(0, 2, 3, 1)[n, i, j])
+        else:
+            x.append(bilinear_at(part, n, i, j, (c, c)))
+    if box_intensities is not None:
+        x.append(bilinear_at(box_intensities, n, i, j, (c, c)))
+    return torch.cat(x, dim=1)
+
+
+@torch.no_grad()
+def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int], foreground: np.ndarray,
+                   roi_threshold: float = 0.1, roi_margin: int = 2,
+                   check_cancel: Callable[[], None] | None = None) -> Prediction:
+    """Predict slices `zs` (a batch) of the case of `extractor`; `foreground` (X, Y, Z) is the head mask."""
+    device = extractor.device
+    grid = extractor.grid
+    fg = torch.from_numpy(np.ascontiguousarray(np.moveaxis(foreground[..., zs], -1, 0)))
+    w0, b0, rest = ens.folded()
+    folded = (w0, b0, rest)
+    parts = extractor.diffusion_parts(zs) or []
+    inten = extractor.intensity_maps(zs)
+    c = _coarse_size(parts, grid.size)
+
+    # 1. coarse pass over the cells touching the head
+    cells = F.adaptive_max_pool2d(grid.crop(fg[:, None].float(), 0.0), c)[:, 0] > 0
+    at = torch.nonzero(cells, as_tuple=True)
+    box = grid.crop(inten, 0.0) if inten is not None else None
+    x = _coarse_features(parts, box, tuple(t.to(device) for t in at), c)
+    del box
+    p, ent, dis = ens.head(torch.addmm(b0, x, w0.T), folded)
+    del x
+    tumour = torch.zeros(cells.shape, dtype=torch.bool)
+    tumour[at] = ((1 - p[:, 0]) >= roi_threshold) | (dis > 0)
+    coarse_ent, coarse_dis = torch.zeros(cells.shape), torch.zeros(cells.shape)
+    coarse_ent[at], coarse_dis[at] = ent, dis
+    if roi_margin > 0:
+        tumour = F.max_pool2d(tumour[:, None].float(), 2 * roi_margin + 1, stride=1, padding=roi_margin)[:, 0] > 0
+
+    # 2. native pixels of the region of interest, one slice at a time: explicit features, the ensemble
+    n, xs, ys = torch.nonzero(fg, as_tuple=True)
+    cx, cy = _cell_of(grid, c, xs, grid.x0), _cell_of(grid, c, ys, grid.y0)
+    in_roi = tumour[n, cx, cy]
+    classes = torch.zeros(len(n), dtype=torch.int64)
+    entropy, disagreement = coarse_ent[n, cx, cy], coarse_dis[n, cx, cy]
+    roi = torch.zeros(fg.shape, dtype=torch.bool)
+    roi[n[in_roi], xs[in_roi], ys[in_roi]] = True
+    rows = torch.nonzero(in_roi).flatten()  # positions, in the head pixels' order, of the ROI pixels
+    start = 0
+    for s in range(len(zs)):
+        m = roi[s:s + 1].to(device)
+        count = int(m.sum())
+        if count == 0:
+            continue
+        if check_cancel is not None:
+            check_cancel()
+        x = []
+        if parts:
+            maps = torch.cat([F.interpolate(q[s:s + 1], size=(grid.size, grid.size), mode="bilinear",
+                                            align_corners=False) for q in parts], dim=1)
+            x.append(grid.sample_native(maps, m))
+        if inten is not None:
+            x.append(inten[s:s + 1].permute(0, 2, 3, 1)[m])
+        pr, e, d = ens.head(torch.addmm(b0, torch.cat(x, dim=1), w0.T), folded)
+        idx = rows[start:start + count]
+        classes[idx], entropy[idx], disagreement[idx] = pr.argmax(1), e, d
+        start += count
+
+    out = []
+    for values, dtype in ((classes, np.int64), (entropy, np.float32), (disagreement, np.float32)):
+        block = np.zeros(tuple(fg.shape), dtype=dtype)
+        block[n.numpy(), xs.numpy(), ys.numpy()] = values.numpy()
+        out.append(np.moveaxis(block, 0, -1))
+    return Prediction(*out, native_pixels=int(in_roi.sum()), head_pixels=len(n))

@@ -1,0 +1,109 @@
+"""The inpainting engine: bad input, the output outside the mask, progress / cancel, the pseudo-3D start."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from BrainDiffSegLib.errors import CancelledError, InputError
+from BrainDiffSegLib.inpaint import check_inputs, inpaint_volume, prepare
+from BrainDiffSegLib.inpaint_model import InpaintConfig, InpaintNet, load_inpaint_model, weights_from_2d
+
+
+@pytest.fixture(scope="module")
+def case_and_mask(data_root):
+    from inpaint_support import lgg_t1_cases
+
+    from BrainDiffSegLib.inpaint_masks import healthy_masks
+    from BrainDiffSegLib.inpaint_train import load_t1_cases
+
+    cases = load_t1_cases(lgg_t1_cases(data_root, 3))
+    mask, _ = healthy_masks(cases, seed=0)[0]
+    return cases[0], mask
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from inpaint_support import tiny_inpaint_model
+
+    return tiny_inpaint_model(tmp_path_factory.mktemp("inp") / "tiny")
+
+
+def test_bad_masks_are_refused(case_and_mask):
+    case, mask = case_and_mask
+    t1 = case.images["t1"]
+    with pytest.raises(InputError, match="mask is empty"):
+        check_inputs(t1, np.zeros_like(mask))
+    with pytest.raises(InputError, match="grid of the image"):
+        check_inputs(t1, mask[:, :, :-1])
+    outside = np.zeros_like(mask)
+    outside[:3, :3, :] = True  # the corner of the field of view: air
+    with pytest.raises(InputError, match="outside the head"):
+        check_inputs(t1, outside)
+    with pytest.raises(InputError, match="% of the brain"):
+        check_inputs(t1, t1 > 0)
+    image, m = check_inputs(t1, mask.astype(np.uint8))
+    assert image.dtype == np.float32 and m.dtype == bool and np.array_equal(m, mask)
+
+
+def test_inpaint_keeps_the_outside_and_the_inputs(case_and_mask, tiny_model):
+    case, mask = case_and_mask
+    t1 = case.images["t1"].copy()
+    voided = np.where(mask, 0, t1).astype(np.float32)
+    before_v, before_m = voided.copy(), mask.copy()
+    stages = []
+    out = inpaint_volume(voided, mask, model=tiny_model, steps=3, progress=lambda s, f: stages.append((s, f)))
+    np.testing.assert_array_equal(voided, before_v)
+    np.testing.assert_array_equal(mask, before_m)
+    assert out.shape == t1.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out[~mask], voided[~mask])  # exactly the input outside the mask
+    assert np.all(np.isfinite(out[mask])) and np.any(out[mask] != 0)  # something was synthesised inside
+    lo, hi = np.percentile(voided, [0.5, 99.5])
+    assert out[mask].min() >= max(lo, 0) - 1e-3 and out[mask].max() <= hi + 1e-3  # on the normalised range
+    assert stages[0] == ("loading", 0.0) and stages[-1] == ("done", 1.0)
+    assert [f for s, f in stages if s == "sampling"] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    again = inpaint_volume(voided, mask, model=tiny_model, steps=3)
+    np.testing.assert_array_equal(again, out)  # seeded
+
+
+def test_cancel(case_and_mask, tiny_model):
+    case, mask = case_and_mask
+    calls = []
+
+    def cancelled():
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(CancelledError):
+        inpaint_volume(case.images["t1"], mask, model=tiny_model, steps=5, cancelled=cancelled)
+    assert len(calls) == 2
+
+
+def test_prepare_windows_cover_the_mask(case_and_mask):
+    case, mask = case_and_mask
+    cfg = InpaintConfig()
+    prep = prepare(case.images["t1"], mask, cfg)
+    assert prep["factor"] == 1 and len(prep["zs"]) == int(mask.any(axis=(0, 1)).sum())
+    assert prep["window"].size % cfg.multiple == 0
+    assert int(prep["mask"].sum()) == int(mask.sum())  # factor 1: every mask voxel is in the window
+    assert torch.all(prep["voided"][prep["mask"] > 0] == -1.0)
+    big = np.zeros((240, 240, 20), np.float32)
+    assert prepare(big + 1, np.pad(mask[:, :, :20], ((0, 112), (0, 112), (0, 0))), cfg)["factor"] == 2
+
+
+def test_pseudo3d_starts_as_the_2d_model(tiny_model):
+    net2d, cfg = load_inpaint_model(tiny_model)
+    from dataclasses import replace
+
+    net3d = InpaintNet(replace(cfg, pseudo3d=True)).eval()
+    net3d.load_state_dict(weights_from_2d(net2d.state_dict(), net3d))
+    assert any(".zconv." in k for k in net3d.state_dict())
+    x = torch.randn(2 * 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.full((8,), 300)
+    with torch.no_grad():
+        a = net2d(x, t)
+        b = net3d(x, t, depth=4)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # a trained z-convolution mixes adjacent slices
+        next(m for n, m in net3d.named_modules() if n.endswith("zconv")).weight.add_(0.1)
+        assert not torch.allclose(net3d(x, t, depth=4), a, atol=1e-4)
