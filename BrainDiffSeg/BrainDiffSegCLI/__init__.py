@@ -18,10 +18,19 @@ import sys
 log = logging.getLogger("braindiffseg")
 
 
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching of long flags (`--classifier-seed` must not silently mean `--classifier-seeds`); the
+    sub-command parsers inherit the class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import benchmark, inpaint, propagate, train, web
 
-    ap = argparse.ArgumentParser(prog="braindiffseg", description=__doc__.split("\n\n")[0])
+    ap = _Parser(prog="braindiffseg", description=__doc__.split("\n\n")[0])
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
     propagate.add_parsers(sub)
