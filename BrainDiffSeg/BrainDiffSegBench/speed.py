@@ -2,7 +2,7 @@
 reference approach of the original implementations (Baranchuk et al.; Alshenoudy et al.), as a mode of our extractor.
 
 - `ours`: the engine as deployed (`propagate`): features batch by batch, only the annotated slices' features
-  materialised, prediction factored through the first MLP layer (`PixelEnsemble.predict_factored`). Feature
+  materialised, prediction coarse to fine (`BrainDiffSegLib.predict`). Feature
   extraction alone (every head slice, batch by batch, discarded) is timed as a separate first stage.
 - `reference`: features of ALL decoder blocks at the same timestep, upsampled to the native grid for EVERY pixel of
   every processed slice and kept in memory as one float32 matrix (pixels x channels), the ensemble trained on the

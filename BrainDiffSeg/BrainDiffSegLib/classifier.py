@@ -2,7 +2,6 @@
 class-balanced loss and early stopping; predictions are averaged probabilities with per-pixel uncertainty."""
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from typing import Callable
@@ -43,6 +42,96 @@ def _stratified_subset(y: torch.Tensor, n: int, gen: torch.Generator) -> torch.T
     return out[torch.randperm(len(out), generator=gen)]
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the classifier computes its matrix products in bfloat16: "bf16", or "auto" on a device that has
+    native bf16 arithmetic (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX, where oneDNN runs bf16
+    products about twice as fast as fp32; elsewhere bf16 is emulated and slower)."""
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def _adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel where torch has one for the device (one kernel for all parameters instead of
+    a loop over them), else the for-each implementation."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+def _member_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Class-weighted cross-entropy per member, (M,), of logits (M, K, B) and targets (M, B): each member's
+    `F.cross_entropy(..., weight=weights)` (the weighted mean)."""
+    nll = F.cross_entropy(logits, y, weight=weights, reduction="none")  # (M, B)
+    return nll.sum(1) / weights[y].sum(1)
+
+
+class _StackedMLPs(nn.Module):
+    """M members of `make_mlp`'s layout as one module, features (M, B, C) -> logits (M, K, B). Activations are kept
+    as (M, units, B): each Linear is one batched matrix product and each member's BatchNorm1d is one `batch_norm`
+    over M * units channels (a view, no copy), so the members' statistics and running averages are exactly those of
+    their own BatchNorm1d. `member_state(m)` gives member m's state dict in `make_mlp`'s keys."""
+
+    def __init__(self, nets: list[nn.Sequential]):
+        super().__init__()
+        self.n_hidden = (len(nets[0]) - 1) // 3
+        bn = nets[0][2] if self.n_hidden else None
+        self.eps, self.momentum = (bn.eps, bn.momentum) if bn is not None else (1e-5, 0.1)
+
+        def stack(get):
+            return torch.stack([get(net).detach() for net in nets]).clone()
+
+        lins = [3 * i for i in range(self.n_hidden)] + [3 * self.n_hidden]
+        self.weights = nn.ParameterList(nn.Parameter(stack(lambda n, i=i: n[i].weight)) for i in lins)  # (M,out,in)
+        self.biases = nn.ParameterList(nn.Parameter(stack(lambda n, i=i: n[i].bias)[..., None]) for i in lins)
+        bns = [3 * i + 2 for i in range(self.n_hidden)]
+        self.gammas = nn.ParameterList(nn.Parameter(stack(lambda n, i=i: n[i].weight).flatten()) for i in bns)
+        self.betas = nn.ParameterList(nn.Parameter(stack(lambda n, i=i: n[i].bias).flatten()) for i in bns)
+        for j, i in enumerate(bns):
+            self.register_buffer(f"mean{j}", stack(lambda n, i=i: n[i].running_mean).flatten())
+            self.register_buffer(f"var{j}", stack(lambda n, i=i: n[i].running_var).flatten())
+        self.batches = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.shape[0]
+        h = x.transpose(1, 2)  # (M, C, B)
+        for i in range(self.n_hidden):
+            h = torch.baddbmm(self.biases[i], self.weights[i], h).relu_()  # (M, units, B)
+            units = h.shape[1]
+            h = F.batch_norm(h.view(1, m * units, -1), getattr(self, f"mean{i}"), getattr(self, f"var{i}"),
+                             self.gammas[i], self.betas[i], self.training, self.momentum, self.eps).view(m, units, -1)
+        if self.training and self.n_hidden:
+            self.batches += 1
+        return torch.baddbmm(self.biases[-1], self.weights[-1], h)
+
+    @torch.no_grad()
+    def member_state(self, m: int) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        for i in range(self.n_hidden + 1):
+            state[f"{3 * i}.weight"] = self.weights[i][m].clone()
+            state[f"{3 * i}.bias"] = self.biases[i][m, :, 0].clone()
+        for i in range(self.n_hidden):
+            k, units = 3 * i + 2, self.weights[i].shape[1]
+            part = slice(m * units, (m + 1) * units)
+            state[f"{k}.weight"] = self.gammas[i][part].clone()
+            state[f"{k}.bias"] = self.betas[i][part].clone()
+            state[f"{k}.running_mean"] = getattr(self, f"mean{i}")[part].clone()
+            state[f"{k}.running_var"] = getattr(self, f"var{i}")[part].clone()
+            state[f"{k}.num_batches_tracked"] = torch.tensor(self.batches, dtype=torch.long)
+        return state
+
+
 class PixelEnsemble:
     """Ensemble of MLPs over standardised per-pixel features."""
 
@@ -54,13 +143,20 @@ class PixelEnsemble:
         self.members: list[nn.Sequential] = []
         self.mean = torch.zeros(n_features)
         self.std = torch.ones(n_features)
+        self.bf16 = use_bf16(self.opt.precision, self.device)
 
     def _standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.device, torch.float32) - self.mean) / self.std
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, progress: Callable[[float], None] | None = None,
             cancelled: Callable[[], bool] | None = None) -> list[dict]:
-        """Train every member on features x (P, C) and class indices y (P,) in 0..n_classes-1."""
+        """Train every member on features x (P, C) and class indices y (P,) in 0..n_classes-1.
+
+        The members are trained together, as one stacked model (`_StackedMLPs`: batched matrix products), each on
+        its own class-stratified subset, validation split, initialisation and batch order (seeded per member):
+        the same updates as training them one after the other, up to float rounding, with a fifth of the steps'
+        overhead (docs/results section 8). Each member keeps its best epoch on its validation split; training
+        stops when every member has gone `patience` epochs without improving (or after `max_epochs`)."""
         if x.shape[0] != y.shape[0] or x.shape[1] != self.n_features:
             raise ValueError(f"features {tuple(x.shape)} and labels {tuple(y.shape)} do not match "
                              f"{self.n_features} features")
@@ -72,48 +168,68 @@ class PixelEnsemble:
         counts = torch.bincount(y, minlength=self.n_classes).float()
         weights = torch.where(counts > 0, counts.sum() / (counts.clamp_min(1) * (counts > 0).sum()), 0.0)
         weights = weights.to(self.device)
-        history = []
-        self.members = []
-        for m in range(self.opt.n_models):
+        n_models = self.opt.n_models
+        gens, nets, trs, vals = [], [], [], []
+        for m in range(n_models):
             gen = torch.Generator().manual_seed(self.opt.seed * 1000 + m)
             torch.manual_seed(self.opt.seed * 1000 + m)
             idx = _stratified_subset(y, self.opt.max_pixels, gen)
             n_val = max(1, int(len(idx) * self.opt.val_fraction))
-            val, tr = idx[:n_val], idx[n_val:]
-            xtr, ytr = self._standardise(x[tr]), y[tr].to(self.device)
-            xva, yva = self._standardise(x[val]), y[val].to(self.device)
-            net = make_mlp(self.n_features, self.n_classes, self.opt.hidden).to(self.device)
-            optim = torch.optim.AdamW(net.parameters(), lr=self.opt.lr, weight_decay=self.opt.weight_decay)
-            best, best_state, bad = math.inf, copy.deepcopy(net.state_dict()), 0
-            batch = int(min(self.opt.batch_size, max(64, len(xtr) // 40)))
-            for epoch in range(self.opt.max_epochs):
-                if cancelled is not None and cancelled():
-                    raise CancelledError("classifier training cancelled")
-                net.train()
-                perm = torch.randperm(len(xtr), generator=gen).to(self.device)
-                for s in range(0, len(perm), batch):
-                    b = perm[s:s + batch]
-                    if len(b) < 2:
-                        continue
-                    loss = F.cross_entropy(net(xtr[b]), ytr[b], weight=weights)
-                    optim.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optim.step()
-                net.eval()
-                with torch.no_grad():
-                    vloss = float(F.cross_entropy(net(xva), yva, weight=weights))
-                if vloss < best - 1e-4:
-                    best, best_state, bad = vloss, copy.deepcopy(net.state_dict()), 0
+            vals.append(idx[:n_val])
+            trs.append(idx[n_val:])
+            nets.append(make_mlp(self.n_features, self.n_classes, self.opt.hidden))
+            gens.append(gen)
+        xs = self._standardise(x)  # (P, C), gathered per member and step
+        y = y.to(self.device)
+        tr, val = torch.stack(trs).to(self.device), torch.stack(vals).to(self.device)  # (M, n) each
+        xva, yva = xs[val], y[val]
+        if self.bf16:  # the training steps read bf16 (autocast computes in it anyway): half the memory traffic
+            xs = xs.to(torch.bfloat16)
+        stacked = _StackedMLPs(nets).to(self.device)
+        optim = _adamw(stacked.parameters(), self.opt.lr, self.opt.weight_decay, self.device)
+        n_train = tr.shape[1]
+        batch = int(min(self.opt.batch_size, max(64, n_train // 40)))
+        best = [math.inf] * n_models
+        best_state = [stacked.member_state(m) for m in range(n_models)]
+        bad, stopped = [0] * n_models, [0] * n_models
+        for epoch in range(self.opt.max_epochs):
+            if cancelled is not None and cancelled():
+                raise CancelledError("classifier training cancelled")
+            stacked.train()
+            perm = torch.stack([torch.randperm(n_train, generator=g) for g in gens]).to(self.device)
+            order = torch.gather(tr, 1, perm)
+            for s in range(0, n_train, batch):
+                b = order[:, s:s + batch]
+                if b.shape[1] < 2:
+                    continue
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    logits = stacked(xs[b])
+                loss = _member_losses(logits.float(), y[b], weights).sum()
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+            stacked.eval()
+            with torch.no_grad():
+                vloss = _member_losses(stacked(xva), yva, weights).tolist()
+            for m in range(n_models):
+                if stopped[m]:
+                    continue
+                if vloss[m] < best[m] - 1e-4:
+                    best[m], best_state[m], bad[m] = vloss[m], stacked.member_state(m), 0
                 else:
-                    bad += 1
-                    if bad > self.opt.patience:
-                        break
-            net.load_state_dict(best_state)
-            net.eval()
-            self.members.append(net)
-            history.append({"member": m, "epochs": epoch + 1, "val_loss": best})
+                    bad[m] += 1
+                    if bad[m] > self.opt.patience:
+                        stopped[m] = epoch + 1
             if progress is not None:
-                progress((m + 1) / self.opt.n_models)
+                progress(1.0 if all(stopped) else (epoch + 1) / self.opt.max_epochs)
+            if all(stopped):
+                break
+        self.members = []
+        for m, net in enumerate(nets):
+            net.load_state_dict(best_state[m])
+            net.to(self.device).eval()
+            self.members.append(net)
+        history = [{"member": m, "epochs": stopped[m] or epoch + 1, "val_loss": best[m]} for m in range(n_models)]
         log.info("trained %d MLPs on %d pixels (%s); val loss %s", len(self.members), len(y),
                  counts.long().tolist(), [round(h["val_loss"], 3) for h in history])
         return history
@@ -141,88 +257,43 @@ class PixelEnsemble:
             rest.append((torch.stack(ws), torch.stack(bs)[:, None, :]))
         return torch.cat(w0), torch.cat(b0), rest
 
-    @torch.no_grad()
-    def predict_factored(self, diffusion: torch.Tensor | list[torch.Tensor] | None,
-                         sample_native: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                         mask: torch.Tensor, other: torch.Tensor | None,
-                         slices_per_chunk: int = 2) -> tuple[torch.Tensor, ...]:
-        """Predict native pixels without materialising their upsampled diffusion features.
-
-        The first layer is linear and bilinear resampling is linear, so W·up(F) = up(W·F): the members' first layers
-        (stacked) are applied to the diffusion features on the model grid, and only their outputs are resampled at
-        the native pixels of `mask` (B, X, Y) by `sample_native` (ModelGrid.sample_native, giving (P, M*h)); the
-        native features `other` (P, Ci) (intensities) are added through their own columns. `diffusion` is either the
-        maps (B, Cd, S, S) or, cheaper, the decoder activations at each block's own resolution
-        (`FeatureExtractor.diffusion_parts`, in channel order): the layer is then applied at the block's resolution
-        and its outputs upsampled to S x S, as the features were. The standardisation and the BatchNorms are folded
-        into the weights, the members run as one batched matrix product, and the first layer is a plain matrix
-        product on channels-last data (the gather of native pixels then reads contiguous rows). Works through
-        `slices_per_chunk` slices at a time to bound memory. Returns the same as `predict` for the pixels of `mask`,
-        slice-major, up to float rounding.
-        """
-        folded = self.folded()
-        parts = [diffusion] if isinstance(diffusion, torch.Tensor) else list(diffusion or [])
-        layer = self.first_layer_parts(parts, folded[0])
-        size = max((p.shape[-2:] for p in parts), default=None)
-        n_d = sum(p.shape[1] for p in parts)
-        counts = mask.flatten(1).sum(1).tolist()
-        out, start = [], 0
-        for s in range(0, mask.shape[0], slices_per_chunk):
-            m = mask[s:s + slices_per_chunk]
-            n = int(sum(counts[s:s + slices_per_chunk]))
-            h = folded[1].expand(n, -1).clone()
-            if layer:
-                h += sample_native(self.resized_sum([y[s:s + slices_per_chunk] for y in layer], size), m)
-            if other is not None:
-                h += self.other_columns(other[start:start + n], folded[0], n_d)
-            start += n
-            out.append(self.head(h, folded))
-        return tuple(torch.cat(v) for v in zip(*out))
-
     def folded(self) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """The members folded for inference (see `_folded`); RuntimeError if not trained."""
         if not self.members:
             raise RuntimeError("the ensemble is not trained")
         return self._folded()
 
-    @staticmethod
-    def first_layer_parts(parts: list[torch.Tensor], w0: torch.Tensor) -> list[torch.Tensor]:
-        """W_i · part_i for each (B, C_i, h_i, w_i) part (the columns of part i, in order): (B, M*h, h_i, w_i)
-        tensors in channels-last memory, at each part's own resolution (no bias)."""
-        out, offset = [], 0
-        for part in parts:
-            b, c, h, w = part.shape
-            x = part.permute(0, 2, 3, 1).reshape(-1, c)
-            out.append((x @ w0[:, offset:offset + c].T).view(b, h, w, -1).permute(0, 3, 1, 2))
-            offset += c
-        return out
-
-    @staticmethod
-    def resized_sum(layer: list[torch.Tensor], size) -> torch.Tensor:
-        """sum_i up_size(layer_i): the first layer's output of the diffusion features on a size x size grid."""
-        total = None
-        for y in layer:
-            if tuple(y.shape[-2:]) != tuple(size):
-                y = F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)
-            total = y if total is None else total + y
-        return total
-
-    def other_columns(self, other: torch.Tensor, w0: torch.Tensor, n_diffusion: int) -> torch.Tensor:
-        """The first layer's share (P, M*h) of the native features `other` (P, Ci), the columns after the first
-        `n_diffusion`."""
-        return other.to(self.device, torch.float32) @ w0[:, n_diffusion:].T
-
     def head(self, h: torch.Tensor, folded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """From first-layer pre-activations h (P, M*h) (bias included) of all members: mean probabilities (P, K),
-        normalised entropy (P,) and disagreement (P,) (as `predict`)."""
+        normalised entropy (P,) and disagreement (P,) (as `predict`). `h` is overwritten (in-place ReLU: a fresh
+        output tensor per activation costs more than the activation itself, its pages are faulted in each time)."""
         n = h.shape[0]
-        r = F.relu(h).view(n, len(self.members), -1).transpose(0, 1)  # (M, P, h)
+        r = h.relu_().view(n, len(self.members), -1).transpose(0, 1)  # (M, P, h)
         rest = folded[2]
         for i, (w, b) in enumerate(rest):
             r = torch.baddbmm(b, r, w.transpose(1, 2))
             if i < len(rest) - 1:
-                r = F.relu(r)
+                r.relu_()
         return self._combine(F.softmax(r, dim=2))
+
+    def classify(self, x: torch.Tensor, folded, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`head` of the folded first layer applied to features x (P, C), `chunk` pixels at a time: the temporaries
+        (chunk x M*h floats, 10 MB by default) then stay below glibc's mmap threshold and are reused instead of
+        being mapped and faulted in anew (measured: 1.5x faster than one large product on the 2-core CPU). With
+        `self.bf16` the first layer runs in bfloat16 (see `use_bf16`)."""
+        w0, b0 = folded[0], folded[1]
+        if self.bf16:  # the first layer (most of the work) in bf16, the rest in fp32
+            w0t, b0b = w0.T.to(torch.bfloat16), b0.to(torch.bfloat16)
+
+            def first(v):
+                return torch.addmm(b0b, v.to(torch.bfloat16), w0t).float()
+        else:
+            def first(v):
+                return torch.addmm(b0, v, w0.T)
+        if len(x) <= chunk:
+            return self.head(first(x), folded)
+        outs = [self.head(first(x[s:s + chunk]), folded) for s in range(0, len(x), chunk)]
+        return tuple(torch.cat(v) for v in zip(*outs))
 
     def _combine(self, member_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Members' probabilities (M, P, K) -> mean (P, K), normalised entropy (P,), disagreement (P,), on the CPU."""

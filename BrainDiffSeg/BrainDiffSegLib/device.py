@@ -44,6 +44,9 @@ def use_deterministic_algorithms() -> None:
     """Deterministic torch algorithms where torch has them (warn_only: ops without one warn instead of failing; none
     is used by feature extraction or the classifier on the CPU), no cuDNN autotuning (its choice can vary by run)."""
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # deterministic mode also fills every new tensor with NaN (to expose reads of uninitialised memory): no effect on
+    # the results of correct code, but 1 s of an 11 s update went to it (docs/results section 8)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
 

@@ -159,7 +159,7 @@ class FeatureExtractor:
     def native_features(self, zs: list[int], masks: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Features (P, C) float16 of the True pixels of native `masks` (len(zs), X, Y): diffusion features
         bilinearly resampled to the native grid, then native intensities. Used for the (few) training slices;
-        prediction avoids materialising these (see PixelEnsemble.predict_factored)."""
+        prediction materialises them only near possible tumour (see `predict`)."""
         out = []
         masks = torch.as_tensor(masks, dtype=torch.bool)
         for s in range(0, len(zs), self.batch_size):

@@ -64,6 +64,10 @@ class ClassifierOptions:
     weight_decay: float = _opt(1e-4, "classifier weight decay")
     val_fraction: float = _opt(0.1, "fraction of the training pixels held out for early stopping")
     max_pixels: int = _opt(60000, "training pixels per MLP (a class-stratified random subset)", low=1)
+    # docs/results section 8: bf16 halves the classifier's time on CPUs with native bf16 (AVX512-BF16 / AMX)
+    precision: str = _opt("auto", "precision of the classifier's matrix products: auto (bf16 where the CPU or GPU "
+                          "computes it natively, else fp32), fp32 or bf16", flag="classifier-precision",
+                          choices=("auto", "fp32", "bf16"))
     seed: int = _opt(0, "classifier seed (the command line's --seed sets it)", flag="classifier-seed", cli=False)
 
 
@@ -84,7 +88,7 @@ class PropagationOptions:
     roi_threshold: float = _opt(0.1, "classify native pixels only near coarse cells whose tumour probability "
                                 "reaches this (or whose ensemble members disagree); 0 classifies every head pixel "
                                 "natively (exact, slower)")
-    roi_margin: int = _opt(2, "coarse cells added around those cells")
+    roi_margin: int = _opt(1, "coarse cells added around those cells (a cell is 2 model-grid pixels)")
     seed: int = _opt(0, "seed of everything random (the classifier's seed too)")
 
 

@@ -97,3 +97,24 @@ def saveSegmentation(segmentationNode, path, referenceVolumeNode=None, force: bo
         raise BrainDiffSegError(f"Writing {path} failed.")
     log.info("wrote %s", path)
     return path
+
+
+def saveVolume(volumeNode, path, force: bool = False) -> Path:
+    """Write a scalar volume (e.g. an inpainted T1) with an archetype storage node not added to the scene (the
+    node keeps no link to the file), never overwriting an existing file unless `force`. `.nii` / `.nii.gz` /
+    `.nrrd`; the voxels, spacing, origin and axis directions are written as they are in the node (a parent
+    transform is not applied: harden it first to save the transformed volume)."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists; pass force=True to overwrite it.")
+    lower = path.name.lower()
+    if not lower.endswith((".nii", ".nii.gz", ".nrrd", ".nhdr")):
+        raise InputError(f"Cannot save volume '{volumeNode.GetName()}' as {path.name}: use .nii.gz or .nrrd.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetUseCompression(lower.endswith((".gz", ".nrrd")))
+    storage.SetFileName(str(path))
+    if not storage.WriteData(volumeNode):
+        raise BrainDiffSegError(f"Writing {path} failed.")
+    log.info("wrote %s", path)
+    return path

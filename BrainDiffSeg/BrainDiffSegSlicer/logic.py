@@ -19,9 +19,12 @@ computes what changed; `clearCache()` on scene close or another case), runs one 
 corrections painted into the result it updates as annotated slices and never changes locked segments (module
 `corrections`), and suggests the slice to paint next (`nextSliceToPaint`, `BrainDiffSegLib.suggest`).
 
-Length: the Logic's public API (propagate in the foreground or background, the cache, suggestions, results, load and
-save) in one class; the array conversions and input checks it delegates to live in `arrays`, corrections and locks
-in `corrections`, file reading and writing in `files`.
+Healthy-tissue inpainting (`inpaint`, `startInpainting` / `finishInpainting`) goes through module `inpainting`: a T1
+volume and segments in, a new volume out; it shares the one-job-at-a-time rule with propagation.
+
+Length: the Logic's public API (propagate in the foreground or background, the cache, suggestions, results,
+inpainting, load and save) in one class; the array conversions and input checks it delegates to live in `arrays`,
+corrections and locks in `corrections`, inpainting in `inpainting`, file reading and writing in `files`.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import slicer.util
 
 from BrainDiffSegLib.errors import InputError
 
-from . import arrays, corrections, files
+from . import arrays, corrections, files, inpainting
 from .compat import SLICER_APPLICATION, ScriptedLoadableModuleLogic
 from .segments import (ANNOTATED_SLICES_ATTRIBUTE, BRATS_SEGMENTS, LABEL_VALUES_ATTRIBUTE, SOURCE_REFERENCE_ROLE,
                        UNCERTAINTY_REFERENCE_ROLE, bratsLabelOfName)
@@ -160,7 +163,7 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         out of memory, the work is redone on the CPU (`lastMessages` says so).
         """
         self._refuseIfRunning()
-        self._inForeground = True
+        self._inForeground = "propagation"
         try:
             job = self.preparePropagation(volumeNodes, segmentationNode, outputNode=outputNode,
                                           componentRoles=componentRoles)
@@ -187,12 +190,15 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
 
     @property
     def running(self) -> bool:
-        """Whether a propagation of this Logic is running (its engine part: one at a time per Logic)."""
-        return self._inForeground or (self._task is not None and not self._task.done)
+        """Whether a propagation or an inpainting of this Logic is running (its engine part: one job at a time per
+        Logic, in the foreground or the background)."""
+        return bool(self._inForeground) or (self._task is not None and not self._task.done)
 
     def _refuseIfRunning(self):
         if self.running:
-            raise InputError("A propagation is already running: wait for it to finish or cancel it first.")
+            what = self._inForeground or self._task.name
+            raise InputError(f"A{'n' if what[0] in 'aeiou' else ''} {what} is already running: wait for it to "
+                             "finish or cancel it first.")
 
     def finishPropagation(self, run):
         """The result node of a finished `startPropagation` run. Re-raises the run's error (CancelledError,
@@ -385,6 +391,45 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         """The uncertainty volume made with a propagated segmentation, or None."""
         return resultNode.GetNodeReference(UNCERTAINTY_REFERENCE_ROLE) if resultNode is not None else None
 
+    # ------------------------------------------------------------------ healthy-tissue inpainting (`inpainting`)
+
+    def inpaint(self, volumeNode, segmentationNode, segmentIds=None, steps: int = 25, seed: int = 0, progress=None,
+                cancelled=None, model=None, device: str = "cpu"):
+        """Synthesise healthy tissue in a T1 volume inside segments; returns a NEW scalar volume "<input>
+        inpainted" (blocking). The mask is the union of `segmentIds` (default: the visible segments) of
+        `segmentationNode` (painted or propagated); steps: DDIM steps; model: checkpoint folder (default the
+        bundled one). Input volume and segmentation are left unchanged; cancelling (CancelledError) leaves the
+        scene as it was; bad input raises InputError naming the nodes. See `inpainting`."""
+        self._refuseIfRunning()
+        self._inForeground = "inpainting"
+        try:
+            job = inpainting.prepareInpainting(volumeNode, segmentationNode, segmentIds, steps, seed, model, device)
+            result = inpainting.runInpainting(job, progress=progress, cancelled=cancelled)
+            return inpainting.addInpaintingResult(self._sceneOf(volumeNode), job, result)
+        finally:
+            self._inForeground = False
+
+    def startInpainting(self, volumeNode, segmentationNode, segmentIds=None, steps: int = 25, seed: int = 0,
+                        model=None, device: str = "cpu"):
+        """`inpaint` split for a GUI, as `startPropagation`: the nodes are read now, the engine runs in a
+        background thread. Returns an `inpainting.InpaintingRun`; poll `run.task`, then `finishInpainting(run)`."""
+        from BrainDiffSegLib.background import BackgroundTask
+
+        self._refuseIfRunning()
+        job = inpainting.prepareInpainting(volumeNode, segmentationNode, segmentIds, steps, seed, model, device)
+        task = BackgroundTask(lambda progress, cancelled: inpainting.runInpainting(job, progress, cancelled),
+                              name="inpainting")
+        self._task = task.start()
+        return inpainting.InpaintingRun(job, task)
+
+    def finishInpainting(self, run):
+        """The new volume of a finished `startInpainting` run (in the caller's thread). Re-raises the run's error
+        (CancelledError, InputError, ...) with the scene unchanged."""
+        if not run.task.done:
+            raise RuntimeError("The inpainting has not finished yet.")
+        result = run.task.result()
+        return inpainting.addInpaintingResult(self._sceneOf(run.job.volumeNode), run.job, result)
+
     # ------------------------------------------------------------------ segments and volumes from arrays
 
     def addTumourSegments(self, segmentationNode) -> list[str]:
@@ -412,3 +457,4 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
 
     removeVolumeNode = staticmethod(files.removeVolumeNode)
     saveSegmentation = staticmethod(files.saveSegmentation)
+    saveVolume = staticmethod(files.saveVolume)

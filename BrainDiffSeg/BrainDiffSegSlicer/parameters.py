@@ -3,8 +3,10 @@
 Every field of `BrainDiffSegLib.options.PropagationOptions` is one parameter, named after its command-line flag in
 CamelCase ('method' -> 'Method', 'batch-size' -> 'BatchSize', 'ensemble' -> 'Ensemble', ...), stored as the
 string `BrainDiffSegLib.options.to_strings` writes and read back with `from_strings`. The panel's own parameters
-(not options): ComponentRoles, CreateUncertainty, ShowUncertainty, UpdateResult. The panel's input nodes are node
-references (Input_<role>, MultiComponent, Segmentation). Standard library only: works before torch is installed.
+(not options): ComponentRoles, CreateUncertainty, ShowUncertainty, UpdateResult, and for healthy-tissue inpainting
+InpaintSteps (DDIM steps) and InpaintSegments (the chosen segment ids, comma-separated; empty: the visible ones). The
+panel's input nodes are node references (Input_<role>, MultiComponent, Segmentation, InpaintVolume,
+InpaintSegmentation). Standard library only: works before torch is installed.
 Slicer's `parameterNodeWrapper` is not used: it is not available under slicer-core.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from BrainDiffSegLib.options import OptionField, fields, from_strings, preset, t
 # panel parameter -> default (strings, as stored)
 PANEL_DEFAULTS = {"ComponentRoles": ",".join(ROLES), "CreateUncertainty": "true", "ShowUncertainty": "false",
                   "UpdateResult": "true"}
+INPAINT_DEFAULTS = {"InpaintSteps": "25", "InpaintSegments": ""}  # the panel's healthy-tissue inpainting
 DEVICES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}  # accepted spellings (any case)
 MINIMUM = {"ensemble": 1, "batch-size": 1, "classifier-batch-size": 1}  # fields where 0 makes no sense
 
@@ -36,7 +39,7 @@ def optionParameters() -> dict[str, OptionField]:
 def defaultParameters() -> dict[str, str]:
     """Parameter name -> default value (strings, as stored in the parameter node)."""
     values = to_strings(preset("default"))
-    return {**{parameterName(key): value for key, value in values.items()}, **PANEL_DEFAULTS}
+    return {**{parameterName(key): value for key, value in values.items()}, **PANEL_DEFAULTS, **INPAINT_DEFAULTS}
 
 
 def setDefaultParameters(parameterNode, overwrite: bool = False) -> None:
@@ -106,6 +109,24 @@ def componentRoles(parameterNode) -> list[str] | None:
     """The sequence of each component of a multi-component input volume, or None for the default order."""
     roles = [r for r in re.split(r"[,\s]+", parameterNode.GetParameter("ComponentRoles")) if r]
     return roles or None
+
+
+def inpaintSteps(parameterNode) -> int:
+    """The DDIM steps of the panel's inpainting (InputError for a value that is not a whole number >= 1)."""
+    text = parameterNode.GetParameter("InpaintSteps") or INPAINT_DEFAULTS["InpaintSteps"]
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise InputError(f"InpaintSteps: '{text}' is not a whole number >= 1.")
+    return steps
+
+
+def inpaintSegments(parameterNode) -> list[str] | None:
+    """The segment ids chosen for inpainting, or None for the visible segments."""
+    ids = [s for s in (parameterNode.GetParameter("InpaintSegments") or "").split(",") if s]
+    return ids or None
 
 
 def flag(parameterNode, name: str) -> bool:

@@ -2,9 +2,13 @@
 
 Inputs, the embedded Segment Editor (the painted segmentation, or with "Paint corrections into the result" the result:
 before updating it the panel saves an editor undo state, so Ctrl+Z there takes the update back), Propagate / Cancel
-with progress, "Paint this slice next", advanced settings. All computation goes
+with progress, "Paint this slice next", "Inpaint healthy tissue" (a T1 and segments in, a new volume out, in the
+background like propagation), advanced settings. All computation goes
 through `BrainDiffSegLogic` (on the application's scene); settings live in the module's parameter node (`parameters`,
 saved with the scene). qt / ctk are imported inside the methods, so the file also imports under slicer-core.
+
+Length: one panel, one class; the inpainting section's handlers share the parameter node, the poll timer and the
+one-job-at-a-time state with propagation (and Qt stays in this file only, by the architecture rules).
 """
 from __future__ import annotations
 
@@ -27,11 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservationMixin):
-    """The panel: inputs, the embedded Segment Editor, Propagate / Cancel with progress, advanced settings.
+    """The panel: inputs, the embedded Segment Editor, Propagate / Cancel with progress, healthy-tissue inpainting,
+    advanced settings.
 
-    All computation goes through `BrainDiffSegLogic`. Propagation runs in a background thread
-    (`startPropagation`); a Qt timer polls it, so the GUI never freezes. Settings live in the module's parameter
-    node (saved with the scene)."""
+    All computation goes through `BrainDiffSegLogic`. Propagation and inpainting run in a background thread
+    (`startPropagation`, `startInpainting`; one at a time); Qt timers poll them, so the GUI never freezes.
+    Settings live in the module's parameter node (saved with the scene)."""
 
     ROLE_SELECTORS = {"t1": "t1Selector", "t1ce": "t1ceSelector", "t2": "t2Selector", "flair": "flairSelector"}
     DEVICES = ("auto", "cuda", "cpu")  # deviceComboBox items: auto, GPU, CPU
@@ -46,7 +51,8 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         self.ui = None
         self._parameterNode = None
         self._updatingGUI = False
-        self._run = None
+        self._run = None  # the running PropagationRun
+        self._inpaintRun = None  # the running inpainting.InpaintingRun (one job at a time: never both)
         self._timer = None
         self._nextSlice = None  # (axial index, reference volume) suggested by the last result
 
@@ -65,6 +71,9 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
         self._timer.connect("timeout()", self.onPollRun)
+        self._inpaintTimer = qt.QTimer()
+        self._inpaintTimer.setInterval(self.POLL_MS)
+        self._inpaintTimer.connect("timeout()", self.onPollInpainting)
 
         for selector in [*self.ROLE_SELECTORS.values(), "multiComponentSelector", "segmentationSelector"]:
             getattr(self.ui, selector).connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
@@ -86,6 +95,12 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagateButton)
         self.ui.addTumourSegmentsButton.connect("clicked(bool)", self.onAddTumourSegments)
         self.ui.restoreDefaultsButton.connect("clicked(bool)", self.onRestoreDefaults)
+        self.ui.inpaintVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
+        self.ui.inpaintSegmentsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
+        self.ui.inpaintSegmentsSelector.connect("segmentSelectionChanged(QStringList)",
+                                                self.updateParameterNodeFromGUI)
+        self.ui.inpaintStepsSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.inpaintButton.connect("clicked(bool)", self.onInpaintButton)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -94,6 +109,7 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
 
     def cleanup(self):
         self.cancelRun(wait=True)
+        self.cancelInpainting(wait=True)
         self.removeObservers()
 
     def enter(self):
@@ -112,6 +128,7 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
 
     def onSceneStartClose(self, caller, event):
         self.cancelRun(wait=True)
+        self.cancelInpainting(wait=True)
         self.logic.clearCache()  # the features and written labels belong to the closed scene's volumes
         self._nextSlice = None
         self.setParameterNode(None)
@@ -144,7 +161,7 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
     def fillInputsFromNames(self):
         """Empty inputs get the loaded volumes whose names name their sequence (e.g. '..._flair')."""
         node = self._parameterNode
-        if node is None or self._run is not None:
+        if node is None or self._run is not None or self._inpaintRun is not None:
             return
         volumes = [slicer.mrmlScene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
                    for i in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
@@ -152,6 +169,8 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         for role, volume in segments.guessInputs(volumes).items():
             if node.GetNodeReference(f"Input_{role}") is None:
                 node.SetNodeReferenceID(f"Input_{role}", volume.GetID())
+        if node.GetNodeReference("InpaintVolume") is None and node.GetNodeReference("Input_t1") is not None:
+            node.SetNodeReferenceID("InpaintVolume", node.GetNodeReference("Input_t1").GetID())
         node.EndModify(wasModifying)
 
     def setParameterNode(self, node):
@@ -185,6 +204,7 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
             self.ui.updateResultCheckBox.checked = parameters.flag(node, "UpdateResult")
             self.ui.uncertaintyCheckBox.checked = parameters.flag(node, "CreateUncertainty")
             self.ui.showUncertaintyCheckBox.checked = parameters.flag(node, "ShowUncertainty")
+            self._updateInpaintingGUI(node)
             self._updateSegmentEditor()
             self._updateButtons()
         finally:
@@ -210,6 +230,10 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         node.SetParameter("UpdateResult", "true" if self.ui.updateResultCheckBox.checked else "false")
         node.SetParameter("CreateUncertainty", "true" if self.ui.uncertaintyCheckBox.checked else "false")
         node.SetParameter("ShowUncertainty", "true" if self.ui.showUncertaintyCheckBox.checked else "false")
+        node.SetNodeReferenceID("InpaintVolume", self.ui.inpaintVolumeSelector.currentNodeID)
+        node.SetNodeReferenceID("InpaintSegmentation", self.ui.inpaintSegmentsSelector.currentNodeID())
+        node.SetParameter("InpaintSegments", ",".join(self._chosenSegmentIds()))
+        node.SetParameter("InpaintSteps", str(self.ui.inpaintStepsSpinBox.value))
         node.EndModify(wasModifying)
 
     def _inputVolumes(self):
@@ -237,10 +261,11 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
 
     def _updateButtons(self):
         running = self._run is not None
+        inpainting = self._inpaintRun is not None
         node = self._parameterNode
         ready = node is not None and node.GetNodeReference("Segmentation") is not None and bool(self._inputVolumes())
         self.ui.propagateButton.text = _("Cancel") if running else _("Propagate")
-        self.ui.propagateButton.enabled = running or ready
+        self.ui.propagateButton.enabled = running or (ready and not inpainting)
         self.ui.propagateButton.toolTip = (_("Stop the propagation; the scene is left as it was.") if running else
                                            _("Segment every axial slice from the painted ones.") if ready else
                                            _("Select at least one input volume and the painted segmentation."))
@@ -251,6 +276,7 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         editor = self.ui.segmentEditorWidget  # no corrections into the result while an update runs
         editor.readOnly = running and editor.segmentationNode() not in (None, painted)
         self.ui.paintNextButton.enabled = not running and self._nextSlice is not None
+        self._updateInpaintButton()
 
     # ------------------------------------------------------------------ actions
 
@@ -390,6 +416,9 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
             displayNode.SetOpacity2DFill(0.35)
         if self.ui.showUncertaintyCheckBox.checked:
             self.onShowUncertainty(True)
+        node = self._parameterNode  # inpainting then defaults to the result instead of the painted slices
+        if node.GetNodeReference("InpaintSegmentation") in (None, node.GetNodeReference("Segmentation")):
+            node.SetNodeReferenceID("InpaintSegmentation", outputNode.GetID())
 
     def onPaintNext(self):
         """Centre the Red slice view on the suggested axial slice."""
@@ -398,3 +427,111 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         z, referenceNode = self._nextSlice
         sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
         self.logic.jumpToAxialSlice(sliceNode, referenceNode, z)
+
+    # ------------------------------------------------------------------ healthy-tissue inpainting
+
+    def _chosenSegmentIds(self) -> list[str]:
+        """The segments chosen in the inpainting selector (several with multi-selection, else the current one)."""
+        selector = self.ui.inpaintSegmentsSelector
+        if hasattr(selector, "selectedSegmentIDs"):
+            return [str(sid) for sid in selector.selectedSegmentIDs() if sid]
+        current = selector.currentSegmentID()
+        return [str(current)] if current else []
+
+    def _updateInpaintingGUI(self, node):
+        """The inpainting section from the parameter node; the region defaults to the newest propagated result of
+        the painted segmentation (else the painted one), the segments to the visible ones (none chosen)."""
+        self.ui.inpaintVolumeSelector.setCurrentNode(node.GetNodeReference("InpaintVolume"))
+        segmentationNode = node.GetNodeReference("InpaintSegmentation")
+        if segmentationNode is None:
+            painted = node.GetNodeReference("Segmentation")
+            segmentationNode = self.logic.previousResultOf(painted) or painted
+        selector = self.ui.inpaintSegmentsSelector
+        if selector.currentNode() is not segmentationNode:
+            selector.setCurrentNode(segmentationNode)
+        chosen = parameters.inpaintSegments(node) or []
+        if hasattr(selector, "setSelectedSegmentIDs") and chosen != self._chosenSegmentIds():
+            selector.setSelectedSegmentIDs(chosen)
+        self.ui.inpaintStepsSpinBox.value = int(node.GetParameter("InpaintSteps") or 25)
+
+    def _updateInpaintButton(self):
+        inpainting = self._inpaintRun is not None
+        node = self._parameterNode
+        ready = (node is not None and self.ui.inpaintVolumeSelector.currentNode() is not None
+                 and self.ui.inpaintSegmentsSelector.currentNode() is not None)
+        button = self.ui.inpaintButton
+        button.text = _("Cancel") if inpainting else _("Inpaint")
+        button.enabled = inpainting or (ready and self._run is None)
+        button.toolTip = (_("Stop the inpainting; the scene is left as it was.") if inpainting else
+                          _("Wait for the propagation to finish.") if self._run is not None else
+                          _("Synthesise healthy tissue inside the chosen segments (no segment chosen: the visible "
+                            "ones) into a new volume.") if ready else
+                          _("Select the T1 volume and the segmentation of the region to inpaint."))
+        for name in ("inpaintVolumeSelector", "inpaintSegmentsSelector", "inpaintStepsSpinBox"):
+            getattr(self.ui, name).enabled = not inpainting
+
+    def onInpaintButton(self):
+        if self._inpaintRun is not None:
+            self.cancelInpainting()
+        else:
+            self.startInpainting()
+
+    def startInpainting(self):
+        if not self.ensureEngineInstalled():
+            return
+        self.updateParameterNodeFromGUI()
+        node = self._parameterNode
+        try:
+            device = parameters.optionsFromParameters(node).device  # the Advanced section's device
+            self._inpaintRun = self.logic.startInpainting(
+                self.ui.inpaintVolumeSelector.currentNode(), self.ui.inpaintSegmentsSelector.currentNode(),
+                segmentIds=parameters.inpaintSegments(node), steps=parameters.inpaintSteps(node), device=device)
+        except BrainDiffSegError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle=_("BrainDiffSeg"))
+            return
+        self.ui.inpaintProgressBar.value = 0
+        self.ui.inpaintStatusLabel.text = _("Starting...")
+        self._updateButtons()
+        self._inpaintTimer.start()
+
+    def cancelInpainting(self, wait: bool = False):
+        run = self._inpaintRun
+        if run is None:
+            return
+        run.task.cancel()
+        self.ui.inpaintStatusLabel.text = _("Cancelling...")
+        if wait:
+            run.task.wait(30)
+            self.onPollInpainting()
+
+    def onPollInpainting(self):
+        run = self._inpaintRun
+        if run is None:
+            self._inpaintTimer.stop()
+            return
+        for stage, fraction in run.task.poll():
+            self.ui.inpaintStatusLabel.text = stage
+            self.ui.inpaintProgressBar.value = int(round(1000 * fraction))
+        if not run.task.done:
+            return
+        self._inpaintTimer.stop()
+        self._inpaintRun = None
+        try:
+            outputNode = self.logic.finishInpainting(run)
+        except CancelledError:
+            self.ui.inpaintStatusLabel.text = _("Cancelled; the scene is unchanged.")
+            self.ui.inpaintProgressBar.value = 0
+        except BrainDiffSegError as exc:
+            self.ui.inpaintStatusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc), windowTitle=_("BrainDiffSeg"))
+        except Exception as exc:  # unexpected: keep the GUI usable and show the traceback in the log
+            log.exception("Inpainting failed")
+            self.ui.inpaintStatusLabel.text = _("Failed: ") + str(exc)
+            slicer.util.errorDisplay(_("Inpainting failed: ") + str(exc), windowTitle=_("BrainDiffSeg"))
+        else:
+            self.ui.inpaintProgressBar.value = 1000
+            self.ui.inpaintStatusLabel.text = _("Done in {seconds:.1f} s: '{name}'.").format(
+                seconds=run.task.seconds or 0.0, name=outputNode.GetName())
+            slicer.util.setSliceViewerLayers(background=outputNode)  # the segments stay shown on top
+        finally:
+            self._updateButtons()

@@ -3,10 +3,13 @@
 Axial (large), sagittal and coronal slice views of the case; in the side panel: the sequence shown, the painted
 segments (select one, Paint / Erase with a one-slice brush, undo), the axial slice, Propagate with a progress bar,
 stage text and Cancel, the propagated segments with their voxel counts, an uncertainty overlay toggle, the slices
-the model is least sure of (click one to go there), "Paint this slice next" (the suggested slice) and Save.
+the model is least sure of (click one to go there), "Paint this slice next" (the suggested slice), "Inpaint healthy
+tissue" (the T1 inside the propagated or the painted tumour, shown as the background volume and saved as a numbered
+NIfTI when done) and Save.
 
-Everything that changes the MRML scene runs on the server's event loop; the propagation itself runs in a worker
-thread (see `session.py`), polled by `_poll` a few times a second.
+Everything that changes the MRML scene runs on the server's event loop; the propagation and the inpainting run in a
+worker thread (see `session.py`; one job at a time, sharing the progress bar and Cancel), polled by `_poll` a few
+times a second.
 
 Length: one page of declarative UI layout (views, side panel) with the handlers it binds; split, the layout and its
 handlers would have to be read side by side.
@@ -40,6 +43,8 @@ from BrainDiffSegLib.errors import BrainDiffSegError  # noqa: E402
 
 from .paint_fix import rebind_effect_pipelines, use_slice_brush  # noqa: E402
 from .session import DEFAULT_SEGMENTS, AnnotationSession, JobStatus  # noqa: E402
+
+INPAINTED_ROLE = "inpainted"  # the sequence menu's entry for the newest inpainted T1
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,10 @@ class BrainDiffSegWebApp:
         s.message, s.message_type = "", "info"
         s.saved_files = []
         s.out_dir = str(self.out_dir)
+        s.job_kind = ""
+        s.has_t1 = "t1" in self.session.volumes
+        s.inpaint_source, s.inpaint_steps, s.inpainted_name = self.session.inpainting_source(), 25, ""
+        s.inpaint_sources = self._inpaint_sources()
 
     def _build_ui(self):
         with SinglePageWithDrawerLayout(self.server, width=370, theme="dark") as layout:
@@ -198,6 +207,17 @@ class BrainDiffSegWebApp:
                 with html.Div(classes="d-flex flex-wrap ga-1", id="least-certain"):
                     v3.VChip("{{ s.z }} ({{ s.score.toFixed(2) }})", v_for="s in least_certain", key="s.z",
                              size="small", click="axial_slice = s.z", id=("`least-certain-${s.z}`",))
+            v3.VDivider(classes="my-2")
+            html.Div("Inpaint healthy tissue (T1)", classes="text-subtitle-2")
+            with html.Div(classes="d-flex ga-2 align-center"):
+                v3.VSelect(label="Region", items=("inpaint_sources",), v_model=("inpaint_source",),
+                           density="compact", hide_details=True, id="inpaint-source", disabled=("running",))
+                v3.VTextField(v_model_number=("inpaint_steps",), type="number", label="DDIM steps", min=1,
+                              density="compact", hide_details=True, id="inpaint-steps", style="max-width: 7rem;",
+                              disabled=("running",))
+            v3.VBtn("Inpaint healthy tissue", click=self.inpaint, disabled=("running || !has_t1",), id="inpaint",
+                    prepend_icon="mdi-auto-fix", classes="my-1", size="small")
+            html.Div("{{ inpainted_name }}", v_if="inpainted_name", classes="text-caption", id="inpainted-name")
             v3.VDivider(classes="my-2")
             v3.VBtn("Save", click=self.save, disabled=("running",), id="save", prepend_icon="mdi-content-save")
             html.Div("to {{ out_dir }}", classes="text-caption text-medium-emphasis")
@@ -286,7 +306,8 @@ class BrainDiffSegWebApp:
             self.editor.undo_stack.undo()
 
     def _on_background_role(self, background_role, **_):
-        node = self.session.volumes.get(background_role)
+        node = (self.session.inpainted if background_role == INPAINTED_ROLE
+                else self.session.volumes.get(background_role))
         if node is not None:
             self.slicer_app.display_manager.show_volume_in_slice_background(node)
             self._show_uncertainty_overlay(self.state.show_uncertainty)
@@ -353,9 +374,12 @@ class BrainDiffSegWebApp:
         except BrainDiffSegError as exc:
             self._say(str(exc), "warning")
             return
+        self._job_started("propagation")
+
+    def _job_started(self, kind: str):
         self._say("")
         self.state.running, self.state.job_status, self.state.job_percent = True, JobStatus.RUNNING.value, 0
-        self.state.job_stage = "starting"
+        self.state.job_stage, self.state.job_kind = "starting", kind
 
     def cancel(self):
         self.session.cancel()
@@ -375,7 +399,10 @@ class BrainDiffSegWebApp:
             self.state.job_stage, self.state.job_percent = job.stage, int(round(100 * job.fraction))
             self.state.job_seconds = round(job.seconds, 1)
         elif job.status == JobStatus.DONE and not self.session.running:
-            self._finish_propagation(job)
+            if job.kind == "inpainting":
+                self._finish_inpainting(job)
+            else:
+                self._finish_propagation(job)
         elif job.status in (JobStatus.CANCELLED, JobStatus.FAILED) and self.state.running:
             self.state.running, self.state.job_status = False, job.status.value
             self.state.job_stage = job.status.value
@@ -404,9 +431,53 @@ class BrainDiffSegWebApp:
         self.state.next_slice = self.session.next_slice
         self.state.has_uncertainty = self.session.uncertainty is not None
         self._show_uncertainty_overlay(self.state.show_uncertainty)
+        self.state.inpaint_sources = self._inpaint_sources()
+        self.state.inpaint_source = "result"  # inpainting now defaults to the propagated tumour
         self._say(f"Propagated in {job.seconds:.1f} s into '{result.GetName()}' (feature cache "
                   f"{self.session.feature_cache_mb():.0f} MB).", "success")
         log.info("result %s: %s", result.GetName(), counts)
+
+    # ------------------------------------------------------------------ healthy-tissue inpainting
+
+    def _inpaint_sources(self) -> list[dict]:
+        items = [{"title": "Painted tumour", "value": "painted"}]
+        if self.session.result is not None:
+            items.insert(0, {"title": "Propagated result", "value": "result"})
+        return items
+
+    def inpaint(self):
+        try:
+            steps = int(self.state.inpaint_steps)
+        except (TypeError, ValueError):
+            self._say(f"DDIM steps: '{self.state.inpaint_steps}' is not a whole number.", "warning")
+            return
+        try:
+            self.session.start_inpainting(self.state.inpaint_source, steps=steps)
+        except BrainDiffSegError as exc:
+            self._say(str(exc), "warning")
+            return
+        self._job_started("inpainting")
+
+    def _finish_inpainting(self, job):
+        """Add the inpainted T1, show it as the background volume and save it (never overwriting)."""
+        node = self.session.import_inpainted()
+        self.state.running, self.state.job_status = False, JobStatus.DONE.value
+        self.state.job_stage, self.state.job_percent = f"done in {job.seconds:.1f} s", 100
+        if node is None:
+            return
+        if not any(item["value"] == INPAINTED_ROLE for item in self.state.sequences):
+            self.state.sequences = [*self.state.sequences, {"title": "T1 inpainted", "value": INPAINTED_ROLE}]
+        self.state.inpainted_name = node.GetName()
+        self._on_background_role(INPAINTED_ROLE)  # also when the menu shows it already (a newer result)
+        self.state.background_role = INPAINTED_ROLE
+        try:
+            path = self.session.save_inpainted(self.out_dir)
+        except BrainDiffSegError as exc:
+            self._say(f"Inpainted into '{node.GetName()}', but saving failed: {exc}", "error")
+            return
+        self.state.saved_files = [*self.state.saved_files, str(path)]
+        self._say(f"Inpainted in {job.seconds:.1f} s into '{node.GetName()}' (shown), saved as {path.name}.",
+                  "success")
 
     def _on_show_uncertainty(self, show_uncertainty, **_):
         self._show_uncertainty_overlay(bool(show_uncertainty))

@@ -11,6 +11,10 @@ running job's input.
 
 Interactive loop: every propagation goes through the Logic's feature cache (cleared when another case is loaded), a
 re-run updates the previous result in place, and `next_slice` is the slice to paint next (`BrainDiffSegLib.suggest`).
+
+Healthy-tissue inpainting (`start_inpainting`): the T1 inside the painted tumour or the propagated result, through
+`BrainDiffSegLogic.startInpainting` in the same background job slot (one job at a time, same `job_state` / `cancel`),
+`import_inpainted` adds the new volume and `save_inpainted` writes it as NIfTI under a numbered name.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ UNCERTAINTY_COLORS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTable
                       "vtkMRMLColorTableNodeRainbow")
 UNCERTAINTY_SHOWN_FROM = 0.25  # normalised entropy below this is transparent in the overlay
 SAVE_SUFFIXES = (".seg.nrrd", ".nii.gz", "_painted.seg.nrrd")
+INPAINT_SOURCES = ("result", "painted")  # what `start_inpainting` inpaints: the propagated or the painted tumour
 
 
 class JobStatus(str, enum.Enum):
@@ -45,12 +50,13 @@ class JobStatus(str, enum.Enum):
 
 @dataclass
 class JobState:
-    """What the UI shows of a propagation job; a copy taken under the job's lock."""
+    """What the UI shows of the background job (a propagation or an inpainting); a copy."""
     status: JobStatus = JobStatus.IDLE
     stage: str = ""
     fraction: float = 0.0
     message: str = ""
     seconds: float = 0.0
+    kind: str = ""  # "propagation" or "inpainting"
 
 
 @dataclass
@@ -96,8 +102,9 @@ class AnnotationSession:
         self.uncertainty = None
         self.least_certain: list[tuple[int, float]] = []
         self.next_slice: int | None = None  # the slice to paint next, after a propagation
+        self.inpainted = None  # the newest inpainted T1 (a volume node), after `import_inpainted`
         self._state = JobState()
-        self._run = None  # BrainDiffSegSlicer.logic.PropagationRun of the current job
+        self._run = None  # the current job: a PropagationRun or an InpaintingRun (`_state.kind` says which)
 
     # ------------------------------------------------------------------ loading
 
@@ -168,20 +175,20 @@ class AnnotationSession:
             state.stage, state.fraction = task.stage, task.fraction
             state.seconds = task.seconds if task.done else time.perf_counter() - (task.started_at or 0.0)
             if task.done and state.status == JobStatus.RUNNING:
-                error = task.error
+                error, kind = task.error, state.kind or "propagation"
                 if error is None:
                     state.status, state.stage, state.fraction = JobStatus.DONE, "done", 1.0
-                    log.info("propagation done in %.1f s", state.seconds)
+                    log.info("%s done in %.1f s", kind, state.seconds)
                 elif isinstance(error, CancelledError):
-                    state.status, state.message = JobStatus.CANCELLED, "Propagation cancelled."
-                    log.info("propagation cancelled")
+                    state.status, state.message = JobStatus.CANCELLED, f"{kind.capitalize()} cancelled."
+                    log.info("%s cancelled", kind)
                 elif isinstance(error, BrainDiffSegError):
                     state.status, state.message = JobStatus.FAILED, str(error)
-                    log.error("propagation failed: %s", error)
+                    log.error("%s failed: %s", kind, error)
                 else:  # an unexpected engine error: shown to the user, logged with the traceback
                     state.status = JobStatus.FAILED
-                    state.message = f"Propagation failed: {type(error).__name__}: {error}"
-                    log.error("propagation failed", exc_info=error)
+                    state.message = f"{kind.capitalize()} failed: {type(error).__name__}: {error}"
+                    log.error("%s failed", kind, exc_info=error)
             if task.cancel_requested and not task.done:
                 state.stage = "cancelling"
         return JobState(**vars(self._state))
@@ -193,8 +200,7 @@ class AnnotationSession:
     def start_propagation(self) -> None:
         """Read the inputs and propagate in a background thread (raises InputError at once for bad input, such
         as an empty painting; engine errors end the job as FAILED with the message)."""
-        if self.running:
-            raise InputError("A propagation is already running: wait for it or cancel it.")
+        self._refuse_if_running()
         if self.painted is None or not self.volumes:
             raise InputError("Load a case and paint the tumour on a few axial slices first.")
         if not any(self._painted_voxels().values()):
@@ -202,7 +208,13 @@ class AnnotationSession:
         previous = self.result if self.result is not None and self.result.GetScene() is self.scene else None
         self._run = self.logic.startPropagation(self.volumes, self.painted, self.options, createUncertainty=True,
                                                 outputNode=previous)  # a re-run updates the previous result
-        self._state = JobState(status=JobStatus.RUNNING, stage="starting")
+        self._state = JobState(status=JobStatus.RUNNING, stage="starting", kind="propagation")
+
+    def _refuse_if_running(self) -> None:
+        if self.running:
+            kind = self._state.kind or "propagation"
+            raise InputError(f"A{'n' if kind[0] in 'aeiou' else ''} {kind} is already running: wait for it or "
+                             "cancel it.")
 
     def cancel(self) -> None:
         """Ask the running job to stop (it stops at the engine's next check, leaving the shown scene unchanged)."""
@@ -218,7 +230,8 @@ class AnnotationSession:
         """On the scene's thread, after a job is DONE: add the new segmentation (and uncertainty volume) to the
         shown scene. Returns the new segmentation node; the painted segmentation is not touched."""
         run = self._run
-        if run is None or self.running or self.job_state().status != JobStatus.DONE:
+        if run is None or self.running or self._state.kind != "propagation" or \
+                self.job_state().status != JobStatus.DONE:
             return None
         self._run = None
         result = self.logic.finishPropagation(run)
@@ -238,6 +251,65 @@ class AnnotationSession:
         self.next_slice = self.logic.nextSliceToPaint()
         self._state = JobState()
         return result
+
+    # ------------------------------------------------------------------ healthy-tissue inpainting
+
+    def inpainting_source(self) -> str:
+        """The default region to inpaint: the propagated result if there is one, else the painted tumour."""
+        return "result" if self.result is not None else "painted"
+
+    def start_inpainting(self, source: str | None = None, steps: int = 25, seed: int = 0, model=None) -> None:
+        """Inpaint healthy tissue into the T1 inside every segment of the propagated result (source 'result') or
+        of the painted segmentation ('painted'; default: `inpainting_source()`), in a background thread. Bad input
+        raises InputError at once; engine errors end the job as FAILED with the message."""
+        self._refuse_if_running()
+        if not self.volumes:
+            raise InputError("Load a case first.")
+        if "t1" not in self.volumes:
+            raise InputError(f"Inpainting works on the T1 and '{self.case_name}' has none: load a case with a T1 "
+                             "sequence.")
+        source = source or self.inpainting_source()
+        if source not in INPAINT_SOURCES:
+            raise InputError(f"Unknown region '{source}' to inpaint; use {' or '.join(INPAINT_SOURCES)}.")
+        if source == "result" and self.result is None:
+            raise InputError("There is no propagated result yet: propagate first, or inpaint the painted tumour.")
+        node = self.result if source == "result" else self.painted
+        if node is None or not any(self.segment_voxels(node).values()):
+            raise InputError("Nothing is painted yet: paint the tumour first." if source == "painted" else
+                             f"The propagated result '{node.GetName()}' is empty: nothing to inpaint.")
+        device = getattr(self.options, "device", None) or "cpu"
+        self._run = self.logic.startInpainting(self.volumes["t1"], node,
+                                               list(node.GetSegmentation().GetSegmentIDs()), steps=steps,
+                                               seed=seed, model=model, device=device)
+        self._state = JobState(status=JobStatus.RUNNING, stage="starting", kind="inpainting")
+        log.info("inpainting the T1 inside the %s segmentation '%s' (%d DDIM steps)", source, node.GetName(), steps)
+
+    def import_inpainted(self):
+        """On the scene's thread, after an inpainting job is DONE: add the inpainted T1 as a new volume of the shown
+        scene (`inpainted`) and return it; the T1 and the segmentations are not touched."""
+        run = self._run
+        if run is None or self.running or self._state.kind != "inpainting" or \
+                self.job_state().status != JobStatus.DONE:
+            return None
+        self._run = None
+        self.inpainted = self.logic.finishInpainting(run)
+        self._state = JobState()
+        return self.inpainted
+
+    def save_inpainted(self, out_dir) -> Path:
+        """Write the newest inpainted T1 as `<case>_inpainted.nii.gz` in `out_dir`, numbered (`-2`, `-3`, ...) if
+        that name exists: an earlier file is never overwritten."""
+        if self.inpainted is None:
+            raise InputError("Nothing inpainted to save yet.")
+        out_dir = Path(out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"Cannot create the output folder {out_dir}: {exc.strerror}") from exc
+        path = out_dir / f"{numbered_stem(out_dir, f'{self.case_name}_inpainted', ('.nii.gz',))}.nii.gz"
+        self.logic.saveVolume(self.inpainted, path)
+        log.info("saved the inpainted T1 '%s' as %s", self.inpainted.GetName(), path.name)
+        return path
 
     # ------------------------------------------------------------------ inspection
 

@@ -16,7 +16,7 @@ from BrainDiffSegLib.propagate import make_extractor, normalize_volume, propagat
 from BrainDiffSegLib.protocol import protocol_slices
 
 CASE = "lgg128/TCGA_CS_4941_19960909"
-SMALL = ClassifierOptions(n_models=2, hidden=(32, 16), max_epochs=4)
+SMALL = ClassifierOptions(n_models=2, hidden=(32, 16), max_epochs=4, precision="fp32")  # as fp32 `predict`
 
 
 @pytest.fixture(scope="module")

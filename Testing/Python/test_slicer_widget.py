@@ -21,8 +21,8 @@ WIDGET_FILES = [REPO / "BrainDiffSeg" / "BrainDiffSegSlicer" / name for name in 
 EXPECTED_BASES = {"Selector": "QWidget", "Button": "QAbstractButton", "CheckBox": "QCheckBox",
                   "LineEdit": "QLineEdit", "SpinBox": "QSpinBox", "ComboBox": "QComboBox", "Label": "QLabel",
                   "ProgressBar": "QProgressBar"}
-SLICER_WIDGETS = {"qMRMLWidget", "qMRMLNodeComboBox", "qMRMLSegmentEditorWidget", "ctkCollapsibleButton",
-                  "ctkPathLineEdit"}
+SLICER_WIDGETS = {"qMRMLWidget", "qMRMLNodeComboBox", "qMRMLSegmentEditorWidget", "qMRMLSegmentSelectorWidget",
+                  "ctkCollapsibleButton", "ctkPathLineEdit"}
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,8 @@ def test_segment_editor_and_scene_connections():
     root = ET.parse(UI_FILE).getroot()
     receivers = {c.findtext("receiver") for c in root.iter("connection")
                  if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
-    mrml = {w.get("name") for w in root.iter("widget") if w.get("class") in ("qMRMLNodeComboBox",
-                                                                                "qMRMLSegmentEditorWidget")}
+    mrml = {w.get("name") for w in root.iter("widget") if w.get("class") in (
+        "qMRMLNodeComboBox", "qMRMLSegmentEditorWidget", "qMRMLSegmentSelectorWidget")}
     assert mrml and mrml <= receivers, mrml - receivers
 
 

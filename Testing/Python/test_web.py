@@ -151,6 +151,36 @@ def test_paint_fails_without_the_rebind_and_paints_one_slice_with_it(crop_case, 
     assert painted_slices(app) == [z, z + 2]
 
 
+def test_app_inpaints_shows_and_saves_the_result(crop_case, tmp_path):
+    """The panel's "Inpaint healthy tissue" in-process (no browser): the job runs in the background, the result
+    becomes the background volume of every slice view and is saved as a numbered NIfTI."""
+    case_dir, label, _ = crop_case
+    app = build_app(case_dir, "web-test-inpaint", out_dir=tmp_path)
+    session = app.session
+    edema = next(seg["id"] for seg in app.state.segments if seg["name"] == "Edema")
+    ann = np.zeros(label.shape, np.uint8)
+    ann[..., 30] = label[..., 30] > 0
+    session.logic.setSegmentFromArray(session.painted, edema, session.logic.fromEngineArray(ann, 2),
+                                      session.reference)
+    assert app.state.inpaint_source == "painted" and [i["value"] for i in app.state.inpaint_sources] == ["painted"]
+    app.state.inpaint_steps = 2
+    with app.state:
+        app.inpaint()
+    assert app.state.running and app.state.job_kind == "inpainting"
+    session.wait(120)
+    with app.state:
+        app._poll_once()
+    assert not app.state.running and app.state.message_type == "success", app.state.message
+    node = session.inpainted
+    assert node is not None and app.state.inpainted_name == node.GetName()
+    assert app.state.background_role == "inpainted" and "inpainted" in [s["value"] for s in app.state.sequences]
+    composites = [app.slicer_app.scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+                  for i in range(app.slicer_app.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    assert composites and all(c.GetBackgroundVolumeID() == node.GetID() for c in composites)
+    assert app.state.saved_files == [str(tmp_path / f"{case_dir.name}_inpainted.nii.gz")]
+    assert (tmp_path / f"{case_dir.name}_inpainted.nii.gz").is_file()
+
+
 # ------------------------------------------------------------------------------------------ session
 
 def test_numbered_stem(tmp_path):
@@ -245,6 +275,82 @@ def test_session_propagates_in_the_background_and_cancels(session, crop_case):
     assert session.logic.featureCacheBytes() == 0 and session.logic.featureCache.describe()["slices"] == 0
 
 
+def test_session_inpaints_in_the_background_cancels_and_saves_numbered(session, crop_case, tmp_path):
+    """Inpainting the T1 inside the painted tumour: refused while another job runs, cancelled with nothing added,
+    then run to the end: a new volume equal to the T1 outside the painted voxels, different inside, saved as NIfTI
+    under numbered names (an earlier file is never overwritten); the inputs are untouched."""
+    import nibabel as nib
+    import slicer
+
+    from BrainDiffSegLib.errors import InputError
+    from BrainDiffSegWeb.session import JobStatus
+
+    case_dir, label, affine = crop_case
+    session.load_case(case_dir)
+    node = paint_truth_slices(session, label, [20, 40])
+    t1 = session.volumes["t1"]
+    t1_before = slicer.util.arrayFromVolume(t1).copy()
+    painted = session.logic.toEngineArray(session.logic.labelArrayFromSegmentation(node, t1)[0], 2) > 0
+    assert session.inpainting_source() == "painted"
+    with pytest.raises(InputError, match="no propagated result"):
+        session.start_inpainting("result")
+    with pytest.raises(InputError, match="Unknown region 'tumour'"):
+        session.start_inpainting("tumour")
+    n_nodes = session.scene.GetNumberOfNodes()
+
+    session.start_inpainting(steps=200)
+    with pytest.raises(InputError, match="An inpainting is already running"):
+        session.start_propagation()
+    with pytest.raises(InputError, match="An inpainting is already running"):
+        session.start_inpainting()
+    session.cancel()
+    state = session.wait(60)
+    assert (state.status, state.kind, state.message) == (JobStatus.CANCELLED, "inpainting", "Inpainting cancelled.")
+    assert session.import_inpainted() is None and session.inpainted is None
+    assert session.scene.GetNumberOfNodes() == n_nodes
+
+    session.start_inpainting("painted", steps=2)
+    state = session.wait(120)
+    assert state.status == JobStatus.DONE and state.kind == "inpainting", state.message
+    assert session.import_result() is None  # not a propagation
+    out = session.import_inpainted()
+    assert out is session.inpainted and out.GetScene() is session.scene and out is not t1
+    assert out.GetName() == f"{t1.GetName()} inpainted"
+    inpainted = session.logic.toEngineArray(slicer.util.arrayFromVolume(out), 2)
+    original = session.logic.toEngineArray(t1_before, 2).astype(np.float32)
+    np.testing.assert_array_equal(inpainted[~painted], original[~painted])
+    assert np.abs(inpainted - original)[painted].mean() > 20.0
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(t1), t1_before)
+    assert set(session.segment_voxels(node)) == {"Edema"}
+
+    first = session.save_inpainted(tmp_path)
+    assert first.name == f"{case_dir.name}_inpainted.nii.gz"
+    stamp = (first.stat().st_mtime_ns, first.read_bytes())
+    second = session.save_inpainted(tmp_path)
+    assert second.name == f"{case_dir.name}_inpainted-2.nii.gz"
+    assert (first.stat().st_mtime_ns, first.read_bytes()) == stamp
+    saved = nib.load(second)
+    np.testing.assert_allclose(np.asarray(saved.dataobj), inpainted)
+    np.testing.assert_allclose(saved.affine, affine, atol=1e-4)
+
+
+def test_session_inpainting_defaults_to_the_propagated_result(session, crop_case):
+    from BrainDiffSegWeb.session import JobStatus
+
+    case_dir, label, _ = crop_case
+    session.load_case(case_dir)
+    paint_truth_slices(session, label, [20, 40])
+    session.start_propagation()
+    assert session.wait(120).status == JobStatus.DONE
+    result = session.import_result()
+    assert session.inpainting_source() == "result"
+    session.start_inpainting(steps=200)
+    painted = np.count_nonzero(label[..., [20, 40]])
+    assert session._run.job.segmentationNode is result and session._run.job.mask.sum() > 5 * painted
+    session.cancel()
+    assert session.wait(60).status == JobStatus.CANCELLED
+
+
 def test_session_bad_input(session, tmp_path):
     from BrainDiffSegLib.errors import InputError
 
@@ -260,6 +366,8 @@ def test_session_bad_input(session, tmp_path):
         session.load_files({"flair": bad})
     with pytest.raises(InputError, match="Load a case"):
         session.start_propagation()
+    with pytest.raises(InputError, match="Load a case"):
+        session.start_inpainting()
 
 
 def test_cli_bad_input_exits_with_code_2(tmp_path, free_port):
