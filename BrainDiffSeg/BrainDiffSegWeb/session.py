@@ -67,6 +67,16 @@ class SavedFiles:
     what: str  # "propagated" or "painted" (what went into `segmentation` / `labels`)
 
 
+def output_folder(out_dir) -> Path:
+    """`out_dir` as a Path, created if missing; InputError with the reason if it cannot be."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"Cannot create the output folder {out_dir}: {exc.strerror}") from exc
+    return out_dir
+
+
 def numbered_stem(out_dir: Path, stem: str, suffixes=SAVE_SUFFIXES) -> str:
     """`stem`, else `stem-2`, `stem-3`, ...: the first stem for which no `out_dir/<stem><suffix>` exists.
 
@@ -301,11 +311,7 @@ class AnnotationSession:
         that name exists: an earlier file is never overwritten."""
         if self.inpainted is None:
             raise InputError("Nothing inpainted to save yet.")
-        out_dir = Path(out_dir)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"Cannot create the output folder {out_dir}: {exc.strerror}") from exc
+        out_dir = output_folder(out_dir)
         path = out_dir / f"{numbered_stem(out_dir, f'{self.case_name}_inpainted', ('.nii.gz',))}.nii.gz"
         self.logic.saveVolume(self.inpainted, path)
         log.info("saved the inpainted T1 '%s' as %s", self.inpainted.GetName(), path.name)
@@ -351,11 +357,7 @@ class AnnotationSession:
         files of that name exist: an earlier save is never overwritten."""
         if self.painted is None:
             raise InputError("Nothing to save: load a case first.")
-        out_dir = Path(out_dir)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"Cannot create the output folder {out_dir}: {exc.strerror}") from exc
+        out_dir = output_folder(out_dir)
         stem = numbered_stem(out_dir, f"{self.case_name}_braindiffseg")
         node, what = (self.result, "propagated") if self.result is not None else (self.painted, "painted")
         files = SavedFiles(segmentation=out_dir / f"{stem}.seg.nrrd", labels=out_dir / f"{stem}.nii.gz",
