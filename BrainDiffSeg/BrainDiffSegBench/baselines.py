@@ -119,6 +119,20 @@ def fill_between(annotation: np.ndarray) -> np.ndarray:
     return result
 
 
+def fast_growcut(image: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """`itk.FastGrowCut` of a 3D image from a uint8 seed volume (0: unknown, 1..K: seed labels); the labels
+    (int64, 0 where no seed reaches)."""
+    itk = _import_itk()
+    # FastGrowCut is wrapped for double, float, short, uchar and ushort images with a uchar label image.
+    itk_image = itk.GetImageFromArray(np.ascontiguousarray(image, dtype=np.float32))
+    itk_seeds = itk.GetImageFromArray(np.ascontiguousarray(seeds, dtype=np.uint8))
+    gc = itk.FastGrowCut[type(itk_image), type(itk_seeds)].New()
+    gc.SetInput(itk_image)
+    gc.SetSeedImage(itk_seeds)
+    gc.Update()
+    return itk.GetArrayFromImage(gc.GetOutput()).astype(np.int64)
+
+
 def grow_from_seeds(image: np.ndarray, annotation: np.ndarray) -> np.ndarray:
     """Slicer's "Grow from seeds": `itk.FastGrowCut` on one sequence, seeded by the annotated slices.
 
@@ -144,15 +158,7 @@ def grow_from_seeds(image: np.ndarray, annotation: np.ndarray) -> np.ndarray:
     seeds = np.zeros(annotation.shape, np.uint8)
     seeds[..., zs] = _compact(values, annotation[..., zs]) + 1  # background -> 1, labels -> 2..K
 
-    itk = _import_itk()
-    # FastGrowCut is wrapped for double, float, short, uchar and ushort images with a uchar label image.
-    itk_image = itk.GetImageFromArray(np.ascontiguousarray(image, dtype=np.float32))
-    itk_seeds = itk.GetImageFromArray(np.ascontiguousarray(seeds))
-    gc = itk.FastGrowCut[type(itk_image), type(itk_seeds)].New()
-    gc.SetInput(itk_image)
-    gc.SetSeedImage(itk_seeds)
-    gc.Update()
-    out = itk.GetArrayFromImage(gc.GetOutput()).astype(np.int64)
+    out = fast_growcut(image, seeds)
     # every voxel connected to a seed gets a seed label; anything left unlabelled (0) is background
     result = values[np.clip(out - 1, 0, len(values) - 1)].astype(annotation.dtype)
     result[..., zs] = annotation[..., zs]

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from BrainDiffSegLib.inpaint import intensity_range
-from BrainDiffSegLib.inpaint_masks import brain_of
+from BrainDiffSegLib.inpaint_fill import fill_distance_weighted, fill_mean, tissue_outside
 
 
 def _scale(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -69,46 +69,12 @@ def challenge_metrics(prediction: np.ndarray, target: np.ndarray, voided: np.nda
 
 
 # ------------------------------------------------------------------------------------------------------ baselines
-
-def _tissue(t1: np.ndarray, mask: np.ndarray, brain: np.ndarray | None) -> np.ndarray:
-    brain = brain_of(np.where(mask, 0, t1)) | mask if brain is None else brain
-    return brain & ~mask
-
-
-def fill_mean(t1: np.ndarray, mask: np.ndarray, brain: np.ndarray | None = None) -> np.ndarray:
-    """The mean intensity of the brain's tissue outside the mask, everywhere inside it."""
-    out = np.array(t1, np.float32, copy=True)
-    out[mask] = float(np.mean(t1[_tissue(t1, mask, brain)]))
-    return out
-
-
-def fill_distance_weighted(t1: np.ndarray, mask: np.ndarray, brain: np.ndarray | None = None, ring: int = 3,
-                           power: float = 2.0, neighbours: int = 16) -> np.ndarray:
-    """Inverse-distance-weighted mean of the `neighbours` nearest tissue voxels of a `ring` voxels thick shell
-    around the mask (per voxel; k-d tree)."""
-    from scipy.spatial import cKDTree
-
-    tissue = _tissue(t1, mask, brain)
-    shell = ndimage.binary_dilation(mask, iterations=ring) & tissue
-    if not shell.any():
-        return fill_mean(t1, mask, brain)
-    src = np.argwhere(shell)
-    tree = cKDTree(src)
-    dst = np.argwhere(mask)
-    k = min(neighbours, len(src))
-    dist, idx = tree.query(dst, k=k)
-    dist, idx = dist.reshape(len(dst), k), idx.reshape(len(dst), k)
-    w = 1.0 / np.maximum(dist, 1e-6) ** power
-    vals = t1[tuple(src.T)][idx]
-    out = np.array(t1, np.float32, copy=True)
-    out[tuple(dst.T)] = (w * vals).sum(1) / w.sum(1)
-    return out
-
+# the mean and distance-weighted fills are the engine's (`BrainDiffSegLib.inpaint_fill`; the DDPM starts from the latter)
 
 def fill_mirror(t1: np.ndarray, mask: np.ndarray, brain: np.ndarray | None = None) -> np.ndarray:
     """The contralateral hemisphere: the volume mirrored left-right (axis 0) about the brain's centre; voxels whose
     mirror lies in the mask or outside the brain get the tissue mean."""
-    tissue = _tissue(t1, mask, brain)
+    tissue = tissue_outside(t1, mask, brain)
     xs = np.nonzero(tissue.any(axis=(1, 2)))[0]
     centre2 = int(xs.min() + xs.max())  # mirror of x is centre2 - x
     x = np.arange(t1.shape[0])

@@ -28,26 +28,34 @@ log = logging.getLogger(__name__)
 METRICS = ("ssim", "psnr", "mse")
 
 
-def _methods(models: dict[str, str], steps: list[int], baselines: list[str]) -> dict:
+def _methods(models: dict[str, str], steps: list[int], baselines: list[str], samples: list[int] = (1,),
+             strengths: list[float] = (1.0,)) -> dict:
     methods = {}
     for name, folder in models.items():
         net_cfg = load_inpaint_model(folder)
         for n in steps:
-            label = f"{name} ({n} steps)" if len(steps) > 1 else name
-            methods[label] = (lambda v, m, nc=net_cfg, n=n: inpaint_volume(v, m, model=nc, steps=n))
+            for s in samples:
+                for st in strengths:
+                    extra = (([f"{n} steps"] if len(steps) > 1 else [])
+                             + ([f"mean of {s}"] if len(samples) > 1 or s > 1 else [])
+                             + ([f"from the fill at {st:g}"] if st < 1.0 else []))
+                    label = f"{name} ({', '.join(extra)})" if extra else name
+                    methods[label] = (lambda v, m, nc=net_cfg, n=n, s=s, st=st:
+                                      inpaint_volume(v, m, model=nc, steps=n, samples=s, strength=st))
     for b in baselines:
         methods[b] = BASELINES[b]
     return methods
 
 
 def benchmark_inpainting(case_dirs: list[Path], out: Path, models: dict[str, str], steps: list[int] = (25,),
-                         baselines: list[str] = tuple(BASELINES), seed: int = 0) -> dict:
+                         baselines: list[str] = tuple(BASELINES), seed: int = 0, samples: list[int] = (1,),
+                         strengths: list[float] = (1.0,)) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cases = load_t1_cases(case_dirs)
     placed = healthy_masks(cases, seed=seed, per_case=1)
     (out / "masks.json").write_text(json.dumps([r for _, r in placed], indent=1))
-    methods = _methods(models, list(steps), list(baselines))
+    methods = _methods(models, list(steps), list(baselines), list(samples), list(strengths))
     rows, figure = [], None
     by_name = {c.name: c for c in cases}
     for mask, rec in placed:
@@ -69,7 +77,9 @@ def benchmark_inpainting(case_dirs: list[Path], out: Path, models: dict[str, str
         if figure is None or case.name.startswith("BraTS2021"):
             figure = (case.name, t1, voided, mask, outputs)
     summary = summarise(rows)
-    result = {"cases": len(placed), "seed": seed, "models": models, "steps": list(steps), "rows": rows,
+    result = {"cases": len(placed), "seed": seed, "models": models, "steps": list(steps), "samples": list(samples),
+              "strengths": list(strengths),
+              "rows": rows,
               "summary": summary, "hardware": f"{platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} torch thread(s)"}
     (out / "results.json").write_text(json.dumps(result, indent=1))

@@ -1,9 +1,9 @@
-"""The `braindiffseg` command: propagate, demo, train-ddpm, inpaint, train-inpaint, benchmark, web.
+"""The `braindiffseg` command: propagate, demo, train-ddpm, pack-slices, inpaint, train-inpaint, benchmark, web.
 
 The one package that wires the engine (`BrainDiffSegLib`), the benchmarks (`BrainDiffSegBench`) and the browser
 annotator (`BrainDiffSegWeb`, imported only by `braindiffseg web`). Each command lives in its own module
-(`propagate`: propagate and demo, `train`: train-ddpm, `inpaint`: inpaint and train-inpaint, `benchmark`,
-`web`), which adds its parser and runs it. The
+(`propagate`: propagate and demo, `train`: train-ddpm and pack-slices, `inpaint`: inpaint and train-inpaint,
+`benchmark`, `web`), which adds its parser and runs it. The
 propagation flags (`--preset`, `--method`, `--blocks`, `--ensemble`, ...) are generated from the options dataclasses
 by `BrainDiffSegLib.options.add_arguments`; given flags override the chosen preset.
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        if a.command == "train-ddpm":
+        if a.command in ("train-ddpm", "pack-slices"):
             return train.run(a)
         if a.command in ("inpaint", "train-inpaint"):
             return inpaint.run(a)

@@ -65,6 +65,10 @@ def add_parser(sub) -> None:
     b.add_argument("--model", default=None, help="2D inpainting checkpoint (default: the bundled model)")
     b.add_argument("--model-3d", default=None, help="pseudo-3D inpainting checkpoint, if any")
     b.add_argument("--steps", type=int, nargs="+", default=[25], help="DDIM step counts to compare")
+    b.add_argument("--samples", type=int, nargs="+", default=[1], help="numbers of averaged samples to compare")
+    b.add_argument("--strengths", type=float, nargs="+", default=None, help="fractions of the trajectory sampled "
+                   "from the distance-weighted fill (1: from pure noise) to compare (default: the engine's, 0.15)")
+    b.add_argument("--baselines", nargs="*", default=None, help="baselines to run (default: all)")
     b.add_argument("--seed", type=int, default=0, help="seed of the healthy masks")
     b.add_argument("--out", required=True)
 
@@ -275,7 +279,15 @@ def run_inpainting(a) -> int:
     models = {"DDPM 2D": str(a.model or default_inpaint_model())}
     if a.model_3d:
         models["DDPM pseudo-3D"] = str(a.model_3d)
-    result = benchmark_inpainting(cases, Path(a.out), models, steps=a.steps, seed=a.seed)
+    from BrainDiffSegBench.inpaint_metrics import BASELINES
+    from BrainDiffSegLib.errors import InputError
+    baselines = list(BASELINES) if a.baselines is None else a.baselines
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise InputError(f"--baselines: unknown {unknown}; choose from {list(BASELINES)}")
+    from BrainDiffSegLib.inpaint import DEFAULT_STRENGTH
+    result = benchmark_inpainting(cases, Path(a.out), models, steps=a.steps, samples=a.samples, seed=a.seed,
+                                  strengths=a.strengths or [DEFAULT_STRENGTH], baselines=baselines)
     log.info("wrote %s", Path(a.out) / "README.md")
     return 0 if result["rows"] else 1
 

@@ -19,6 +19,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--mask", required=True, help="mask NIfTI on the grid of the T1 (non-zero: inpaint)")
     p.add_argument("--out", required=True, help="output NIfTI (the T1 with the mask inpainted)")
     p.add_argument("--steps", type=int, default=25, help="DDIM sampling steps")
+    p.add_argument("--samples", type=int, default=None, help="independent samples averaged inside the mask "
+                   "(smoother and closer to the truth on average; the time grows with it; default: the engine's "
+                   "DEFAULT_SAMPLES, 4)")
+    p.add_argument("--strength", type=float, default=None, help="fraction of the diffusion trajectory sampled, "
+                   "starting from the distance-weighted fill of the mask noised to that level (1: from pure noise; "
+                   "default: the engine's DEFAULT_STRENGTH, 0.15)")
     p.add_argument("--model", default=None, help="inpainting checkpoint folder (default: the bundled model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -36,6 +42,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--depth", type=int, default=5, help="pseudo-3D: adjacent slices per training stack")
     p.add_argument("--channels", type=ints, default=None, help="U-Net widths per level, e.g. '16,32,64'")
     p.add_argument("--crop", type=int, default=64, help="training crop size on the model grid")
+    p.add_argument("--context-norm", action="store_true", help="subtract from each window the mean of the known "
+                   "tissue around the mask (the model fills relative to its context)")
     p.add_argument("--init-from", default=None, help="start from this inpainting checkpoint (e.g. the 2D model "
                    "for a pseudo-3D run)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
@@ -72,8 +80,9 @@ def run_inpaint(a) -> int:
             last[0] = pct // 20
             log.info("%s %d %%", stage, pct)
 
+    extra = {k: v for k, v in (("samples", a.samples), ("strength", a.strength)) if v is not None}
     out = inpaint_volume(case.images["t1"], mask > 0, model=a.model, steps=a.steps, seed=a.seed, progress=progress,
-                         device=a.device)
+                         device=a.device, **extra)
     save_volume(case, out, a.out, force=a.force, dtype=np.float32)
     log.info("inpainted %d voxels in %.1f s", int((mask > 0).sum()), time.time() - start)
     return 0
@@ -100,7 +109,7 @@ def run_train(a) -> int:
                              f"multiple of {groups} (the GroupNorm groups); {bad} is not.")
         kw = {"block_out_channels": a.channels, "attention_levels": (len(a.channels) - 1,),
               "attention_head_dim": min(InpaintConfig().attention_head_dim, a.channels[-1])}
-    cfg = InpaintConfig(crop=a.crop, pseudo3d=a.pseudo3d, depth=a.depth, **kw)
+    cfg = InpaintConfig(crop=a.crop, pseudo3d=a.pseudo3d, depth=a.depth, context_norm=a.context_norm, **kw)
     if cfg.crop % cfg.multiple:
         raise InputError(f"--crop {a.crop} must be a multiple of {cfg.multiple}")
     try:

@@ -1,5 +1,11 @@
-"""`braindiffseg train-ddpm`: train the diffusion backbone on unlabelled slices (resumable; DDP under torchrun)."""
+"""`braindiffseg train-ddpm`: train the diffusion backbone on unlabelled slices (resumable; DDP under torchrun);
+`braindiffseg pack-slices`: write those slices to one compact file that `train-ddpm --slices` trains from (e.g. on a
+GPU machine that has neither the data nor nibabel: scripts/gpu_prepare.sh, scripts/train_gpu.sh)."""
 from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
 
 
 def ints(s: str) -> tuple[int, ...]:
@@ -8,7 +14,9 @@ def ints(s: str) -> tuple[int, ...]:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train-ddpm", help="train the diffusion backbone on unlabelled slices (resumable)")
-    p.add_argument("--data", nargs="+", required=True, help="folders with case folders below them")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", nargs="+", help="folders with case folders below them")
+    src.add_argument("--slices", help="train on this packed slice set (`braindiffseg pack-slices`) instead")
     p.add_argument("--out", required=True, help="checkpoint folder; an existing run there is resumed")
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=16, help="global batch (split over DDP processes)")
@@ -22,6 +30,15 @@ def add_parser(sub) -> None:
     p.add_argument("--channels", type=ints, default=None, help="U-Net widths per level, e.g. '32,64,128,128'")
     p.add_argument("--init-from", default=None,
                    help="start from this checkpoint's weights (e.g. Resources/Models/backbone) instead of random ones")
+
+    p = sub.add_parser("pack-slices", help="write the training slices of --data to one compact file for "
+                                           "`train-ddpm --slices` (uint8, compressed)")
+    p.add_argument("--data", nargs="+", required=True, help="folders with case folders below them")
+    p.add_argument("--out", required=True, help="output .npz file")
+    p.add_argument("--every", type=int, default=1, help="keep every N-th slice (adjacent slices are much alike)")
+    p.add_argument("--offset", type=int, default=0, help="with --every: start at this slice (another subset)")
+    p.add_argument("--size", type=int, default=128, help="slice size (the backbone's sample_size)")
+    p.add_argument("--cache", default=None, help="folder for the float16 slice-set cache (rebuilt if absent)")
 
 
 def channels_config(channels: tuple[int, ...]):
@@ -45,12 +62,31 @@ def run(a) -> int:
     from BrainDiffSegLib.ddpm_train import TrainOptions, train_ddpm
     from BrainDiffSegLib.errors import InputError
 
+    if a.command == "pack-slices":
+        return pack(a)
     cfg = channels_config(a.channels) if a.channels else None
     try:
-        train_ddpm(TrainOptions(data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+        train_ddpm(TrainOptions(data=a.data or [], out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                                 crop=a.crop, precision=a.precision, device=a.device, seed=a.seed,
                                 max_minutes=a.max_minutes, save_every=a.save_every, config=cfg,
-                                init_from=a.init_from))
+                                init_from=a.init_from, slices=a.slices))
     except FileNotFoundError as exc:  # no case folders below --data
         raise InputError(str(exc)) from exc
+    return 0
+
+
+def pack(a) -> int:
+    from BrainDiffSegLib.errors import InputError
+    from BrainDiffSegLib.io import find_cases
+    from BrainDiffSegLib.slices import build_slice_set, pack_slices
+
+    if a.every < 1 or not 0 <= a.offset < a.every:
+        raise InputError(f"--every must be at least 1 and --offset in [0, every), not {a.every} and {a.offset}")
+    cases = find_cases(a.data)
+    if not cases:
+        raise InputError(f"No case folders below {a.data}")
+    images, present = build_slice_set(cases, a.size, Path(a.cache) if a.cache else None)
+    n = pack_slices(Path(a.out), images, present, every=a.every, offset=a.offset, cases=len(cases), data=a.data)
+    logging.getLogger("braindiffseg").info("%d of %d slices from %d cases -> %s (%.1f MiB)", n, len(images),
+                                           len(cases), a.out, os.path.getsize(a.out) / 2**20)
     return 0

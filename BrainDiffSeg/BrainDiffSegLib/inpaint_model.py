@@ -32,6 +32,9 @@ class InpaintConfig(CheckpointConfig):
     z_kernel: int = 3  # pseudo-3D: kernel of the 1D convolutions along z
     depth: int = 5  # pseudo-3D: adjacent slices per training stack
     max_in_plane: int = 128  # volumes larger in plane are downsampled by an integer factor to at most this
+    # subtract the mean of each case's known tissue around the mask (`inpaint.prepare`), so that the model fills
+    # relative to its context instead of with a prior brightness learnt from other cases (values in [-2, 2])
+    context_norm: bool = False
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
@@ -118,9 +121,15 @@ def train_scheduler(cfg: InpaintConfig) -> DDPMScheduler:
                          prediction_type=cfg.prediction_type)
 
 
+def sample_range(cfg: InpaintConfig) -> float:
+    """The bound of the model's image values: [-1, 1], or [-2, 2] with context normalisation."""
+    return 2.0 if cfg.context_norm else 1.0
+
+
 def sampling_scheduler(cfg: InpaintConfig, steps: int) -> DDIMScheduler:
     s = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                      prediction_type=cfg.prediction_type, clip_sample=True, set_alpha_to_one=True)
+                      prediction_type=cfg.prediction_type, clip_sample=True, set_alpha_to_one=True,
+                      clip_sample_range=sample_range(cfg))
     s.set_timesteps(steps)
     return s
 

@@ -17,8 +17,8 @@ from .device import autocast
 from .errors import CheckpointError, InputError
 from .inpaint import prepare
 from .inpaint_masks import MaskRules, healthy_masks
-from .inpaint_model import (InpaintConfig, build_inpaint_net, load_inpaint_model, model_input, train_scheduler,
-                            weights_from_2d)
+from .inpaint_model import (InpaintConfig, build_inpaint_net, load_inpaint_model, model_input, sample_range,
+                            train_scheduler, weights_from_2d)
 from .io import find_cases, load_case
 from .model import read_config
 
@@ -50,10 +50,11 @@ def load_t1_cases(case_dirs: list[Path]) -> list:
 
 def build_crops(case_dirs: list[Path], cfg: InpaintConfig, per_case: int, seed: int, cache_dir: Path | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-    """Training crops: clean images (N, S, S) float16 in [-1, 1], masks (N, S, S) bool, the block (case x mask)
-    of each slice (N,), and the mask records. Cached on disk by cases, geometry and seed."""
+    """Training crops: clean images (N, S, S) float16 in [-1, 1] ([-2, 2] with context normalisation), masks
+    (N, S, S) bool, the block (case x mask) of each slice (N,), and the mask records. Cached on disk by cases,
+    geometry and seed."""
     key = hashlib.sha1(json.dumps([[str(Path(c).resolve()) for c in case_dirs], cfg.crop, cfg.max_in_plane,
-                                   per_case, seed]).encode()).hexdigest()[:12]
+                                   per_case, seed] + ([True] if cfg.context_norm else [])).encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"inpaint-crops-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         d = np.load(cache)
@@ -116,9 +117,13 @@ def train_inpaint(opt: InpaintTrainOptions) -> Path:
     init_info = None
     if opt.init_from and not (out / STATE).is_file():
         init, init_cfg = load_inpaint_model(opt.init_from)
+        if init_cfg.context_norm != cfg.context_norm:
+            log.warning("%s was trained %s context normalisation, this run is %s it", opt.init_from,
+                        "with" if init_cfg.context_norm else "without", "with" if cfg.context_norm else "without")
         net.load_state_dict(weights_from_2d(init.state_dict(), net) if cfg.pseudo3d else init.state_dict())
         init_info = {"init_from": str(opt.init_from), "init_training": init_cfg.training}
     alphas = train_scheduler(cfg).alphas_cumprod.to(device)
+    bound = sample_range(cfg)
 
     def batch_loss(model, gen: torch.Generator, n: int) -> torch.Tensor:
         stacks = max(1, n // d)
@@ -132,7 +137,7 @@ def train_inpaint(opt: InpaintTrainOptions) -> Path:
         x0, m, noise, t = x0.to(device), m.to(device), noise.to(device), t.to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        voided = torch.where(m > 0, -1.0, x0)
+        voided = torch.where(m > 0, -bound, x0)  # the voided image: the model's lowest value inside the mask
         with autocast(device, opt.precision):
             pred = model(model_input(xt, voided, m), t, depth=d)
         err = (pred.float() - noise) ** 2

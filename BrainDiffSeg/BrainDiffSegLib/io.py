@@ -1,7 +1,8 @@
 """Reading a case folder (or individual files) of co-registered NIfTI sequences, and writing label volumes.
 
 Arrays are returned with the axial (inferior-superior) axis last, whatever the storage order on disk; `Case.native`
-restores the storage order for writing, so outputs keep the exact grid and affine of the inputs.
+restores the storage order for writing, so outputs keep the exact grid and affine of the inputs. nibabel is imported
+only where files are read or written: training from a packed slice set (`train-ddpm --slices`) runs without it.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from .constants import AFFINE_TOLERANCE_MM, ROLES
@@ -130,6 +130,8 @@ def axial_axis_of(affine: np.ndarray, path: Path | str = "") -> int:
 
 
 def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
@@ -225,6 +227,8 @@ def check_writable(path: str | Path, force: bool = False) -> Path:
 
 def save_volume(case: Case, array: np.ndarray, path: str | Path, force: bool = False, dtype=np.uint8) -> Path:
     """Write an (axial-last) array on the case's native grid as NIfTI, never overwriting unless forced."""
+    import nibabel as nib
+
     path = check_writable(path, force)
     ref = case.reference_path()
     header = nib.load(str(ref)).header.copy() if ref is not None else None

@@ -84,6 +84,14 @@ class PropagationOptions:
     precision: str = _opt("fp32", "precision of the backbone's forward pass", choices=("fp32", "bf16", "fp16"))
     batch_size: int = _opt(16, "slices per forward pass", low=1)
     postprocess: bool = _opt(True, "keep only tumour connected in 3D to the annotated tumour")
+    # docs/results/refine: 3D refinement of the class probabilities (BrainDiffSegLib.refine)
+    smooth_xy: float = _opt(0.0, "Gaussian smoothing of the class probabilities in plane (voxels; 0: none)")
+    smooth_z: float = _opt(0.0, "Gaussian smoothing of the class probabilities across slices (voxels; 0: none)")
+    decision: str = _opt("argmax", "labels from the probabilities: argmax, or regions (BraTS nesting: WT, then TC "
+                         "within it, then ET within TC)", choices=("argmax", "regions"))
+    gate: str = _opt("watershed", "keep predicted tumour only inside: none, or watershed (the tumour side of a watershed "
+                     "seeded by the annotated slices on the FLAIR gradient)", choices=("none", "watershed"))
+    gate_margin: float = _opt(2.0, "voxels around the watershed's tumour where predicted tumour may stay")
     # docs/results section 8: the coarse-to-fine prediction, and the exact one (0) it is measured against
     roi_threshold: float = _opt(0.1, "classify native pixels only near coarse cells whose tumour probability "
                                 "reaches this (or whose ensemble members disagree); 0 classifies every head pixel "

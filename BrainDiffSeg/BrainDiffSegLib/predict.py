@@ -37,6 +37,7 @@ class Prediction:
     disagreement: np.ndarray
     native_pixels: int = 0
     head_pixels: int = 0
+    probabilities: np.ndarray | None = None  # (X, Y, len(zs), C) mean class probabilities, if asked for
 
 
 def _coarse_size(parts: list[torch.Tensor], model_size: int) -> int:
@@ -89,8 +90,11 @@ def _upsample_into(out: torch.Tensor, parts: list[torch.Tensor]) -> None:
 @torch.no_grad()
 def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int], foreground: np.ndarray,
                    roi_threshold: float = 0.1, roi_margin: int = 2,
-                   check_cancel: Callable[[], None] | None = None) -> Prediction:
-    """Predict slices `zs` (a batch) of the case of `extractor`; `foreground` (X, Y, Z) is the head mask."""
+                   check_cancel: Callable[[], None] | None = None, probabilities: bool = False) -> Prediction:
+    """Predict slices `zs` (a batch) of the case of `extractor`; `foreground` (X, Y, Z) is the head mask.
+
+    `probabilities`: also return the ensemble's mean class probabilities (native ones in the region of interest,
+    the coarse cell's elsewhere in the head, background 1 outside the head)."""
     device = extractor.device
     grid = extractor.grid
     fg = torch.from_numpy(np.ascontiguousarray(np.moveaxis(foreground[..., zs], -1, 0)))
@@ -112,6 +116,9 @@ def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int
     tumour[at] = ((1 - p[:, 0]) >= roi_threshold) | (dis > 0)
     coarse_ent, coarse_dis = torch.zeros(cells.shape), torch.zeros(cells.shape)
     coarse_ent[at], coarse_dis[at] = ent, dis
+    if probabilities:
+        coarse_p = torch.zeros(cells.shape + (p.shape[1],))
+        coarse_p[at] = p
     if roi_margin > 0:
         tumour = F.max_pool2d(tumour[:, None].float(), 2 * roi_margin + 1, stride=1, padding=roi_margin)[:, 0] > 0
 
@@ -121,6 +128,7 @@ def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int
     in_roi = tumour[n, cx, cy]
     classes = torch.zeros(len(n), dtype=torch.int64)
     entropy, disagreement = coarse_ent[n, cx, cy], coarse_dis[n, cx, cy]
+    probs = coarse_p[n, cx, cy] if probabilities else None
     roi = torch.zeros(fg.shape, dtype=torch.bool)
     roi[n[in_roi], xs[in_roi], ys[in_roi]] = True
     rows = torch.nonzero(in_roi).flatten()  # positions, in the head pixels' order, of the ROI pixels
@@ -144,6 +152,8 @@ def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int
         pr, e, d = ens.classify(torch.cat(x, dim=1), folded)
         idx = rows[start:start + count]
         classes[idx], entropy[idx], disagreement[idx] = pr.argmax(1), e, d
+        if probs is not None:
+            probs[idx] = pr
         start += count
 
     out = []
@@ -151,4 +161,10 @@ def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int
         block = np.zeros(tuple(fg.shape), dtype=dtype)
         block[n.numpy(), xs.numpy(), ys.numpy()] = values.numpy()
         out.append(np.moveaxis(block, 0, -1))
-    return Prediction(*out, native_pixels=int(in_roi.sum()), head_pixels=len(n))
+    full = None
+    if probs is not None:
+        full = np.zeros(tuple(fg.shape) + (probs.shape[1],), dtype=np.float32)
+        full[..., 0] = 1.0
+        full[n.numpy(), xs.numpy(), ys.numpy()] = probs.numpy()
+        full = np.moveaxis(full, 0, -2)
+    return Prediction(*out, native_pixels=int(in_roi.sum()), head_pixels=len(n), probabilities=full)

@@ -25,6 +25,7 @@ from .model import load_backbone
 from .options import FeatureSpec, PropagationOptions
 from .predict import predict_slices
 from .preprocess import ModelGrid, normalize_case, stack_roles
+from .refine import check_refine, needs_probabilities, refine_labels
 from .resources import default_checkpoint
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class PropagationResult:
     label_values: list[int]
     timings: dict[str, float]
     device: str
+    probabilities: np.ndarray | None = None  # (X, Y, Z, C) ensemble mean, only with keep_probabilities=True
+
 
     def least_certain_slices(self, n: int = 5) -> list[tuple[int, float]]:
         """Predicted slices ranked by mean uncertainty over their tumour-or-uncertain pixels (`suggest`)."""
@@ -129,12 +132,15 @@ def make_extractor(volume: NormalizedVolume, opt: PropagationOptions, device: to
 
 def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: PropagationOptions | None = None,
               progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
-              extractor: FeatureExtractor | None = None, cache=None) -> PropagationResult:
+              extractor: FeatureExtractor | None = None, cache=None,
+              keep_probabilities: bool = False) -> PropagationResult:
     """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid.
 
     `extractor` replaces the feature extractor built from `options` (experiments pass one with cached features).
     `cache`: a `BrainDiffSegLib.cache.VolumeCache` kept between runs on one volume (interactive use): the
     normalised images, the backbone and the decoder activations of every slice computed so far are reused.
+    `keep_probabilities`: return the ensemble's class probabilities (X, Y, Z, C; one-hot annotation on the annotated
+    slices) in the result, before refinement and post-processing (experiments: `BrainDiffSegBench.refine_experiment`).
     """
     opt = options or PropagationOptions()
     timings: dict[str, float] = {}
@@ -150,6 +156,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     volume = cache.volume(images) if cache is not None else normalize_volume(images)
     fg = volume.foreground
     zs_ann, values = check_annotation(annotation, shape, fg)
+    refine = check_refine(opt)  # bad settings fail before any work
     device = pick_device(opt.device)
     report("preparing", 0.0)
     if extractor is not None:
@@ -188,24 +195,39 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     todo = [z for z in range(shape[-1]) if z not in zs_ann and fg[..., z].any()]
     values_arr = np.array(values, dtype=np.int16)
     step = max(1, opt.batch_size)
+    probs = None
+    if keep_probabilities or (refine and needs_probabilities(opt)):
+        probs = np.zeros(tuple(shape) + (len(values),), dtype=np.float32)
+        probs[..., 0] = 1.0
+        ann_idx = np.searchsorted(values, annotation[..., zs_ann])
+        probs[..., zs_ann, :] = np.eye(len(values), dtype=np.float32)[ann_idx]
     native = head = 0
     for s in range(0, len(todo), step):
         check_cancel()
         zb = todo[s:s + step]
-        pred = predict_slices(ens, extractor, zb, fg, opt.roi_threshold, opt.roi_margin, check_cancel)
+        pred = predict_slices(ens, extractor, zb, fg, opt.roi_threshold, opt.roi_margin, check_cancel,
+                              probabilities=probs is not None)
         labels[..., zb] = np.where(fg[..., zb], values_arr[pred.classes], 0)
+        if probs is not None:
+            probs[..., zb, :] = pred.probabilities
         entropy[..., zb], disagreement[..., zb] = pred.entropy, pred.disagreement
         native += pred.native_pixels
         head += pred.head_pixels
-        report("predicting", 0.3 + 0.7 * min(1.0, (s + step) / max(1, len(todo))))
+        report("predicting", 0.3 + 0.65 * min(1.0, (s + step) / max(1, len(todo))))
     timings["predict"] = time.perf_counter() - t
     log.info("classified %d of %d head pixels natively", native, head)
     labels[..., zs_ann] = annotation[..., zs_ann]
+    if refine:
+        t = time.perf_counter()
+        report("refining", 0.95)
+        labels = refine_labels(probs, annotation, zs_ann, values, fg, opt, images, labels=labels)
+        timings["refine"] = time.perf_counter() - t
     if opt.postprocess:
         labels = keep_connected_to_annotation(labels, annotation)
     timings["total"] = time.perf_counter() - t0
     report("done", 1.0)
     log.info("propagated %d annotated slices to %d slices in %.1f s on %s", len(zs_ann), len(todo),
              timings["total"], device)
-    return PropagationResult(labels, entropy, disagreement, zs_ann, values, timings, str(device))
+    return PropagationResult(labels, entropy, disagreement, zs_ann, values, timings, str(device),
+                             probs if keep_probabilities else None)
 

@@ -1,4 +1,6 @@
-"""Unlabelled axial training slices for the backbone: every case's foreground slices on the model grid."""
+"""Unlabelled axial training slices for the backbone: every case's foreground slices on the model grid; and their
+packed form (`braindiffseg pack-slices`), which `train-ddpm --slices` trains from without the NIfTI data or nibabel
+(e.g. on a GPU machine that only receives the repository)."""
 from __future__ import annotations
 
 import hashlib
@@ -55,3 +57,35 @@ def build_slice_set(case_dirs: list[Path], size: int = 128, cache_dir: Path | No
         finally:
             tmp.unlink(missing_ok=True)
     return images_arr, present_arr
+
+
+def pack_slices(path: Path, images: np.ndarray, present: np.ndarray, every: int = 1, offset: int = 0,
+                cases: int = 0, data: list[str] = ()) -> int:
+    """Write every `every`-th slice (from `offset`) compactly for `train-ddpm --slices`: intensities in [-1, 1]
+    quantised to uint8 (steps of 1/127.5; -1 and 1 stay exact) and zlib-compressed, ~22 kB a slice of the default
+    data set against 131 kB in float16. `cases` and `data` are kept as provenance. Returns the slices written."""
+    images, present = images[offset::every], present[offset::every]
+    q = np.round((images.astype(np.float32) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, images=q, present=present, every=np.int64(every), offset=np.int64(offset),
+                                cases=np.int64(cases), data=np.array([str(d) for d in data], dtype=str))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(q)
+
+
+def load_packed_slices(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A `pack_slices` file: images (N, R, size, size) float16, presence (N, R) bool, and its provenance."""
+    with np.load(path, allow_pickle=False) as d:
+        q, present = d["images"], d["present"].astype(bool)
+        info = {"cases": int(d["cases"]), "every": int(d["every"]), "offset": int(d["offset"]),
+                "data": [str(v) for v in d["data"]]}
+    images = (q.astype(np.float32) / 127.5 - 1).astype(np.float16) if q.dtype == np.uint8 else q.astype(np.float16)
+    images[~present] = 0.0  # absent sequences are exactly zero, as in build_slice_set (0 does not quantise exactly)
+    log.info("loaded %d packed slices from %s", len(images), path)
+    return images, present, info

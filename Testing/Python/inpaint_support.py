@@ -34,13 +34,13 @@ def _lgg_t1_cases(data_root: Path, n: int) -> list[Path]:
     pytest.skip("not enough LGG cases with a T1 in the shared data")
 
 
-def tiny_inpaint_model(folder: Path, pseudo3d: bool = False, seed: int = 0) -> Path:
+def tiny_inpaint_model(folder: Path, pseudo3d: bool = False, seed: int = 0, context_norm: bool = False) -> Path:
     """An untrained tiny inpainting checkpoint."""
     import torch
 
     from BrainDiffSegLib.inpaint_model import InpaintConfig, build_inpaint_net
     from BrainDiffSegLib.model import save_backbone
 
-    cfg = InpaintConfig(pseudo3d=pseudo3d, **TINY_INPAINT)
+    cfg = InpaintConfig(pseudo3d=pseudo3d, context_norm=context_norm, **TINY_INPAINT)
     torch.manual_seed(seed)
     return save_backbone(folder, build_inpaint_net(cfg).state_dict(), cfg)

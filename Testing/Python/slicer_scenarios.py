@@ -73,6 +73,47 @@ def propagate_synthetic(logic) -> None:
     assert score > 0.8, score
 
 
+def _cancel(run, finish) -> None:
+    """Cancel a background run at once: it stops within 60 s and `finish(run)` raises CancelledError."""
+    from BrainDiffSegLib.errors import CancelledError
+
+    run.task.cancel()
+    assert run.task.wait(60), f"cancel did not stop the {run.task.name} within 60 s"
+    try:
+        finish(run)
+    except CancelledError:
+        return
+    raise AssertionError(f"{finish.__name__} of a cancelled run did not raise CancelledError")
+
+
+def _cropped_case(logic, case_dir, half_size, roles=None):
+    """BraTS2021_00006 (default) loaded into the logic's scene and cropped to a box of `half_size` (K, J, I) around
+    the median tumour voxel: (volumes by role, the crop's ground truth as an engine array, the crop's KJI box, the
+    full ground truth KJI). The full-size nodes are removed. SkipTest without the data."""
+    import slicer.util
+
+    from BrainDiffSegLib.resources import data_root
+
+    caseDir = Path(case_dir) if case_dir else data_root() / "brats2021" / "BraTS2021_00006"
+    if not caseDir.is_dir():
+        raise unittest.SkipTest(f"{caseDir} is not available (set BRAINDIFFSEG_DATA)")
+    loaded = logic.loadCase(caseDir, loadGroundTruth=True)
+    assert all(node.GetScene() is logic.scene for node in loaded.values())
+    truthKJI = slicer.util.arrayFromVolume(loaded["seg"])
+    k, j, i = [int(np.median(a)) for a in np.nonzero(truthKJI)]
+    box = tuple(slice(max(c - h, 0), max(c - h, 0) + 2 * h) for c, h in zip((k, j, i), half_size))
+    reference = next(node for role, node in loaded.items() if role != "seg")
+    ijkToRas = logic.ijkToRasArray(reference)
+    ijkToRas[:3, 3] = ijkToRas[:3, :3] @ np.array([box[2].start, box[1].start, box[0].start]) + ijkToRas[:3, 3]
+    volumes = {role: logic.addVolumeFromArray(slicer.util.arrayFromVolume(node)[box].astype(np.float32), ijkToRas,
+                                              f"crop {role}")
+               for role, node in loaded.items() if role != "seg" and (roles is None or role in roles)}
+    truth = logic.toEngineArray(truthKJI[box], 2)
+    for node in loaded.values():
+        logic.removeVolumeNode(node)
+    return volumes, truth, box, truthKJI
+
+
 def real_case_in_background(logic, case_dir=None) -> None:
     """The module's scenario on real data: BraTS2021_00006 (default; cropped around the tumour for speed), the
     tumour painted on 3 axial slices from the ground truth, propagation in the background as the panel runs it
@@ -81,28 +122,11 @@ def real_case_in_background(logic, case_dir=None) -> None:
     _require_engine()
     import slicer.util
 
-    from BrainDiffSegLib.errors import CancelledError
     from BrainDiffSegLib.protocol import region_dice, simulate_annotation
-    from BrainDiffSegLib.resources import data_root
     from BrainDiffSegSlicer.segments import bratsLabelOfName
 
-    caseDir = Path(case_dir) if case_dir else data_root() / "brats2021" / "BraTS2021_00006"
-    if not caseDir.is_dir():
-        raise unittest.SkipTest(f"{caseDir} is not available (set BRAINDIFFSEG_DATA)")
     scene = logic.scene
-    loaded = logic.loadCase(caseDir, loadGroundTruth=True)
-    assert all(node.GetScene() is scene for node in loaded.values())
-    truthKJI = slicer.util.arrayFromVolume(loaded["seg"])
-    k, j, i = [int(np.median(a)) for a in np.nonzero(truthKJI)]
-    box = tuple(slice(max(c - h, 0), max(c - h, 0) + 2 * h) for c, h in zip((k, j, i), (30, 50, 50)))
-    ijkToRas = logic.ijkToRasArray(loaded["flair"])
-    ijkToRas[:3, 3] = ijkToRas[:3, :3] @ np.array([box[2].start, box[1].start, box[0].start]) + ijkToRas[:3, 3]
-    volumes = {role: logic.addVolumeFromArray(slicer.util.arrayFromVolume(node)[box].astype(np.float32), ijkToRas,
-                                              f"crop {role}")
-               for role, node in loaded.items() if role != "seg"}
-    truth = logic.toEngineArray(truthKJI[box], 2)
-    for node in loaded.values():
-        logic.removeVolumeNode(node)
+    volumes, truth, box, truthKJI = _cropped_case(logic, case_dir, (30, 50, 50))
     annotation, zs = simulate_annotation(truth, 3)
     painted = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
     painted.CreateDefaultDisplayNodes()
@@ -120,7 +144,7 @@ def real_case_in_background(logic, case_dir=None) -> None:
     out = logic.finishPropagation(run)
     assert run.task.poll() or run.task.stage != "waiting"
     labels, _, _ = logic.labelArrayFromSegmentation(out, volumes["flair"])
-    assert np.allclose(logic.ijkToRasArray(logic.lastUncertaintyNode), ijkToRas)
+    assert np.allclose(logic.ijkToRasArray(logic.lastUncertaintyNode), logic.ijkToRasArray(volumes["flair"]))
     scores = region_dice(logic.toEngineArray(labels, 2), truth, zs)
     assert scores["WT"] > 0.8, scores
     paintedAfter, _, _ = logic.labelArrayFromSegmentation(painted, volumes["flair"])
@@ -131,13 +155,58 @@ def real_case_in_background(logic, case_dir=None) -> None:
     again = logic.propagate(volumes, painted, fast, createUncertainty=True, outputNode=out)
     assert again is out
     assert scene.GetNumberOfNodes() == nodesBefore
-    run = logic.startPropagation(volumes, painted, fast, createUncertainty=True)
-    run.task.cancel()
-    assert run.task.wait(60), "cancel did not stop the propagation within 60 s"
-    try:
-        logic.finishPropagation(run)
-    except CancelledError:
-        pass
-    else:
-        raise AssertionError("finishPropagation of a cancelled run did not raise CancelledError")
+    _cancel(logic.startPropagation(volumes, painted, fast, createUncertainty=True), logic.finishPropagation)
+    assert scene.GetNumberOfNodes() == nodesBefore
+
+
+def inpaint_in_background(logic, case_dir=None, steps: int = 5) -> None:
+    """The 'Inpaint healthy tissue' scenario on real data: the T1 of BraTS2021_00006 (default; cropped around the
+    tumour for speed), its tumour core (necrosis + enhancing, from the ground truth) painted as segments, inpainted
+    in the background with the bundled model as the panel runs it: a new volume on the T1's grid, equal to the T1
+    outside the core, synthesised (finite, changed, on the T1's intensity range) inside it; the T1 and the painted
+    segmentation unchanged; a cancelled run leaves the scene as it was. Skipped without the data."""
+    _require_engine()
+    import slicer.util
+
+    from BrainDiffSegLib.inpaint import intensity_range
+    from BrainDiffSegSlicer.segments import bratsLabelOfName
+
+    scene = logic.scene
+    volumes, truth, box, truthKJI = _cropped_case(logic, case_dir, (12, 60, 60), roles=("t1",))
+    t1 = volumes["t1"]
+    t1KJI = slicer.util.arrayFromVolume(t1).copy()
+    painted = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Tumour")
+    painted.CreateDefaultDisplayNodes()
+    painted.SetReferenceImageGeometryParameterFromVolumeNode(t1)
+    logic.addTumourSegments(painted)
+    segmentation = painted.GetSegmentation()
+    core = []
+    for sid in segmentation.GetSegmentIDs():
+        value = bratsLabelOfName(segmentation.GetSegment(sid).GetName())
+        logic.setSegmentFromArray(painted, sid, logic.fromEngineArray(truth == value, 2), t1)
+        if value in (1, 4):
+            core.append(sid)
+    paintedBefore, _, _ = logic.labelArrayFromSegmentation(painted, t1)
+    insideKJI = np.isin(truthKJI[box], (1, 4))
+    assert insideKJI.any(), "the crop holds no tumour core"
+    nodesBefore = scene.GetNumberOfNodes()
+
+    run = logic.startInpainting(t1, painted, core, steps=steps)
+    assert run.task.wait(300), "the background inpainting did not finish within 5 minutes"
+    out = logic.finishInpainting(run)
+    assert out is not t1 and out.GetScene() is scene and scene.GetNumberOfNodes() > nodesBefore
+    assert np.allclose(logic.ijkToRasArray(out), logic.ijkToRasArray(t1))
+    result = slicer.util.arrayFromVolume(out)
+    assert result.shape == t1KJI.shape
+    assert np.array_equal(result[~insideKJI], t1KJI[~insideKJI]), "voxels outside the core were changed"
+    inside = result[insideKJI]
+    assert np.all(np.isfinite(inside)) and not np.array_equal(inside, t1KJI[insideKJI])
+    lo, hi = intensity_range(np.where(insideKJI, 0, t1KJI))  # the engine's normalisation range of the voided T1
+    assert lo - 1e-3 <= inside.min() and inside.max() <= hi + 1e-3, (inside.min(), inside.max(), lo, hi)
+    assert np.array_equal(slicer.util.arrayFromVolume(t1), t1KJI), "the input T1 was modified"
+    paintedAfter, _, _ = logic.labelArrayFromSegmentation(painted, t1)
+    assert np.array_equal(paintedBefore, paintedAfter), "the painted segmentation was modified"
+
+    nodesBefore = scene.GetNumberOfNodes()
+    _cancel(logic.startInpainting(t1, painted, core, steps=200), logic.finishInpainting)
     assert scene.GetNumberOfNodes() == nodesBefore

@@ -52,7 +52,8 @@ def test_inpaint_keeps_the_outside_and_the_inputs(case_and_mask, tiny_model):
     voided = np.where(mask, 0, t1).astype(np.float32)
     before_v, before_m = voided.copy(), mask.copy()
     stages = []
-    out = inpaint_volume(voided, mask, model=tiny_model, steps=3, progress=lambda s, f: stages.append((s, f)))
+    out = inpaint_volume(voided, mask, model=tiny_model, steps=3, strength=1.0,
+                         progress=lambda s, f: stages.append((s, f)))
     np.testing.assert_array_equal(voided, before_v)
     np.testing.assert_array_equal(mask, before_m)
     assert out.shape == t1.shape and out.dtype == np.float32
@@ -62,7 +63,7 @@ def test_inpaint_keeps_the_outside_and_the_inputs(case_and_mask, tiny_model):
     assert out[mask].min() >= max(lo, 0) - 1e-3 and out[mask].max() <= hi + 1e-3  # on the normalised range
     assert stages[0] == ("loading", 0.0) and stages[-1] == ("done", 1.0)
     assert [f for s, f in stages if s == "sampling"] == pytest.approx([1 / 3, 2 / 3, 1.0])
-    again = inpaint_volume(voided, mask, model=tiny_model, steps=3)
+    again = inpaint_volume(voided, mask, model=tiny_model, steps=3, strength=1.0)
     np.testing.assert_array_equal(again, out)  # seeded
 
 
@@ -75,7 +76,7 @@ def test_cancel(case_and_mask, tiny_model):
         return len(calls) > 1
 
     with pytest.raises(CancelledError):
-        inpaint_volume(case.images["t1"], mask, model=tiny_model, steps=5, cancelled=cancelled)
+        inpaint_volume(case.images["t1"], mask, model=tiny_model, steps=5, strength=1.0, cancelled=cancelled)
     assert len(calls) == 2
 
 
@@ -107,3 +108,86 @@ def test_pseudo3d_starts_as_the_2d_model(tiny_model):
     with torch.no_grad():  # a trained z-convolution mixes adjacent slices
         next(m for n, m in net3d.named_modules() if n.endswith("zconv")).weight.add_(0.1)
         assert not torch.allclose(net3d(x, t, depth=4), a, atol=1e-4)
+
+
+def test_samples_are_averaged(case_and_mask, tiny_model):
+    """samples=2 is the mean of two independent single samples (the same noise drawn for the slices twice over)."""
+    from BrainDiffSegLib.inpaint import sample
+
+    case, mask = case_and_mask
+    net, cfg = load_inpaint_model(tiny_model)
+    prep = prepare(case.images["t1"], mask, cfg)
+    v, m = prep["voided"][:4], prep["mask"][:4]
+    mean2 = sample(net, cfg, v, m, steps=3, seed=1, samples=2)
+    twice = sample(net, cfg, torch.cat([v, v]), torch.cat([m, m]), steps=3, seed=1)
+    assert mean2.shape == v.shape
+    torch.testing.assert_close(mean2, (twice[:4] + twice[4:]) / 2, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(twice[:4], twice[4:])  # the two samples differ...
+    single = sample(net, cfg, v, m, steps=3, seed=1)
+    assert not torch.allclose(single, mean2)  # ...and their mean is not one of them
+    with pytest.raises(InputError, match="at least 1"):
+        inpaint_volume(case.images["t1"], mask, model=tiny_model, steps=2, samples=0)
+    out = inpaint_volume(case.images["t1"], mask, model=tiny_model, steps=2, samples=2)
+    np.testing.assert_array_equal(out[~mask], case.images["t1"][~mask].astype(np.float32))
+
+
+def test_context_normalisation_round_trip(case_and_mask, tmp_path):
+    """With context normalisation the window is shifted by the mean of its known tissue (outside the mask, above
+    background), the voided region sits at the new lowest value -2, and `paste` adds the mean back: a perfect
+    prediction (the shifted clean window) gives back the image inside the mask up to the model grid's rounding."""
+    from dataclasses import replace
+
+    from BrainDiffSegLib.inpaint import context_mean, paste
+    from inpaint_support import tiny_inpaint_model
+
+    case, mask = case_and_mask
+    t1 = case.images["t1"]
+    plain = prepare(t1, mask, InpaintConfig())
+    ctx = prepare(t1, mask, replace(InpaintConfig(), context_norm=True))
+    assert plain["context"] is None
+    c = ctx["context"]
+    assert c == pytest.approx(context_mean(plain["voided"], plain["mask"])) and -1.0 < c < 1.0
+    known = (plain["mask"] == 0) & (plain["voided"] > -1.0 + 1e-3)
+    assert float(ctx["voided"][known].mean()) == pytest.approx(0.0, abs=1e-4)  # the context is centred
+    assert torch.all(ctx["voided"][ctx["mask"] > 0] == -2.0)
+    torch.testing.assert_close(ctx["clean"], plain["clean"] - c)
+    back_plain = paste(t1, mask, plain["clean"], plain)
+    back_ctx = paste(t1, mask, ctx["clean"], ctx)
+    np.testing.assert_allclose(back_ctx, back_plain, atol=1e-3 * float(t1.max()))
+    # an untrained context model: values may reach [-2, 2] before the shift back, the outside stays exact
+    folder = tiny_inpaint_model(tmp_path / "ctx", context_norm=True)
+    net, cfg = load_inpaint_model(folder)
+    assert cfg.context_norm
+    out = inpaint_volume(t1, mask, model=folder, steps=2)
+    np.testing.assert_array_equal(out[~mask], t1[~mask].astype(np.float32))
+    lo, hi = np.percentile(np.where(mask, 0, t1), [0.5, 99.5])
+    assert out[mask].min() >= max(lo, 0) - 1e-3 and out[mask].max() <= hi + 1e-3
+
+
+def test_sampling_from_the_distance_weighted_fill(case_and_mask, tiny_model):
+    """strength < 1 runs only the last fraction of the DDIM steps, from the distance-weighted fill noised to that
+    level: at a tiny strength (one step from the least noisy level) the result is the fill itself, at strength 1 it
+    is the (untrained) model's own sample; the outside is exact either way."""
+    from BrainDiffSegLib.inpaint import intensity_range
+    from BrainDiffSegLib.inpaint_fill import fill_distance_weighted
+
+    case, mask = case_and_mask
+    t1 = case.images["t1"]
+    voided = np.where(mask, 0, t1).astype(np.float32)
+    lo, hi = intensity_range(voided)
+    fill = np.clip(fill_distance_weighted(voided, mask), max(lo, 0), hi)
+    stages = []
+    near = inpaint_volume(t1, mask, model=tiny_model, steps=20, strength=0.05, samples=1,
+                          progress=lambda s, f: stages.append((s, f)))
+    assert [f for s, f in stages if s == "sampling"] == [1.0]  # round(0.05 * 20) = 1 step
+    np.testing.assert_array_equal(near[~mask], t1[~mask].astype(np.float32))
+    err = np.abs(near[mask] - fill[mask]) / (hi - lo)
+    assert err.mean() < 0.02 and err.max() < 0.2, (err.mean(), err.max())
+    far = inpaint_volume(t1, mask, model=tiny_model, steps=20, strength=1.0, samples=1)
+    assert (np.abs(far[mask] - fill[mask]) / (hi - lo)).mean() > 5 * err.mean()
+    stages.clear()
+    inpaint_volume(t1, mask, model=tiny_model, steps=10, strength=0.3, samples=1,
+                   progress=lambda s, f: stages.append((s, f)))
+    assert [f for s, f in stages if s == "sampling"] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    with pytest.raises(InputError, match="strength"):
+        inpaint_volume(t1, mask, model=tiny_model, steps=10, strength=0.0)

@@ -77,13 +77,38 @@ def test_train_and_benchmark_commands(setup):
     assert read_config(run, InpaintConfig).training["steps"] == 2
     assert main(args + ["--channels", "8,16", "--steps", "3"]) == 0  # resumed
     assert read_config(run, InpaintConfig).training["steps"] == 3
+    ctx = tmp / "train_ctx"  # context normalisation, initialised from the plain run
+    assert main(args[:5] + [str(ctx)] + args[6:] + ["--channels", "8,16", "--context-norm", "--init-from",
+                                                     str(run)]) == 0
+    cfg = read_config(ctx, InpaintConfig)
+    assert cfg.context_norm and cfg.training["steps"] == 2 and cfg.training["init_from"] == str(run)
+    out = tmp / "ctx_out.nii.gz"
+    assert main(["inpaint", "--case", str(setup["dirs"][0]), "--mask", str(setup["mask_path"]), "--out", str(out),
+                 "--steps", "2", "--model", str(ctx)]) == 0
+    m = setup["case"].native(setup["mask"])
+    data = np.asarray(nib.load(str(out)).dataobj)
+    np.testing.assert_array_equal(data[~m], np.asarray(nib.load(str(setup["case"].paths["t1"])).dataobj)[~m])
     bench = tmp / "bench"
     assert main(["benchmark", "inpainting", "--data", *dirs, "--model", str(setup["model"]), "--steps", "2",
                  "--out", str(bench)]) == 0
     result = json.loads((bench / "results.json").read_text())
     methods = {r["method"] for r in result["rows"]}
-    assert methods == {"DDPM 2D", "mean", "distance-weighted", "mirror"}
+    assert methods == {"DDPM 2D (from the fill at 0.15)", "mean", "distance-weighted", "mirror"}  # the default
     assert len(result["rows"]) == 4 * 2 and all(0 < r["ssim"] <= 1 and r["mse"] >= 0 for r in result["rows"])
     assert (bench / "figure.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| DDPM 2D |" in (bench / "README.md").read_text()
+    assert "| DDPM 2D (from the fill at 0.15) |" in (bench / "README.md").read_text()
     assert len(json.loads((bench / "masks.json").read_text())) == 2
+    sweep = tmp / "sweep"
+    assert main(["benchmark", "inpainting", "--data", *dirs, "--model", str(setup["model"]), "--steps", "1", "2",
+                 "--samples", "1", "2", "--strengths", "1", "--baselines", "mean", "--out", str(sweep)]) == 0
+    result = json.loads((sweep / "results.json").read_text())
+    assert list(result["summary"]) == ["DDPM 2D (1 steps, mean of 1)", "DDPM 2D (1 steps, mean of 2)",
+                                       "DDPM 2D (2 steps, mean of 1)", "DDPM 2D (2 steps, mean of 2)", "mean"]
+    assert result["samples"] == [1, 2] and result["strengths"] == [1.0]
+    strengths = tmp / "strengths"
+    assert main(["benchmark", "inpainting", "--data", *dirs, "--model", str(setup["model"]), "--steps", "4",
+                 "--strengths", "0.5", "1", "--baselines", "--out", str(strengths)]) == 0
+    assert list(json.loads((strengths / "results.json").read_text())["summary"]) == [
+        "DDPM 2D (from the fill at 0.5)", "DDPM 2D"]
+    assert main(["benchmark", "inpainting", "--data", *dirs, "--model", str(setup["model"]), "--baselines", "median",
+                 "--out", str(tmp / "bad")]) == 2

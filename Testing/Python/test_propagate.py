@@ -183,12 +183,14 @@ def test_keep_connected_to_annotation_in_propagation(synth):
     assert not (blob & (label > 0)).any() and head[blob].all() and blob.sum() > 50
     for role, c in CONTRAST.items():
         images[role][blob] = c[1] * 1000.0  # edema-like
-    opt = _raw_options(classifier=replace(FAST, n_models=1))
+    opt = _raw_options(classifier=replace(FAST, n_models=1), gate="none")  # the 3D gate would remove it too
     raw = propagate(images, ann, replace(opt, postprocess=False))
     assert raw.labels[blob].astype(bool).mean() > 0.5
     post = propagate(images, ann, opt)
     assert not post.labels[blob].any()
     assert region_dice(post.labels, label, zs)["WT"] >= region_dice(raw.labels, label, zs)["WT"]
+    gated = propagate(images, ann, replace(opt, postprocess=False, gate="watershed"))  # the default gate alone
+    assert gated.labels[blob].astype(bool).mean() < 0.2 and "refine" in gated.timings
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -431,7 +431,7 @@ def test_the_modules_self_test_runs_headless(mrml_scene, M, data_root):
 
     result = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(
         M.BrainDiffSegTest))
-    assert result.testsRun == 2 and result.wasSuccessful() and not result.skipped, result
+    assert result.testsRun == 3 and result.wasSuccessful() and not result.skipped, result
 
 
 def test_the_modules_self_test_skips_without_the_source_tree(M, tmp_path, monkeypatch):
@@ -441,7 +441,7 @@ def test_the_modules_self_test_skips_without_the_source_tree(M, tmp_path, monkey
     monkeypatch.setattr(M, "TESTING_DIR", tmp_path / "Testing" / "Python")
     result = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(
         M.BrainDiffSegTest))
-    assert result.testsRun == 2 and result.wasSuccessful() and len(result.skipped) == 2, result
+    assert result.testsRun == 3 and result.wasSuccessful() and len(result.skipped) == 3, result
     assert all("installed extension" in reason for _, reason in result.skipped)
 
 
@@ -457,6 +457,13 @@ def test_scenario_real_case_in_background(headless, data_root):
     import slicer_scenarios
 
     slicer_scenarios.real_case_in_background(headless.logic(), data_root / CASE)
+
+
+def test_scenario_inpaint_in_background(headless, data_root):
+    """The inpainting scenario shared with the module's self-test: background run on a real T1, cancel."""
+    import slicer_scenarios
+
+    slicer_scenarios.inpaint_in_background(headless.logic(), data_root / CASE)
 
 
 def test_two_scenes_at_once_and_no_global_scene(crop, M):
@@ -688,7 +695,8 @@ def test_parameter_node_round_trip(mrml_scene, M):
     changed = preset("quick")  # every field different from the default
     changed = dataclasses.replace(
         changed, checkpoint=str(REPO), device="cuda", precision="bf16", batch_size=3, postprocess=False, seed=7,
-        roi_threshold=0.05, roi_margin=3,
+        roi_threshold=0.05, roi_margin=3, smooth_xy=0.5, smooth_z=3.5, decision="regions",
+        gate="none", gate_margin=3.0,
         features=dataclasses.replace(changed.features, blocks=(0, 2), timesteps=(25, 250), noise_seed=4,
                                      intensities=False, smoothing=(0.5, 3.0)),
         classifier=dataclasses.replace(changed.classifier, patience=5, lr=0.01, weight_decay=0.5,

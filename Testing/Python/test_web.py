@@ -319,7 +319,7 @@ def test_session_inpaints_in_the_background_cancels_and_saves_numbered(session, 
     inpainted = session.logic.toEngineArray(slicer.util.arrayFromVolume(out), 2)
     original = session.logic.toEngineArray(t1_before, 2).astype(np.float32)
     np.testing.assert_array_equal(inpainted[~painted], original[~painted])
-    assert np.abs(inpainted - original)[painted].mean() > 20.0
+    assert np.abs(inpainted - original)[painted].mean() > 5.0  # healthy tissue synthesised over the edema
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(t1), t1_before)
     assert set(session.segment_voxels(node)) == {"Edema"}
 

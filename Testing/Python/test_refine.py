@@ -1,0 +1,164 @@
+"""3D refinement of the class probabilities (`BrainDiffSegLib.refine`) and its use in `propagate`."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from BrainDiffSegLib.classifier import ClassifierOptions
+from BrainDiffSegLib.errors import InputError
+from BrainDiffSegLib.propagate import PropagationOptions, propagate
+from BrainDiffSegLib.protocol import region_dice, simulate_annotation
+from BrainDiffSegLib.refine import check_refine, decide, refine_labels, smooth_probabilities
+from conftest import synthetic_tumour_case
+
+VALUES = [0, 1, 2, 4]
+PLAIN = replace(PropagationOptions(), gate="none")  # no refinement at all
+
+
+def _probs(*rows):
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), 1, 1, 4)
+
+
+def test_regions_decision_follows_the_nesting():
+    p = _probs([0.4, 0.2, 0.25, 0.15],  # argmax: background; P(tumour) 0.6 -> tumour, core 0.35 >= 0.25, p1 > p4
+               [0.45, 0.05, 0.3, 0.2],  # argmax background; core 0.25 < 0.3 -> edema
+               [0.3, 0.1, 0.2, 0.4],  # enhancing by both
+               [0.6, 0.0, 0.2, 0.2])  # background by both
+    assert np.asarray(VALUES)[decide(p, VALUES, "argmax")][:, 0, 0].tolist() == [0, 0, 4, 0]
+    assert np.asarray(VALUES)[decide(p, VALUES, "regions")][:, 0, 0].tolist() == [1, 2, 4, 0]
+    # not BraTS labels: plain argmax whatever the setting
+    two = np.asarray([[0.45, 0.55], [0.6, 0.4]], np.float32).reshape(2, 1, 1, 2)
+    assert decide(two, [0, 1], "regions")[:, 0, 0].tolist() == [1, 0]
+
+
+def test_smoothing_removes_isolated_voxels_and_keeps_annotation_and_head():
+    shape = (20, 20, 10)
+    probs = np.zeros(shape + (4,), np.float32)
+    probs[..., 0] = 1.0
+    probs[5:15, 5:15, 2:8] = [0.1, 0.0, 0.9, 0.0]  # a block of edema
+    probs[2, 2, 5] = [0.2, 0.0, 0.8, 0.0]  # an isolated speck
+    annotation = np.zeros(shape, np.int16)
+    annotation[6:14, 6:14, 4] = 2
+    annotation[9:11, 9:11, 4] = 1  # necrotic in the annotated slice: must stay exactly
+    fg = np.ones(shape, bool)
+    fg[:, :1] = False
+    opt = replace(PLAIN, smooth_xy=1.0, smooth_z=1.0)
+    plain = refine_labels(probs, annotation, [4], VALUES, fg, PLAIN)
+    smooth = refine_labels(probs, annotation, [4], VALUES, fg, opt)
+    assert plain[2, 2, 5] == 2 and smooth[2, 2, 5] == 0
+    assert smooth[10, 10, 5] == 2 and (smooth[7:13, 7:13, 3:7] > 0).all()
+    np.testing.assert_array_equal(smooth[..., 4], annotation[..., 4])
+    np.testing.assert_array_equal(plain[..., 4], annotation[..., 4])
+    assert not smooth[:, :1].any()
+    # the input probabilities are not modified
+    assert probs[2, 2, 5, 2] == pytest.approx(0.8)
+    np.testing.assert_allclose(smooth_probabilities(probs, 1.0, 1.0).sum(-1), 1.0, atol=1e-5)
+
+
+def test_bad_settings_are_refused():
+    assert not check_refine(PLAIN)
+    assert check_refine(PropagationOptions())  # the default: the watershed gate
+    assert check_refine(replace(PLAIN, smooth_z=1.0))
+    assert check_refine(replace(PLAIN, decision="regions"))
+    with pytest.raises(InputError, match="decision"):
+        check_refine(replace(PropagationOptions(), decision="vote"))
+    with pytest.raises(InputError, match=">= 0"):
+        check_refine(replace(PropagationOptions(), smooth_xy=-1.0))
+    with pytest.raises(InputError, match="do not match"):
+        refine_labels(np.zeros((4, 4, 4, 3), np.float32), np.zeros((4, 4, 4), np.int16), [0], VALUES,
+                      np.ones((4, 4, 4), bool), PLAIN)
+
+
+@pytest.fixture(scope="module")
+def synth():
+    images, label, _ = synthetic_tumour_case()
+    ann, zs = simulate_annotation(label, 1)
+    return images, label, ann, zs
+
+
+def test_propagate_with_refinement(synth):
+    images, label, ann, zs = synth
+    base = replace(PLAIN, method="raw", device="cpu",
+                              classifier=ClassifierOptions(n_models=2, max_epochs=6, hidden=(32, 16), batch_size=1024))
+    plain = propagate(images, ann, base, keep_probabilities=True)
+    p = plain.probabilities
+    assert p.shape == label.shape + (len(plain.label_values),)
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(p[..., zs, :].argmax(-1), np.searchsorted(plain.label_values, ann[..., zs]))
+    opt = replace(base, smooth_xy=1.0, smooth_z=2.0, decision="regions")
+    refined = propagate(images, ann, opt)
+    assert refined.probabilities is None and "refine" in refined.timings
+    np.testing.assert_array_equal(refined.labels[..., zs], ann[..., zs])
+    assert not np.array_equal(refined.labels, plain.labels)
+    # the refinement of the kept probabilities is what propagate returns (then the same post-processing)
+    from BrainDiffSegLib.propagate import keep_connected_to_annotation, normalize_volume
+
+    fg = normalize_volume(images).foreground
+    again = keep_connected_to_annotation(refine_labels(p, ann, zs, plain.label_values, fg, opt), ann)
+    np.testing.assert_array_equal(again, refined.labels)
+    d_plain, d_ref = region_dice(plain.labels, label, zs), region_dice(refined.labels, label, zs)
+    assert d_ref["WT"] > 0.5 and d_plain["WT"] > 0.5
+    with pytest.raises(InputError, match="decision"):
+        propagate(images, ann, replace(base, decision="vote"))
+
+
+def test_watershed_gate_removes_false_positives_outside_the_grown_tumour(synth):
+    """Predicted tumour in normal tissue, touching the real tumour (so that the 3D connectivity post-processing would
+    keep it), is removed by the gate; the real tumour is kept."""
+    images, label, ann, zs = synth
+    fg = images["flair"] > 0
+    probs = np.zeros(label.shape + (4,), np.float32)
+    probs[..., 0] = 1.0
+    probs[label > 0] = np.eye(4, dtype=np.float32)[np.searchsorted(VALUES, label[label > 0])]
+    t = np.argwhere(label > 0)
+    (x0, y0, _), (x1, y1, _) = t.min(0), t.max(0)
+    slab = np.zeros(label.shape, bool)
+    slab[x1 + 1:x1 + 6, y0:y1 + 1, :] = True  # normal tissue next to the tumour, on every slice
+    slab &= fg & (label == 0)
+    slab[..., zs] = False  # the annotated slices keep the annotation anyway
+    assert slab.sum() > 100
+    probs[slab] = [0.1, 0.0, 0.9, 0.0]
+    plain = refine_labels(probs, ann, zs, VALUES, fg, PLAIN)
+    gated = refine_labels(probs, ann, zs, VALUES, fg, replace(PLAIN, gate="watershed", gate_margin=0.0), images)
+    # the default margin of 2 voxels: a superset of the margin-0 gate, the slab still mostly removed (it is 5 deep)
+    wide = refine_labels(probs, ann, zs, VALUES, fg, PropagationOptions(), images)
+    assert not ((gated > 0) & (wide == 0)).any() and (wide[slab] == 0).mean() > 0.5
+    # from the classifier's labels instead of the probabilities: the same result
+    np.testing.assert_array_equal(refine_labels(None, ann, zs, VALUES, fg, PropagationOptions(), images,
+                                                labels=plain), wide)
+    assert (plain[slab] == 2).all()
+    assert (gated[slab] == 0).mean() > 0.9
+    assert region_dice(gated, label, zs)["WT"] > 0.9 > region_dice(plain, label, zs)["WT"]
+    np.testing.assert_array_equal(gated[..., zs], ann[..., zs])
+    with pytest.raises(InputError, match="needs one of the sequences"):
+        refine_labels(probs, ann, zs, VALUES, fg, PropagationOptions(), {})
+    with pytest.raises(InputError, match="gate"):
+        check_refine(replace(PLAIN, gate="growcut"))
+
+
+def test_refinement_experiment_end_to_end(tmp_path):
+    """`refine_experiment` on a synthetic case folder: the cache phase (raw features, fast classifier, growcut) and
+    every default variant of the evaluate phase, with its report."""
+    pytest.importorskip("itk")
+    from BrainDiffSegBench.refine_experiment import cache_case
+    from BrainDiffSegBench.refine_variants import default_variants, evaluate
+    from conftest import write_tumour_case
+
+    folder, _, label = write_tumour_case(tmp_path / "Synth_001")
+    opt = replace(PLAIN, method="raw", device="cpu",
+                  classifier=ClassifierOptions(n_models=2, max_epochs=6, hidden=(32, 16), batch_size=1024))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache_case(folder, [1], cache, opt)
+    cached = np.load(cache / "Synth_001_k1.npz")
+    assert cached["probs"].shape == label.shape + (4,) and cached["growcut"].shape == label.shape
+    records = evaluate(cache, None, None, tmp_path / "out")
+    assert [r["method"] for r in records] == default_variants()
+    for r in records:
+        assert set(r["dice"]) == {"WT", "TC", "ET"} and all(0.0 <= v <= 1.0 for v in r["dice"].values()), r
+    by = {r["method"]: r["dice"] for r in records}
+    assert by["gate-m2"]["WT"] > 0.5 and by["none"]["WT"] > 0.5
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert all(f"| {v} |" in text for v in default_variants())
