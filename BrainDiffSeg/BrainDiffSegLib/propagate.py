@@ -43,7 +43,6 @@ class PropagationResult:
     device: str
     probabilities: np.ndarray | None = None  # (X, Y, Z, C) ensemble mean, only with keep_probabilities=True
 
-
     def least_certain_slices(self, n: int = 5) -> list[tuple[int, float]]:
         """Predicted slices ranked by mean uncertainty over their tumour-or-uncertain pixels (`suggest`)."""
         from .suggest import rank_slices
@@ -134,7 +133,9 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
               progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
               extractor: FeatureExtractor | None = None, cache=None,
               keep_probabilities: bool = False) -> PropagationResult:
-    """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid.
+    """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid. The
+    classifier's labels are refined in 3D (`BrainDiffSegLib.refine`; by default the watershed gate) and cleaned up
+    (tumour connected to the annotated tumour) before they are returned.
 
     `extractor` replaces the feature extractor built from `options` (experiments pass one with cached features).
     `cache`: a `BrainDiffSegLib.cache.VolumeCache` kept between runs on one volume (interactive use): the

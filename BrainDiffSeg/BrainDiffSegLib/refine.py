@@ -1,19 +1,18 @@
-"""3D refinement of the ensemble's class probabilities before the labels are taken (issue 10 §3).
+"""3D refinement of the classifier's labels (issue 10 §3; measured in docs/results/refine and results §10).
 
-The pixel classifier sees one slice at a time; the tumour is continuous in 3D. Two measured steps
-(docs/results/refine, `BrainDiffSegBench.refine_experiment`):
+The pixel classifier sees one slice at a time; the tumour is continuous in 3D. Three steps, each an option of
+`PropagationOptions`:
 
-* smoothing: each class probability is filtered with a 3D Gaussian (`smooth_xy` voxels in plane, `smooth_z` across
-  slices), so that a voxel's label also weighs its neighbours' evidence, the annotated slices' one-hot labels
-  included;
-* the decision: `argmax` over the classes, or `regions`, the BraTS regions' nesting (ET inside TC inside WT):
-  tumour where P(tumour) >= 1/2, tumour core where P(necrotic) + P(enhancing) >= P(edema) among tumour voxels,
-  enhancing where P(enhancing) >= P(necrotic) in the core. For a 0/1 mask both decisions agree.
-
-* the gate: `watershed` keeps predicted tumour only inside the whole tumour of a seeded watershed (scikit-image) on
-  the gradient of the smoothed FLAIR (or T2, T1ce, T1), its markers the annotated slices' tumour and background: the
-  classifier's false positives far from the annotated tumour (tissue of similar intensity, e.g. at the skull base)
-  are seldom reached by the region grown from the annotation, whose own leaks the classifier seldom shares.
+* the gate (**on by default**, `gate = "watershed"`, `gate_margin = 2`): predicted tumour is kept only within
+  `gate_margin` voxels of the tumour side of a seeded watershed (scikit-image) on the gradient of the smoothed FLAIR
+  (or T2, T1ce, T1), its markers the annotated slices' tumour and background. The classifier's false positives far
+  from the annotated tumour (tissue of similar intensity, e.g. towards the skull base) are seldom reached by the
+  region grown from the annotation, whose own leaks the classifier seldom shares. It works on the labels;
+* smoothing (off by default: it helped less and cost ET): each class probability filtered with a 3D Gaussian
+  (`smooth_xy` voxels in plane, `smooth_z` across slices);
+* the decision (`argmax` by default): or `regions`, the BraTS regions' nesting (tumour where P(tumour) >= 1/2, core
+  where P(necrotic) + P(enhancing) >= P(edema), enhancing where P(enhancing) >= P(necrotic)); it measured worse.
+  For a 0/1 mask both agree.
 
 Voxels outside the head stay background; the annotated slices keep the annotation exactly.
 """
