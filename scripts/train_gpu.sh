@@ -68,19 +68,4 @@ echo "train-ddpm: batch $BATCH, $MINUTES min, $PRECISION on $DEVICE, from $INIT,
   --precision "$PRECISION" --batch-size "$BATCH" --lr "$LR" --crop "$CROP" --steps "$STEPS" \
   --max-minutes "$MINUTES" --save-every "$SAVE_EVERY"
 
-# speed between the first and the last logged steps (the first interval holds the start-up and cuDNN autotuning)
-"$PY" - "$RUN" "$BATCH" "$OUT/speed.txt" <<'EOF'
-import csv, json, sys
-rows = list(csv.DictReader(open(f"{sys.argv[1]}/loss.csv")))
-training = json.load(open(f"{sys.argv[1]}/config.json"))["training"]
-batch = int(sys.argv[2])
-(s0, w0), (s1, w1) = [(int(r["step"]), float(r["wall_seconds"])) for r in (rows[0], rows[-1])]
-if len(rows) < 2 or w1 <= w0:
-    s0, w0 = 0, 0.0  # a single logged step: the whole run, start-up included
-rate = (s1 - s0) / max(w1 - w0, 1e-9)
-text = (f"{rate:.2f} steps/s, {rate * batch:.0f} images/s (batch {batch}, steps {s0}-{s1} over {w1 - w0:.1f} s); "
-        f"{training['steps']} steps in {training['wall_seconds']} s on {training['device']}, last logged loss "
-        f"{rows[-1]['loss']}\n")
-open(sys.argv[3], "w").write(text)
-print(text, end="")
-EOF
+"$PY" scripts/gpu_speed.py "$RUN" "$BATCH" "$OUT/speed.txt"  # steps/s, images/s

@@ -113,7 +113,37 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {s['ssim']['mean']:.3f} ± {s['ssim']['std']:.3f} | {s['psnr']['mean']:.2f} ± "
                      f"{s['psnr']['std']:.2f} | {s['mse']['mean']:.4f} ± {s['mse']['std']:.4f} | "
                      f"{s['psnr_01']['mean']:.2f} | {s['seconds']['mean']:.1f} | {s['n']} |")
+    ddpms = [m for m in result["summary"] if m.startswith("DDPM")]
+    if ddpms and PAIRED_REFERENCE in result["summary"]:
+        lines += ["", f"Paired per case against the {PAIRED_REFERENCE} fill (mean difference, bootstrap 95 % "
+                  "interval over cases, cases where the method is better):", "",
+                  "| method − " + PAIRED_REFERENCE + " | SSIM | PSNR (dB) | MSE |", "|---|---|---|---|"]
+        for name in ddpms:
+            d = paired_against(result["rows"], name, PAIRED_REFERENCE)
+            lines.append(f"| {name} | " + " | ".join(
+                f"{d[k][0]:+.{p}f} [{d[k][1]:+.{p}f}, {d[k][2]:+.{p}f}] {d[k][3]}/{d[k][4]}"
+                for k, p in (("ssim", 4), ("psnr", 2), ("mse", 4))) + " |")
     return "\n".join(lines) + "\n"
+
+
+PAIRED_REFERENCE = "distance-weighted"  # the strongest simple baseline
+
+
+def paired_against(rows: list[dict], method: str, reference: str) -> dict:
+    """metric -> (mean difference method - reference, bootstrap 95 % low, high, cases where the method is better
+    (lower MSE, higher SSIM / PSNR), cases) over the cases both have."""
+    from .stats import bootstrap_ci
+
+    a = {r["case"]: r for r in rows if r["method"] == method}
+    b = {r["case"]: r for r in rows if r["method"] == reference}
+    cases = [c for c in a if c in b]
+    out = {}
+    for k in METRICS:
+        diffs = [a[c][k] - b[c][k] for c in cases]
+        mean, lo, hi = bootstrap_ci(diffs)
+        better = sum((d < 0) if k == "mse" else (d > 0) for d in diffs)
+        out[k] = (mean, lo, hi, better, len(diffs))
+    return out
 
 
 def plot_figure(name: str, t1: np.ndarray, voided: np.ndarray, mask: np.ndarray, outputs: dict, png: Path) -> None:

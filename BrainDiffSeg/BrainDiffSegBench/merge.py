@@ -43,7 +43,7 @@ def merge_runs(dirs: list[Path], out: Path) -> list[dict]:
 def merge_fewshot(files: list[Path], out: Path) -> list[dict]:
     """Join the fewshot_<dataset>.json of runs of one dataset with other seeds (same settings otherwise) into one
     JSON, table and plot in `out`; a (method, N, seed) present in several files is taken from the first."""
-    from .fewshot import plot_dice_vs_n, write_fewshot_table
+    from .fewshot_report import plot_dice_vs_n, plot_validation_curves, write_fewshot_paired, write_fewshot_table
 
     data = [json.loads(Path(f).read_text()) for f in files]
     dataset = data[0]["dataset"]
@@ -63,6 +63,8 @@ def merge_fewshot(files: list[Path], out: Path) -> list[dict]:
     (out / f"fewshot_{dataset.lower()}.json").write_text(json.dumps(merged, indent=1))
     write_fewshot_table(records, out / f"fewshot_{dataset.lower()}.md", dataset)
     plot_dice_vs_n(records, out / f"fewshot_{dataset.lower()}.png", dataset)
+    write_fewshot_paired(records, out / f"fewshot_{dataset.lower()}_paired.md", dataset)
+    plot_validation_curves(records, out / f"fewshot_{dataset.lower()}_curves.png", dataset)
     return records
 
 

@@ -48,7 +48,7 @@ def run_method(case: Case, annotation: np.ndarray, method: str, options: Propaga
     if method == "raw-mlp":
         return propagate(case.images, annotation, replace(options, method="raw")).labels
     if method == "unet-patient":
-        from .segnets import propagate_unet_patient
+        from .unet_patient import propagate_unet_patient
 
         return propagate_unet_patient(case.images, annotation, unet_options)
     from . import baselines
@@ -93,7 +93,7 @@ def benchmark_propagation(case_dirs: list[Path], ks: list[int], methods: list[st
                           propagator: Propagator | None = None, unet_options=None,
                           backbones: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
     """Every method on every case with ground truth at every k (and per backbone / classifier seed, see the module's
-    docstring); `unet_options`: segnets.PatientUNetOptions."""
+    docstring); `unet_options`: unet_patient.PatientUNetOptions."""
     options = options or PropagationOptions()
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

@@ -1,8 +1,9 @@
-"""The `braindiffseg` command: propagate, demo, train-ddpm, pack-slices, inpaint, train-inpaint, benchmark, web.
+"""The `braindiffseg` command: propagate, demo, train-ddpm, pack-slices, inpaint, train-inpaint, pack-crops,
+benchmark, web.
 
 The one package that wires the engine (`BrainDiffSegLib`), the benchmarks (`BrainDiffSegBench`) and the browser
 annotator (`BrainDiffSegWeb`, imported only by `braindiffseg web`). Each command lives in its own module
-(`propagate`: propagate and demo, `train`: train-ddpm and pack-slices, `inpaint`: inpaint and train-inpaint,
+(`propagate`: propagate and demo, `train`: train-ddpm and pack-slices, `inpaint`: inpaint, train-inpaint and pack-crops,
 `benchmark`, `web`), which adds its parser and runs it. The
 propagation flags (`--preset`, `--method`, `--blocks`, `--ensemble`, ...) are generated from the options dataclasses
 by `BrainDiffSegLib.options.add_arguments`; given flags override the chosen preset.
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
     try:
         if a.command in ("train-ddpm", "pack-slices"):
             return train.run(a)
-        if a.command in ("inpaint", "train-inpaint"):
+        if a.command in ("inpaint", "train-inpaint", "pack-crops"):
             return inpaint.run(a)
         if a.command == "benchmark":
             return benchmark.run(a, propagator)

@@ -97,8 +97,16 @@ def _add_fewshot_args(b) -> None:
                    help="numbers of labelled training slices")
     b.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
     b.add_argument("--methods", nargs="+", default=list(d.methods), help=", ".join(METHODS))
-    b.add_argument("--steps", type=int, default=d.steps, help="training steps of the trained networks")
+    b.add_argument("--steps", type=int, default=d.steps, help="training budget (steps) of the trained networks; "
+                   "with validation cases they stop earlier once the validation Dice is flat")
     b.add_argument("--batch-size", type=int, default=d.batch_size)
+    b.add_argument("--crop", type=int, default=d.crop, help="trained networks: patch size (0: whole slices)")
+    b.add_argument("--val-cases", type=int, default=d.val_cases,
+                   help="last tuning cases of each dataset held out for early stopping (0: train for --steps)")
+    b.add_argument("--val-every", type=int, default=d.val_every, help="validate every this many steps")
+    b.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after this many validations without improvement")
+    b.add_argument("--min-steps", type=int, default=d.min_steps, help="never stop before this step")
     b.add_argument("--lr", type=float, default=d.lr, help="learning rate of the trained networks (AdamW, poly decay)")
     b.add_argument("--ensemble", type=int, default=d.n_mlps, help="diffusion-mlp: number of MLPs")
     b.add_argument("--timestep", type=int, default=d.timestep, help="noise-predictor: fixed timestep (0: clean)")
@@ -149,7 +157,8 @@ def propagation_cases(data: list[str] | None, split: str) -> list[Path]:
 
 def run_propagation(a, propagator=None) -> int:
     from BrainDiffSegBench.propagation import benchmark_propagation
-    from BrainDiffSegBench.segnets import PatientUNetOptions, SegTrainOptions
+    from BrainDiffSegBench.segnets import SegTrainOptions
+    from BrainDiffSegBench.unet_patient import PatientUNetOptions
 
     options = options_from_arguments(a)
     cases = propagation_cases(a.data, a.split)
@@ -190,7 +199,8 @@ def run_fewshot(a) -> int:
     opt = FewShotOptions(ns=tuple(a.n), seeds=tuple(a.seeds), methods=tuple(a.methods), steps=a.steps, lr=a.lr,
                          batch_size=a.batch_size, max_train_cases=a.max_train_cases,
                          max_eval_cases=a.max_eval_cases, eval_every=a.eval_every, checkpoint=a.checkpoint,
-                         n_mlps=a.ensemble, timestep=a.timestep)
+                         n_mlps=a.ensemble, timestep=a.timestep, crop=a.crop, val_cases=a.val_cases,
+                         val_every=a.val_every, patience=a.patience, min_steps=a.min_steps)
     opt.check()
     root = Path(a.data) if a.data else data_root()
     for dataset in a.datasets:

@@ -68,7 +68,8 @@ def test_nan_stats_and_table_count_undefined():
 
 @pytest.fixture(scope="module")
 def bench_unet(tmp_path_factory):
-    from BrainDiffSegBench.segnets import PatientUNetOptions, SegTrainOptions
+    from BrainDiffSegBench.segnets import SegTrainOptions
+    from BrainDiffSegBench.unet_patient import PatientUNetOptions
 
     root = tmp_path_factory.mktemp("cases")
     folder, _, _ = write_tumour_case(root / "BraTS2021_81001", seed=1)
@@ -125,7 +126,88 @@ def test_noise_predictor_head_starts_at_zero_and_encoder_is_frozen(tiny_checkpoi
     assert torch.count_nonzero(unet.conv_out.weight) > 0  # the head was trained
 
 
+def test_train_segnet_stops_on_a_flat_validation_and_keeps_the_best_weights():
+    """Early stopping: a validation score that peaks at the second evaluation stops training `patience`
+    evaluations later (not before `min_steps`) and restores the weights of that evaluation."""
+    from BrainDiffSegBench.segnets import SegTrainOptions, build_unet2d, train_segnet
+
+    torch.manual_seed(0)
+    images = torch.rand(4, 4, 32, 32) * 2 - 1
+    labels = (images[:, 3] > 0.5).long()
+    net = build_unet2d(8, 2, filters=(8, 8, 16))
+    scores = iter([0.2, 0.5, 0.4, 0.45, 0.3, 0.9, 0.9])
+    seen = {}
+
+    def validate(n):
+        assert not n.training
+        seen[len(seen)] = {k: v.clone() for k, v in n.state_dict().items()}
+        return next(scores)
+
+    opt = SegTrainOptions(steps=40, batch_size=2, val_every=3, patience=3, min_steps=9, augment=False, crop=16)
+    hist = train_segnet(net, images, torch.ones(4, 4, dtype=torch.bool), labels, 2, opt, validate=validate)
+    assert hist["stopped"] == "plateau" and hist["steps"] == 15  # evaluations at 3, 6 (best), 9, 12, 15
+    assert [p[0] for p in hist["curve"]] == [3, 6, 9, 12, 15] and hist["best_step"] == 6
+    assert hist["best_score"] == 0.5 and all(p[1] > 0 for p in hist["curve"])
+    assert all(torch.equal(v, seen[1][k]) for k, v in net.state_dict().items())
+    # no plateau within the budget: an evaluation at the last step, stopped by the budget
+    scores = iter([0.1, 0.2, 0.3])
+    hist = train_segnet(build_unet2d(8, 2, filters=(8, 8, 16)), images, torch.ones(4, 4, dtype=torch.bool), labels, 2,
+                        SegTrainOptions(steps=7, batch_size=2, val_every=3, patience=2),
+                        validate=lambda n: next(scores))
+    assert hist["stopped"] == "budget" and [p[0] for p in hist["curve"]] == [3, 6, 7] and hist["best_step"] == 7
+    with pytest.raises(InputError, match="multiple of 8"):
+        train_segnet(net, images, torch.ones(4, 4, dtype=torch.bool), labels, 2, SegTrainOptions(crop=12))
+
+
+def test_patch_crops_and_sliding_window_inference(tiny_checkpoint):
+    """Patches of the slice (foreground-centred or uniform, always inside), and patch-trained nets predicted with
+    sliding windows: the TransUNet-style net built for 16-px patches runs on 32-px slices either way, the noise
+    predictor takes its fixed noise's corner for a patch."""
+    from BrainDiffSegLib.model import load_backbone
+    from BrainDiffSegBench.segnets import NoisePredictorSegmenter, TransUNet2D, _crop, predict_segnet
+
+    x = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(2, 32, 32)
+    y = torch.zeros(1, 32, 32)
+    y[0, 30, 1] = 1
+    gen = torch.Generator().manual_seed(0)
+    centred = 0
+    for _ in range(40):
+        cx, cy = _crop(x, y, 16, gen)
+        assert cx.shape == (2, 16, 16) and cy.shape == (1, 16, 16)
+        i, j = divmod(int(cx[0, 0, 0]), 32)
+        assert torch.equal(cx, x[:, i:i + 16, j:j + 16]) and torch.equal(cy, y[:, i:i + 16, j:j + 16])
+        centred += bool(cy.sum())
+    assert 10 <= centred < 40  # about half centred on the one labelled pixel (clipped to the slice)
+    images = torch.rand(3, 4, 32, 32) * 2 - 1
+    present = torch.ones(3, 4, dtype=torch.bool)
+    torch.manual_seed(0)
+    trans = TransUNet2D(8, 3, filters=(8, 16), size=16)
+    p = predict_segnet(trans, images, present, roi=16)
+    assert p.shape == (3, 3, 32, 32) and torch.allclose(p.sum(1), torch.ones(3, 32, 32), atol=1e-5)
+    assert predict_segnet(trans, images, present).shape == (3, 3, 32, 32)  # position embedding resized
+    unet, cfg = load_backbone(tiny_checkpoint)
+    net = NoisePredictorSegmenter(unet, cfg, n_classes=3, t=50)
+    torch.nn.init.normal_(unet.conv_out.weight)
+    assert net(torch.randn(2, 8, 16, 16)).shape == (2, 3, 16, 16)
+    assert predict_segnet(net, images, present, roi=16).shape == (3, 3, 32, 32)
+
+
 # ------------------------------------------------------------------------------------------ fewshot
+
+def test_fewshot_paired_differences_pair_seed_and_case():
+    from BrainDiffSegBench.fewshot_report import paired_fewshot
+
+    def rec(method, seed, dice):
+        return {"method": method, "n": 1, "seed": seed,
+                "cases": [{"case": c, "dice": {"WT": d}} for c, d in dice.items()]}
+
+    records = [rec("noise-predictor", 0, {"a": 0.9, "b": 0.5}), rec("unet", 0, {"a": 0.7, "b": 0.6}),
+               rec("noise-predictor", 1, {"a": 0.8}), rec("unet", 1, {"a": 0.4, "b": 0.9}),
+               rec("noise-predictor", 2, {"a": 0.1})]  # seed 2 has no unet: no pair
+    mean, lo, hi, wins, pairs = paired_fewshot(records, "noise-predictor", "unet")[(1, "WT")]
+    assert pairs == 3 and wins == 2 and mean == pytest.approx((0.2 - 0.1 + 0.4) / 3)
+    assert lo <= mean <= hi
+
 
 @pytest.fixture(scope="module")
 def fewshot_root(tmp_path_factory):
@@ -142,11 +224,16 @@ def fewshot_root(tmp_path_factory):
 def test_fewshot_smoke(fewshot_root, tiny_checkpoint, tmp_path):
     from BrainDiffSegBench.fewshot import FewShotOptions, run_dataset
 
-    opt = FewShotOptions(ns=(1, 3), seeds=(0, 1), steps=2, batch_size=2, n_mlps=1, brats_slices=(8, 15),
-                         eval_every=2, checkpoint=str(tiny_checkpoint), timestep=10)
+    # BraTS: 16-px patches and early stopping on the held-out tuning case; LGG (1 tuning case): fixed steps
+    opt = FewShotOptions(ns=(1, 3), seeds=(0, 1), steps=4, batch_size=2, n_mlps=1, brats_slices=(8, 15),
+                         eval_every=2, checkpoint=str(tiny_checkpoint), timestep=10, crop=16, val_cases=1,
+                         val_every=2, patience=1, min_steps=0)
+    lgg_opt = FewShotOptions(**{**opt.__dict__, "val_cases": 0, "crop": 0})
     out = tmp_path / "fs"
     brats = run_dataset(fewshot_root, "BraTS", opt, out)
-    lgg = run_dataset(fewshot_root, "LGG", opt, out)
+    lgg = run_dataset(fewshot_root, "LGG", lgg_opt, out)
+    with pytest.raises(InputError, match="too few to hold out"):
+        run_dataset(fewshot_root, "LGG", opt, tmp_path / "bad")
     for records, regions, name in ((brats, {"WT", "TC", "ET"}, "brats"), (lgg, {"WT"}, "lgg")):
         assert len(records) == 2 * 2 * 4  # seeds x N x methods
         assert {r["method"] for r in records} == {"diffusion-mlp", "noise-predictor", "unet", "transunet"}
@@ -162,15 +249,30 @@ def test_fewshot_smoke(fewshot_root, tiny_checkpoint, tmp_path):
         assert (out / f"fewshot_{name}.png").read_bytes()[:8] == PNG
         table = (out / f"fewshot_{name}.md").read_text()
         assert "mean ± sd over 2 seeds [0, 1]" in table and "| transunet | 3 |" in table
-    # BraTS pool = the 5 tuning cases, evaluation = the test case; nested training sets over N for one seed
+    # BraTS: validation curves of the trained nets (every 2 steps and the end), the best step kept, the plot
+    for r in brats:
+        if r["method"] == "diffusion-mlp":
+            assert 0.0 <= r["val_dice"] <= 1.0 and "curve" not in r
+            continue
+        steps = [p[0] for p in r["curve"]]
+        assert steps == list(range(2, r["steps_run"] + 1, 2)) and r["steps_run"] <= 4
+        assert r["stopped"] in ("plateau", "budget") and r["best_step"] in steps
+        assert r["val_dice"] == max(p[2] for p in r["curve"] if p[0] <= r["best_step"])
+    assert (out / "fewshot_brats_curves.png").read_bytes()[:8] == PNG
+    assert "| noise-predictor − unet | 3 |" in (out / "fewshot_brats_paired.md").read_text()
+    assert not (out / "fewshot_lgg_curves.png").exists()  # no validation cases, no curves
+    assert all("curve" not in r and r.get("steps_run", 4) == 4 for r in lgg)
+    # BraTS pool = 4 tuning cases, the 5th validates, evaluation = the test case; nested training sets over N
     saved = json.loads((out / "fewshot_brats.json").read_text())
-    assert len(saved["train_cases"]) == 5 and saved["eval_cases"] == ["Brats18_SYN_5_1"]
+    assert len(saved["train_cases"]) == 4 and saved["val_cases"] == ["Brats18_SYN_4_1"]
+    assert saved["eval_cases"] == ["Brats18_SYN_5_1"]
     s0 = {r["n"]: r["train_slices"] for r in brats if r["seed"] == 0 and r["method"] == "unet"}
     assert s0[3][:1] == s0[1]
     # runs with other seeds join into one table
     from BrainDiffSegBench.merge import merge_fewshot
 
-    run_dataset(fewshot_root, "LGG", FewShotOptions(**{**opt.__dict__, "seeds": (2,), "ns": (1,)}), tmp_path / "s2")
+    run_dataset(fewshot_root, "LGG", FewShotOptions(**{**lgg_opt.__dict__, "seeds": (2,), "ns": (1,)}),
+                tmp_path / "s2")
     merged = merge_fewshot([out / "fewshot_lgg.json", tmp_path / "s2" / "fewshot_lgg.json"], tmp_path / "m")
     assert sorted({r["seed"] for r in merged}) == [0, 1, 2] and len(merged) == len(lgg) + 4
     assert "mean ± sd over 3 seeds [0, 1, 2]" in (tmp_path / "m" / "fewshot_lgg.md").read_text()

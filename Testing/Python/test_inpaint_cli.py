@@ -96,7 +96,17 @@ def test_train_and_benchmark_commands(setup):
     assert methods == {"DDPM 2D (from the fill at 0.15)", "mean", "distance-weighted", "mirror"}  # the default
     assert len(result["rows"]) == 4 * 2 and all(0 < r["ssim"] <= 1 and r["mse"] >= 0 for r in result["rows"])
     assert (bench / "figure.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| DDPM 2D (from the fill at 0.15) |" in (bench / "README.md").read_text()
+    report = (bench / "README.md").read_text()
+    assert "| DDPM 2D (from the fill at 0.15) |" in report
+    from BrainDiffSegBench.inpainting import paired_against
+
+    paired = paired_against(result["rows"], "DDPM 2D (from the fill at 0.15)", "distance-weighted")
+    by = {(r["method"], r["case"]): r for r in result["rows"]}
+    cases = sorted({r["case"] for r in result["rows"]})
+    want = np.mean([by[("DDPM 2D (from the fill at 0.15)", c)]["ssim"] - by[("distance-weighted", c)]["ssim"]
+                    for c in cases])
+    assert paired["ssim"][0] == pytest.approx(want) and paired["mse"][4] == 2
+    assert "| method − distance-weighted | SSIM | PSNR (dB) | MSE |" in report
     assert len(json.loads((bench / "masks.json").read_text())) == 2
     sweep = tmp / "sweep"
     assert main(["benchmark", "inpainting", "--data", *dirs, "--model", str(setup["model"]), "--steps", "1", "2",
