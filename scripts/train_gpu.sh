@@ -42,12 +42,7 @@ collect() {  # also on failure or SIGTERM (a timeout): whatever the run saved co
 trap collect EXIT
 trap 'exit 143' TERM
 
-if [ "${SKIP_INSTALL:-0}" != 1 ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/BrainDiffSeg
-else
-  export PYTHONPATH=$PWD/BrainDiffSeg${PYTHONPATH:+:$PYTHONPATH}
-fi
+. scripts/gpu_env.sh  # the carried wheels on PYTHONPATH
 if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi; else echo "(no nvidia-smi)"; fi
 "$PY" - <<'EOF'
 import importlib.metadata as m, sys
