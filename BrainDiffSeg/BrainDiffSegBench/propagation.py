@@ -5,9 +5,9 @@ Everything runs headless through the same engine calls that the Slicer Logic use
 the Logic itself: `BrainDiffSeg/Scripts/benchmark.py`). Results are written as JSON (one record per case x k x
 method x backbone x classifier seed, Dice and HD95 per region), a Markdown table and PNG plots (`report`).
 
-Dimensions beyond the method: `backbones` (diffusion-mlp only; `backbones.resolve_backbones`: 'bundled', 'random',
-a checkpoint folder) and classifier `seeds` (diffusion-mlp and raw-mlp; the other methods run once, with the first
-seed). Each record names its `backbone` (None for methods without one) and `seed`.
+Dimensions beyond the method: `backbones` (hybrid-mlp and diffusion-mlp only; `backbones.resolve_backbones`:
+'bundled', 'random', a checkpoint folder) and classifier `seeds` (the classifier methods hybrid-mlp, diffusion-mlp
+and raw-mlp; the other methods run once, with the first seed). Each record names its `backbone` (None for methods without one) and `seed`.
 """
 from __future__ import annotations
 
@@ -32,21 +32,34 @@ from .metrics import region_hd95
 from .report import machine, plot_dice_vs_k, round_nan, write_table
 
 log = logging.getLogger(__name__)
-METHODS = ("diffusion-mlp", "raw-mlp", "unet-patient", "growcut", "fill-between")
+METHODS = ("hybrid-mlp", "diffusion-mlp", "raw-mlp", "unet-patient", "growcut", "fill-between")
+# the classifier methods and their engine method: hybrid-mlp is the product's default (diffusion features, plus an
+# ensemble on the intensities alone mixed in with `intensity_weight`), diffusion-mlp the diffusion features alone
+CLASSIFIER_METHODS = {"hybrid-mlp": "diffusion", "diffusion-mlp": "diffusion", "raw-mlp": "raw"}
+BACKBONE_METHODS = ("hybrid-mlp", "diffusion-mlp")
 # propagator(case, annotation, method, options) -> label volume: replaces the engine call of the classifier methods
 Propagator = Callable[[Case, np.ndarray, str, PropagationOptions], np.ndarray]
 
 
+def method_options(method: str, options: PropagationOptions) -> PropagationOptions:
+    """The engine options of a classifier method: `options` with its engine method; diffusion-mlp without the
+    intensity ensemble (`intensity_weight` 0), hybrid-mlp with `options.intensity_weight` (InputError if 0)."""
+    if method == "hybrid-mlp" and options.intensity_weight <= 0:
+        raise InputError("hybrid-mlp mixes in an intensity ensemble: give --intensity-weight > 0 (or run "
+                         "diffusion-mlp)")
+    out = replace(options, method=CLASSIFIER_METHODS[method])
+    return replace(out, intensity_weight=0.0) if method == "diffusion-mlp" else out
+
+
 def run_method(case: Case, annotation: np.ndarray, method: str, options: PropagationOptions,
                propagator: Propagator | None = None, unet_options=None) -> np.ndarray:
-    """One method's label volume. `propagator` (if given) runs diffusion-mlp and raw-mlp instead of the engine's
+    """One method's label volume. `propagator` (if given) runs the classifier methods instead of the engine's
     `propagate` (the Slicer script passes one that goes through `BrainDiffSegLogic.propagate`)."""
-    if method in ("diffusion-mlp", "raw-mlp") and propagator is not None:
-        return propagator(case, annotation, method, options)
-    if method == "diffusion-mlp":
-        return propagate(case.images, annotation, replace(options, method="diffusion")).labels
-    if method == "raw-mlp":
-        return propagate(case.images, annotation, replace(options, method="raw")).labels
+    if method in CLASSIFIER_METHODS:
+        opts = method_options(method, options)
+        if propagator is not None:
+            return propagator(case, annotation, method, opts)
+        return propagate(case.images, annotation, opts).labels
     if method == "unet-patient":
         from .unet_patient import propagate_unet_patient
 
@@ -76,10 +89,10 @@ def _warm_up_baselines(methods: list[str]) -> None:
 
 
 def variants(method: str, backbones: list[Backbone], seeds: list[int]) -> list[tuple[Backbone | None, int]]:
-    """The (backbone, classifier seed) runs of a method: diffusion-mlp per backbone x seed, raw-mlp per seed, the
-    other methods once (first seed, no backbone)."""
-    bs = backbones if method == "diffusion-mlp" else [None]
-    return [(b, s) for b in bs for s in (seeds if method in ("diffusion-mlp", "raw-mlp") else seeds[:1])]
+    """The (backbone, classifier seed) runs of a method: hybrid-mlp and diffusion-mlp per backbone x seed, raw-mlp
+    per seed, the other methods once (first seed, no backbone)."""
+    bs = backbones if method in BACKBONE_METHODS else [None]
+    return [(b, s) for b in bs for s in (seeds if method in CLASSIFIER_METHODS else seeds[:1])]
 
 
 def variant_options(options: PropagationOptions, backbone: Backbone | None, seed: int) -> PropagationOptions:

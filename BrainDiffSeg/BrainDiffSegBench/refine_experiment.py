@@ -1,7 +1,8 @@
 """Experiment of issue 10 §3: refine the ensemble's class probabilities in 3D, from cached probabilities.
 
 Phase `cache` (slow, once per case): for each case and k, the default propagation (diffusion-mlp, no refinement) with
-`keep_probabilities=True`, and the growcut baseline; written as one .npz per (case, k) under the cache folder.
+`keep_probabilities=True`, the same with the intensity-only classifier (raw-mlp), and the growcut baseline; written
+as one .npz per (case, k) under the cache folder.
 Phase `evaluate` (seconds per variant): every refinement variant from the cached probabilities, Dice per region on
 the non-annotated slices, paired per-case differences; JSON + Markdown.
 
@@ -32,7 +33,10 @@ from .splits import data_split
 log = logging.getLogger(__name__)
 
 
-def cache_case(cdir: Path, ks: list[int], folder: Path, options: PropagationOptions) -> None:
+def cache_case(cdir: Path, ks: list[int], folder: Path, options: PropagationOptions,
+               reuse: Path | None = None) -> None:
+    """`reuse`: a cache of another backbone, whose raw-mlp and growcut results (independent of the backbone) are
+    copied instead of computed again."""
     from . import baselines
 
     case = load_case(cdir)
@@ -46,12 +50,20 @@ def cache_case(cdir: Path, ks: list[int], folder: Path, options: PropagationOpti
         t = time.perf_counter()
         res = propagate(case.images, annotation, options, cache=vc, keep_probabilities=True)
         t_mlp = time.perf_counter() - t
-        t = time.perf_counter()
-        gc = baselines.growcut_brats(case.images, annotation)
-        t_gc = time.perf_counter() - t
-        np.savez(path, probs=res.probabilities.astype(np.float16), labels=res.labels, growcut=gc.astype(np.int16),
-                 annotated=np.array(zs), values=np.array(res.label_values), seconds_mlp=t_mlp, seconds_growcut=t_gc,
-                 case_dir=str(cdir))
+        old = reuse / path.name if reuse is not None else None
+        if old is not None and old.is_file():
+            with np.load(old) as d:
+                raw_probs, raw_labels, gc, t_gc = d["raw_probs"], d["raw_labels"], d["growcut"], d["seconds_growcut"]
+        else:
+            raw = propagate(case.images, annotation, replace(options, method="raw"), cache=vc,
+                            keep_probabilities=True)
+            raw_probs, raw_labels = raw.probabilities.astype(np.float16), raw.labels
+            t = time.perf_counter()
+            gc = baselines.growcut_brats(case.images, annotation).astype(np.int16)
+            t_gc = time.perf_counter() - t
+        np.savez(path, probs=res.probabilities.astype(np.float16), labels=res.labels, raw_probs=raw_probs,
+                 raw_labels=raw_labels, growcut=gc, annotated=np.array(zs), values=np.array(res.label_values),
+                 seconds_mlp=t_mlp, seconds_growcut=t_gc, case_dir=str(cdir))
         log.info("%s k=%d: mlp %.1f s, growcut %.1f s", case.name, k, t_mlp, t_gc)
 
 
@@ -64,6 +76,9 @@ def main(argv=None) -> None:
     c.add_argument("--k", type=int, nargs="+", default=[1, 3])
     c.add_argument("--cache", type=Path, default=Path("/tmp/refine_exp"))
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--checkpoint", default=None, help="backbone folder (default: the bundled one)")
+    c.add_argument("--reuse", type=Path, default=None, help="a cache of another backbone: its raw-mlp and growcut "
+                   "results are copied")
     e = sub.add_parser("evaluate")
     e.add_argument("--cache", type=Path, default=Path("/tmp/refine_exp"))
     e.add_argument("--cases", nargs="*", default=None, help="case names (default: every cached case)")
@@ -79,7 +94,9 @@ def main(argv=None) -> None:
         if a.split:
             dirs += data_split(Path(os.environ.get("BRAINDIFFSEG_DATA", "/work/shared/data")))[a.split]
         for d in dirs:
-            cache_case(d, a.k, a.cache, replace(PropagationOptions(), gate="none"))  # before refinement
+            # the diffusion ensemble alone, before refinement (the variants mix in raw-mlp's and refine)
+            opts = replace(PropagationOptions(), gate="none", intensity_weight=0.0, checkpoint=a.checkpoint)
+            cache_case(d, a.k, a.cache, opts, a.reuse)
     else:
         from .refine_variants import evaluate
 

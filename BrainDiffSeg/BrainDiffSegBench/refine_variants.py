@@ -15,6 +15,10 @@ Variants:
 * `gc-seeded-{tau}`: a hybrid, ITK's FastGrowCut (Slicer's Grow from seeds, as the `growcut` baseline runs it: whole
   tumour on FLAIR, core on T1ce) seeded by the annotated slices *and* the voxels whose (smoothed) class probability
   reaches tau;
+* `raw-gate`: the intensity-only classifier (raw-mlp) with the product's gate;
+* `mix-{w}[-core{m}]`: the hybrid, w x the diffusion classifier's probabilities + (1 - w) x raw-mlp's, argmax, the
+  product's gate (needs a cache written with raw-mlp's probabilities); `-core{m}`: then core labels farther than m
+  voxels from the core side of a 2-marker watershed on T1ce become edema;
 * `growcut`: the baseline itself (cached).
 Each variant's labels go through the product's post-processing (tumour connected in 3D to the annotated tumour).
 Dice per region on the non-annotated slices; paired per-case differences against `none` and `growcut`.
@@ -28,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
@@ -42,7 +47,8 @@ log = logging.getLogger(__name__)
 
 def default_variants() -> list[str]:
     return ["none", "growcut", "s1-0", "s0-2", "s1-2", "s2-4", "s1-2-regions", "prior-1.0", "gate-m0", "gate-m2",
-            "gate-m4", "gate-m8", "gate-m2-s1-2", "ws-core", "ws-core-mlp", "and-ws2", "and-gc", "gc-seeded-0.9"]
+            "gate-m4", "gate-m8", "gate-m2-s1-2", "ws-core", "ws-core-mlp", "and-ws2", "and-gc", "gc-seeded-0.9",
+            "raw-gate", "mix-0.25", "mix-0.5", "mix-0.75", "mix-0.5-core4"]
 
 
 def _seeded_growcut(images: dict, probs: np.ndarray, annotation: np.ndarray, zs: list[int], values: list[int],
@@ -109,6 +115,21 @@ def apply_variant(name: str, entry: dict, case, fg: np.ndarray, annotation: np.n
         labels = entry["labels"]
     elif name == "growcut":
         return entry["growcut"]  # the baseline as the benchmark runs it (no post-processing)
+    elif name == "raw-gate" or name.startswith("mix-"):
+        if "raw_probs" not in entry:
+            raise ValueError(f"variant {name} needs a cache with raw-mlp's probabilities (rerun the cache phase)")
+        if name == "raw-gate":
+            p, base = entry["raw_probs"], entry["raw_labels"]
+        else:
+            w, _, core_margin = name[len("mix-"):].partition("-core")
+            p = float(w) * probs + (1 - float(w)) * entry["raw_probs"]
+            base = np.asarray(values, dtype=np.int16)[p.argmax(-1)]
+        labels = refine_labels(p, annotation, zs, values, fg, PropagationOptions(), case.images, labels=base)
+        if name.startswith("mix-") and core_margin and set(values) == {0, 1, 2, 4}:
+            core = watershed_tumour({"t1ce": case.images["t1ce"]}, np.where(np.isin(annotation, (1, 4)), 1, 0), zs)
+            core = ndimage.distance_transform_edt(~core) <= float(core_margin)
+            labels[np.isin(labels, (1, 4)) & ~core] = 2
+            labels[..., zs] = annotation[..., zs]
     elif name.startswith("gate-m"):  # the product's watershed gate: gate-m{margin}[-s{xy}-{z}]
         parts = name[len("gate-m"):].split("-s")
         xy, z = parts[1].split("-") if len(parts) > 1 else (0, 0)
@@ -176,6 +197,8 @@ def evaluate(cache: Path, cases: list[str] | None, variants: list[str] | None, o
         d = np.load(path)
         entry = {"probs": d["probs"].astype(np.float32), "labels": d["labels"], "growcut": d["growcut"],
                  "annotated": [int(z) for z in d["annotated"]], "values": [int(v) for v in d["values"]]}
+        if "raw_probs" in d:
+            entry.update(raw_probs=d["raw_probs"].astype(np.float32), raw_labels=d["raw_labels"])
         case = load_case(Path(str(d["case_dir"])))
         annotation, zs = simulate_annotation(case.label, int(k))
         assert list(zs) == entry["annotated"], (path, zs)

@@ -4,9 +4,10 @@ and the propagation benchmark's summary table (Markdown) and Dice-vs-k plot (PNG
 HD95 follows `metrics.region_hd95`: in mm, NaN where exactly one of prediction and ground truth is
 empty; NaN values are left out of the means and counted in the table's "HD95 undefined" column.
 
-Records with a backbone (diffusion-mlp) are reported per backbone (a backbone column) and records of several
-classifier seeds are first averaged per case (`stats.seed_means`); the tables then add the paired per-case
-differences between backbones and against raw-mlp with bootstrap 95 % intervals, and the spread over seeds.
+Records with a backbone (hybrid-mlp, diffusion-mlp) are reported per backbone (a backbone column) and records of
+several classifier seeds are first averaged per case (`stats.seed_means`); the tables then add the paired per-case
+differences between backbones, hybrid-mlp against diffusion-mlp, and against raw-mlp with bootstrap 95 % intervals,
+and the spread over seeds.
 """
 from __future__ import annotations
 

@@ -57,11 +57,16 @@ def seed_means(records: list[dict]) -> list[dict]:
 
 
 def default_pairs(variants: list[str]) -> list[tuple[str, str]]:
-    """The comparisons of the report, A - B: every two diffusion-mlp backbones (in their order), then every
-    diffusion-mlp variant minus raw-mlp."""
-    diff = [v for v in variants if v.startswith("diffusion-mlp")]
-    pairs = [(a, b) for i, a in enumerate(diff) for b in diff[i + 1:]]
-    return pairs + ([(a, "raw-mlp") for a in diff] if "raw-mlp" in variants else [])
+    """The comparisons of the report, A - B: every two backbones of hybrid-mlp, then of diffusion-mlp (in their
+    order), each hybrid-mlp variant minus diffusion-mlp with the same backbone, then every variant of the two minus
+    raw-mlp."""
+    def of(method):
+        return [v for v in variants if v.split(" (")[0] == method]
+
+    pairs = [(a, b) for m in ("hybrid-mlp", "diffusion-mlp") for i, a in enumerate(of(m)) for b in of(m)[i + 1:]]
+    pairs += [(h, "diffusion-mlp" + h[len("hybrid-mlp"):]) for h in of("hybrid-mlp")
+              if "diffusion-mlp" + h[len("hybrid-mlp"):] in variants]
+    return pairs + ([(a, "raw-mlp") for a in of("hybrid-mlp") + of("diffusion-mlp")] if "raw-mlp" in variants else [])
 
 
 def paired_differences(records: list[dict], pairs: list[tuple[str, str]] | None = None,

@@ -62,8 +62,9 @@ def add_parser(sub) -> None:
                    "(default: the test split of $BRAINDIFFSEG_DATA)")
     b.add_argument("--split", choices=["test", "tuning", "all"], default="test")
     b.add_argument("--max-cases", type=int, default=0, help="only the first N BraTS and the first N LGG cases (0: all)")
-    b.add_argument("--model", default=None, help="2D inpainting checkpoint (default: the bundled model)")
-    b.add_argument("--model-3d", default=None, help="pseudo-3D inpainting checkpoint, if any")
+    b.add_argument("--model", default=None, help="2D inpainting checkpoint (default: the bundled model; none: skip)")
+    b.add_argument("--model-3d", default=None, help="pseudo-3D inpainting checkpoint, or 'bundled' for "
+                   "Resources/Models/inpaint3d (default: none)")
     b.add_argument("--steps", type=int, nargs="+", default=[25], help="DDIM step counts to compare")
     b.add_argument("--samples", type=int, nargs="+", default=[1], help="numbers of averaged samples to compare")
     b.add_argument("--strengths", type=float, nargs="+", default=None, help="fractions of the trajectory sampled "
@@ -279,16 +280,18 @@ def run_merge(a) -> int:
 
 def run_inpainting(a) -> int:
     from BrainDiffSegBench.inpainting import benchmark_inpainting
-    from BrainDiffSegLib.inpaint import default_inpaint_model
+    from BrainDiffSegLib.inpaint import default_inpaint3d_model, default_inpaint_model
 
     cases = propagation_cases(a.data, a.split)
     if a.max_cases:
         lgg = [c for c in cases if "lgg" in str(c).lower()]
         other = [c for c in cases if c not in lgg]
         cases = other[:a.max_cases] + lgg[:a.max_cases]
-    models = {"DDPM 2D": str(a.model or default_inpaint_model())}
+    models = {}
+    if a.model != "none":
+        models["DDPM 2D"] = str(a.model or default_inpaint_model())
     if a.model_3d:
-        models["DDPM pseudo-3D"] = str(a.model_3d)
+        models["DDPM pseudo-3D"] = str(default_inpaint3d_model() if a.model_3d == "bundled" else a.model_3d)
     from BrainDiffSegBench.inpaint_metrics import BASELINES
     from BrainDiffSegLib.errors import InputError
     baselines = list(BASELINES) if a.baselines is None else a.baselines

@@ -144,6 +144,7 @@ class PixelEnsemble:
         self.mean = torch.zeros(n_features)
         self.std = torch.ones(n_features)
         self.bf16 = use_bf16(self.opt.precision, self.device)
+        self.member_weights: torch.Tensor | None = None  # (M,) summing to 1; None: the plain mean
 
     def _standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.device, torch.float32) - self.mean) / self.std
@@ -263,6 +264,37 @@ class PixelEnsemble:
             raise RuntimeError("the ensemble is not trained")
         return self._folded()
 
+    def merged_with(self, other: "PixelEnsemble", weight: float) -> "PixelEnsemble":
+        """One ensemble that averages this one's probabilities with weight 1 - `weight` and `other`'s, trained on
+        the *last* `other.n_features` of this ensemble's features, with weight `weight` (the hybrid of
+        `PropagationOptions.intensity_weight`: `other` sees only the intensity columns). `other`'s members get first
+        layers over all the features (zero weights on the columns it does not see) with its own standardisation
+        re-expressed in this one's, so the merged ensemble computes exactly both ensembles' outputs and is used like
+        any other (`folded`, `classify`, `predict`)."""
+        if not self.members or not other.members:
+            raise RuntimeError("the ensemble is not trained")
+        if other.n_features > self.n_features or other.n_classes != self.n_classes or not 0 < weight < 1:
+            raise ValueError(f"cannot merge an ensemble of {other.n_features} features / {other.n_classes} classes "
+                             f"into one of {self.n_features} / {self.n_classes} with weight {weight}")
+        off = self.n_features - other.n_features
+        ms, ss = self.mean[off:], self.std[off:]
+        members = []
+        for net in other.members:
+            lin = net[0]
+            padded = nn.Linear(self.n_features, lin.out_features).to(self.device)
+            with torch.no_grad():
+                # W (x - m_o) / s_o + b = (W s_s / s_o) (x - m_s) / s_s + W (m_s - m_o) / s_o + b
+                padded.weight.zero_()
+                padded.weight[:, off:] = lin.weight * (ss / other.std)[None, :]
+                padded.bias.copy_(lin.bias + lin.weight @ ((ms - other.mean) / other.std))
+            members.append(nn.Sequential(padded, *list(net)[1:]).eval())
+        out = PixelEnsemble(self.n_features, self.n_classes, self.opt, self.device)
+        out.mean, out.std, out.bf16 = self.mean, self.std, self.bf16
+        out.members = list(self.members) + members
+        n, m = len(self.members), len(members)
+        out.member_weights = torch.cat([torch.full((n,), (1 - weight) / n), torch.full((m,), weight / m)])
+        return out
+
     def head(self, h: torch.Tensor, folded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """From first-layer pre-activations h (P, M*h) (bias included) of all members: mean probabilities (P, K),
         normalised entropy (P,) and disagreement (P,) (as `predict`). `h` is overwritten (in-place ReLU: a fresh
@@ -297,9 +329,14 @@ class PixelEnsemble:
 
     def _combine(self, member_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Members' probabilities (M, P, K) -> mean (P, K), normalised entropy (P,), disagreement (P,), on the CPU."""
-        p = member_p.mean(0)
+        if self.member_weights is None:
+            p = member_p.mean(0)
+            dis = (member_p.argmax(2) != p.argmax(1)).float().mean(0)
+        else:
+            w = self.member_weights.to(member_p.device)
+            p = torch.einsum("m,mpk->pk", w, member_p)
+            dis = torch.einsum("m,mp->p", w, (member_p.argmax(2) != p.argmax(1)).float())
         ent = -(p * p.clamp_min(1e-8).log()).sum(1) / math.log(self.n_classes)
-        dis = (member_p.argmax(2) != p.argmax(1)).float().mean(0)
         return p.cpu(), ent.cpu(), dis.cpu()
 
     @torch.no_grad()

@@ -36,6 +36,11 @@ def default_inpaint_model() -> Path:
     return resources_dir() / "Models" / "inpaint"
 
 
+def default_inpaint3d_model() -> Path:
+    """The bundled pseudo-3D model (the paper's best variant; slower, `--model` of `braindiffseg inpaint`)."""
+    return resources_dir() / "Models" / "inpaint3d"
+
+
 def check_inputs(t1: np.ndarray, mask: np.ndarray, head: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Refuse masks that cannot be inpainted; returns (float32 image, bool mask), copies of the inputs."""
     t1 = np.asarray(t1)

@@ -84,6 +84,9 @@ class PropagationOptions:
     precision: str = _opt("fp32", "precision of the backbone's forward pass", choices=("fp32", "bf16", "fp16"))
     batch_size: int = _opt(16, "slices per forward pass", low=1)
     postprocess: bool = _opt(True, "keep only tumour connected in 3D to the annotated tumour")
+    # docs/results section 11: the hybrid, a second ensemble on the intensity features alone, averaged in
+    intensity_weight: float = _opt(0.5, "diffusion method: weight in the class probabilities of a second ensemble "
+                                   "trained on the intensity features alone (0: none; 0.5: an even mix)")
     # docs/results/refine: 3D refinement of the class probabilities (BrainDiffSegLib.refine)
     smooth_xy: float = _opt(0.0, "Gaussian smoothing of the class probabilities in plane (voxels; 0: none)")
     smooth_z: float = _opt(0.0, "Gaussian smoothing of the class probabilities across slices (voxels; 0: none)")

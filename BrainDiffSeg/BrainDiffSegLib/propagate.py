@@ -75,6 +75,19 @@ def keep_connected_to_annotation(labels: np.ndarray, annotation: np.ndarray) -> 
     return np.where(keep, labels, 0).astype(labels.dtype)
 
 
+def with_intensity_ensemble(ens: PixelEnsemble, x: torch.Tensor, y: torch.Tensor, extractor: FeatureExtractor,
+                            opt: PropagationOptions, n_classes: int, device, cancelled=None) -> PixelEnsemble:
+    """The hybrid (`opt.intensity_weight` > 0, diffusion method): a second ensemble trained on the intensity
+    columns of x alone (the last ones), merged into `ens` with that weight (`PixelEnsemble.merged_with`)."""
+    w = opt.intensity_weight
+    n_int = extractor.n_channels - extractor.n_diffusion_channels
+    if w == 0 or opt.method != "diffusion" or n_int == 0 or extractor.n_diffusion_channels == 0:
+        return ens
+    raw = PixelEnsemble(n_int, n_classes, opt.classifier, device)
+    raw.fit(x[:, -n_int:], y, cancelled=cancelled)
+    return ens.merged_with(raw, w)
+
+
 @dataclass
 class NormalizedVolume:
     """The images of one case ready for feature extraction: (R, X, Y, Z) stack in role order, presence (R,), head
@@ -158,6 +171,8 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     fg = volume.foreground
     zs_ann, values = check_annotation(annotation, shape, fg)
     refine = check_refine(opt)  # bad settings fail before any work
+    if not 0 <= opt.intensity_weight < 1:
+        raise InputError(f"intensity_weight must be in [0, 1), got {opt.intensity_weight}")
     device = pick_device(opt.device)
     report("preparing", 0.0)
     if extractor is not None:
@@ -185,6 +200,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     report("training classifier", 0.1)
     ens = PixelEnsemble(x.shape[1], len(values), opt.classifier, device)
     ens.fit(x, y, progress=lambda f: report("training classifier", 0.1 + 0.2 * f), cancelled=cancelled)
+    ens = with_intensity_ensemble(ens, x, y, extractor, opt, len(values), device, cancelled)
     del x
     timings["train_classifier"] = time.perf_counter() - t
 

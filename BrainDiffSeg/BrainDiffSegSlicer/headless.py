@@ -50,10 +50,10 @@ class HeadlessScene:
 
 def benchmarkPropagator(logic: BrainDiffSegLogic):
     """A `BrainDiffSegBench` propagator (`propagator(case, annotation, method, options) -> labels`): runs
-    'diffusion-mlp' / 'raw-mlp' through `logic.propagate` on MRML nodes of `logic.scene`, as a user would: the
-    case's volumes loaded by `loadCase`, the simulated annotation painted into a segmentation (BraTS segment names
-    for BraTS labels, else 'Tumour N'), the result read back from the new segmentation node. The nodes are removed
-    again after each call."""
+    'hybrid-mlp' / 'diffusion-mlp' / 'raw-mlp' (with the options `BrainDiffSegBench.propagation.method_options` gives
+    them) through `logic.propagate` on MRML nodes of `logic.scene`, as a user would: the case's volumes loaded by
+    `loadCase`, the simulated annotation painted into a segmentation (BraTS segment names for BraTS labels, else
+    'Tumour N'), the result read back from the new segmentation node. The nodes are removed again after each call."""
 
     def propagator(case, annotation, method, options):
         scene = logic.scene
@@ -72,7 +72,7 @@ def benchmarkPropagator(logic: BrainDiffSegLogic):
                 sid = segmentation.GetSegmentation().AddEmptySegment("", name, color)
                 logic.setSegmentFromArray(segmentation, sid, logic.fromEngineArray(annotation == value, axis),
                                           reference)
-            engine_method = {"diffusion-mlp": "diffusion", "raw-mlp": "raw"}[method]
+            engine_method = {"hybrid-mlp": "diffusion", "diffusion-mlp": "diffusion", "raw-mlp": "raw"}[method]
             out = logic.propagate(nodes, segmentation, replace(options, method=engine_method))
             labels, _, _ = logic.labelArrayFromSegmentation(out, reference)
             labels = logic.toEngineArray(labels, axis)

@@ -253,3 +253,34 @@ def test_classify_in_bf16_stays_close_to_fp32():
     assert (p1.argmax(1) == p2.argmax(1)).float().mean() > 0.99
     with pytest.raises(RuntimeError, match="not trained"):
         PixelEnsemble(9, 3).folded()
+
+
+def test_merged_ensemble_is_the_weighted_mix_of_both():
+    """`merged_with` (the hybrid of `PropagationOptions.intensity_weight`): an ensemble on the last 3 features merged
+    into one on all of them gives exactly (1 - w) p_all + w p_last, through `predict` and the folded `classify`;
+    entropy from the mixed probabilities; bad merges fail clearly."""
+    ens, x = _fitted("fp32")
+    g = torch.Generator().manual_seed(5)
+    y = (x[:, -3:].sum(1) + 0.3 * torch.randn(len(x), generator=g) > x[:, -3:].sum(1).median()).long()
+    y[x[:, 0] > x[:, 0].quantile(0.9)] = 2
+    full = PixelEnsemble(x.shape[1], 3, ClassifierOptions(n_models=2, max_epochs=3, precision="fp32"))
+    full.fit(x.half(), y)
+    last = PixelEnsemble(3, 3, ClassifierOptions(n_models=3, max_epochs=3, precision="fp32", seed=1))
+    last.fit(x[:, -3:].half(), y)
+    merged = full.merged_with(last, 0.3)
+    assert len(merged.members) == 5 and torch.isclose(merged.member_weights.sum(), torch.tensor(1.0))
+    pa, _, _ = full.predict(x)
+    pb, _, _ = last.predict(x[:, -3:])
+    pm, em, dm = merged.predict(x)
+    assert torch.allclose(pm, 0.7 * pa + 0.3 * pb, atol=1e-6)
+    assert not torch.allclose(pm, pa, atol=1e-3)  # the second ensemble counts
+    with torch.no_grad():
+        pf, ef, df = merged.classify(x, merged.folded(), chunk=500)
+    assert torch.allclose(pf, pm, atol=1e-5) and torch.allclose(ef, em, atol=1e-5) and torch.equal(df, dm)
+    assert torch.allclose(em, -(pm * pm.clamp_min(1e-8).log()).sum(1) / np.log(3), atol=1e-5)
+    with pytest.raises(ValueError, match="cannot merge"):
+        last.merged_with(full, 0.5)  # more features than the ensemble it joins
+    with pytest.raises(ValueError, match="cannot merge"):
+        full.merged_with(last, 1.0)
+    with pytest.raises(RuntimeError, match="not trained"):
+        full.merged_with(PixelEnsemble(3, 3), 0.5)

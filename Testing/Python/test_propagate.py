@@ -95,6 +95,26 @@ def test_diffusion_propagation(diffusion_result, synth):
     assert region_dice(diffusion_result.labels, label, zs)["WT"] > 0.75
 
 
+def test_hybrid_with_an_intensity_ensemble(synth, tiny_checkpoint):
+    """`intensity_weight` (the hybrid): a second ensemble on the intensity columns alone, mixed into the diffusion
+    ensemble's probabilities; it finds the tumour, its probabilities differ from the diffusion ensemble's alone, it
+    changes nothing for the raw method, and a weight outside [0, 1) fails before any work."""
+    images, label, _, ann, zs = synth
+    opt = PropagationOptions(method="diffusion", checkpoint=str(tiny_checkpoint), device="cpu",
+                             classifier=ClassifierOptions(n_models=2, hidden=(32, 16), batch_size=128),
+                             features=FeatureSpec(blocks=(1, 2), timesteps=(50,)), batch_size=8)
+    assert opt.intensity_weight == 0.5  # the product's default (docs/results section 11)
+    plain = propagate(images, ann, replace(opt, intensity_weight=0.0), keep_probabilities=True)
+    mixed = propagate(images, ann, opt, keep_probabilities=True)
+    assert region_dice(mixed.labels, label, zs)["WT"] > 0.75
+    assert np.abs(mixed.probabilities - plain.probabilities).max() > 0.05
+    raw = propagate(images, ann, _raw_options(), keep_probabilities=True)
+    raw_mixed = propagate(images, ann, _raw_options(intensity_weight=0.5), keep_probabilities=True)
+    assert np.array_equal(raw.probabilities, raw_mixed.probabilities)
+    with pytest.raises(InputError, match="intensity_weight"):
+        propagate(images, ann, replace(opt, intensity_weight=1.0))
+
+
 def test_least_certain_slices(raw_result, synth):
     res, _ = raw_result
     zs = synth[4]

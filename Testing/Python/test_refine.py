@@ -139,8 +139,8 @@ def test_watershed_gate_removes_false_positives_outside_the_grown_tumour(synth):
 
 
 def test_refinement_experiment_end_to_end(tmp_path):
-    """`refine_experiment` on a synthetic case folder: the cache phase (raw features, fast classifier, growcut) and
-    every default variant of the evaluate phase, with its report."""
+    """`refine_experiment` on a synthetic case folder: the cache phase (raw features, fast classifier, raw-mlp,
+    growcut; reused from another cache) and every default variant of the evaluate phase, with its report."""
     pytest.importorskip("itk")
     from BrainDiffSegBench.refine_experiment import cache_case
     from BrainDiffSegBench.refine_variants import default_variants, evaluate
@@ -162,3 +162,12 @@ def test_refinement_experiment_end_to_end(tmp_path):
     assert by["gate-m2"]["WT"] > 0.5 and by["none"]["WT"] > 0.5
     text = (tmp_path / "out" / "README.md").read_text()
     assert all(f"| {v} |" in text for v in default_variants())
+    # the hybrid variants read the cached raw-mlp probabilities
+    assert by["raw-gate"]["WT"] > 0.5 and by["mix-0.5"]["WT"] > 0.5
+    # a cache of another backbone reuses raw-mlp's and growcut's results instead of computing them again
+    again = tmp_path / "cache2"
+    again.mkdir()
+    cache_case(folder, [1], again, opt, reuse=cache)
+    second = np.load(again / "Synth_001_k1.npz")
+    for key in ("raw_probs", "raw_labels", "growcut", "seconds_growcut"):
+        np.testing.assert_array_equal(second[key], cached[key])
