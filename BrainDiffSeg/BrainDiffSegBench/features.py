@@ -188,19 +188,21 @@ def spec_name(spec: FeatureSpec) -> str:
 
 
 def default_candidates() -> list[FeatureSpec]:
+    """The grid of the feature experiment. Smoothing is explicit: `FeatureSpec`'s default is the smoothed
+    intensities, so `F(blocks=...)` alone would repeat the smoothed candidates."""
     F = FeatureSpec
-    sm = (1.0, 2.0, 4.0)
+    sm, plain = (1.0, 2.0, 4.0), ()
     return [
         F(blocks=(), timesteps=(), smoothing=sm),
-        F(blocks=(1,), timesteps=(100,)),
-        F(blocks=(2,), timesteps=(100,)),
-        F(blocks=(1, 2), timesteps=(100,)),
-        F(blocks=(0, 1, 2), timesteps=(100,)),
-        F(blocks=(1, 2), timesteps=(25,)),
-        F(blocks=(1, 2), timesteps=(250,)),
-        F(blocks=(1, 2), timesteps=(25, 250)),
-        F(blocks=(1,), timesteps=(25, 250)),
-        F(blocks=(1, 2), timesteps=(100,), intensities=False),
+        F(blocks=(1,), timesteps=(100,), smoothing=plain),
+        F(blocks=(2,), timesteps=(100,), smoothing=plain),
+        F(blocks=(1, 2), timesteps=(100,), smoothing=plain),
+        F(blocks=(0, 1, 2), timesteps=(100,), smoothing=plain),
+        F(blocks=(1, 2), timesteps=(25,), smoothing=plain),
+        F(blocks=(1, 2), timesteps=(250,), smoothing=plain),
+        F(blocks=(1, 2), timesteps=(25, 250), smoothing=plain),
+        F(blocks=(1,), timesteps=(25, 250), smoothing=plain),
+        F(blocks=(1, 2), timesteps=(100,), intensities=False, smoothing=plain),
         F(blocks=(1, 2), timesteps=(100,), smoothing=sm),
         F(blocks=(1,), timesteps=(100,), smoothing=sm),
     ]

@@ -242,3 +242,15 @@ def test_diffusion_maps_are_upsampled_block_outputs(unet, cfg, case):
     assert ref.shape[-2:] == (16, 16)
     ref = F.interpolate(ref, size=(32, 32), mode="bilinear", align_corners=False)
     torch.testing.assert_close(ex.maps(zs), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_feature_experiment_candidates_are_distinct():
+    """The feature experiment's grid holds no candidate twice (each is a separate classifier run on every case) and
+    names each one differently in its table."""
+    import json
+
+    from BrainDiffSegBench.features import default_candidates, spec_name
+
+    cands = default_candidates()
+    assert len({json.dumps(c.as_dict()) for c in cands}) == len(cands) == 12
+    assert len({spec_name(c) for c in cands}) == len(cands)
