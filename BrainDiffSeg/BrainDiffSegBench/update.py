@@ -3,7 +3,14 @@ protocol slice), propagates, then paints one more slice (those of the k = 3 prot
 again, with one per-volume feature cache (`BrainDiffSegLib.cache.VolumeCache`) kept across the runs. Reported per
 run: wall time, the engine's stage times, Dice on the non-annotated slices and the cache's memory; then, for the last
 annotation, a run without a cache (today's first run) and a run through a fresh cache (which the update must equal
-exactly)."""
+exactly).
+
+With `service` (`--service local` or an engine service's URL), the same first run and updates also go through an
+engine service (`BrainDiffSegService`: the Slicer panel's path, the images sent once, in their file's type) and,
+for comparison, through the engine in this process by the same request path (`InProcessEngine`, what the Logic runs
+in scripts): per call, the wall time from the request to the response on both paths, the engine's own time on the
+service, and the overhead per call (service minus in process); the service's labels must equal the in-process ones
+(same options, same torch threads)."""
 from __future__ import annotations
 
 import json
@@ -41,7 +48,7 @@ def _run(case, zs, options, cache) -> tuple[dict, object]:
             "dice": {k: round(v, 4) for k, v in region_dice(res.labels, case.label, res.annotated_slices).items()}}, res
 
 
-def benchmark_update(case_dir: str | Path, out: Path, options: PropagationOptions) -> dict:
+def benchmark_update(case_dir: str | Path, out: Path, options: PropagationOptions, service: str | None = None) -> dict:
     case = load_case(case_dir)
     if case.label is None:
         raise ValueError(f"{case_dir}: the benchmark needs the ground truth (*_seg.nii.gz)")
@@ -62,10 +69,82 @@ def benchmark_update(case_dir: str | Path, out: Path, options: PropagationOption
               "runs": runs, "without_cache": plain, "fresh_cache": fresh_row,
               "update_equals_fresh_cache": bool(np.array_equal(last.labels, fresh.labels)),
               "peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2)}
+    if service:
+        result["service"] = benchmark_service_path(case, order, options, service)
     out.mkdir(parents=True, exist_ok=True)
     (out / "update.json").write_text(json.dumps(result, indent=2))
     write_update_table(result, out / "update.md")
     return result
+
+
+def _native(images: dict) -> dict:
+    """The images in the type a Slicer volume loaded from the file has (int16 for BraTS): what the panel sends."""
+    out = {}
+    for role, a in images.items():
+        ints = np.round(a)
+        fits = np.array_equal(ints, a) and a.min() >= np.iinfo(np.int16).min and a.max() <= np.iinfo(np.int16).max
+        out[role] = np.ascontiguousarray(ints.astype(np.int16) if fits else a)
+    return out
+
+
+def benchmark_service_path(case, order: list[int], options: PropagationOptions, service: str) -> dict:
+    """The first run and the updates through an engine service and in this process (see the module docstring).
+    service: 'local' (a private local service with this process's torch threads, started here and stopped after)
+    or the URL of a running one (token: $BRAINDIFFSEG_TOKEN)."""
+    import os
+
+    import torch
+
+    from BrainDiffSegLib.options import to_strings
+    from BrainDiffSegLib.transfer import EngineRequest
+    from BrainDiffSegService.engines import InProcessEngine, ServiceEngine
+
+    images = _native(case.images)
+    if service == "local":
+        engine = ServiceEngine.local(threads=torch.get_num_threads())
+    else:
+        engine = ServiceEngine.remote(service, os.environ.get("BRAINDIFFSEG_TOKEN", ""))
+    local = InProcessEngine()
+    t = time.perf_counter()
+    health = engine.health(timeout=300)
+    start_seconds = time.perf_counter() - t
+    # both engines warm (the first diffusion pass of a process pays for its kernels; this process ran it already)
+    t = time.perf_counter()
+    warm = EngineRequest("propagate", {"options": to_strings(options)},
+                         {"annotation": np.ascontiguousarray(_annotation(case.label, order[:1])[::4, ::4])},
+                         volume={r: a[::4, ::4] for r, a in images.items()})
+    engine.run(warm)
+    warmup_seconds = time.perf_counter() - t
+    rows, same = [], True
+    try:
+        for i in range(len(order)):
+            zs = sorted(order[:i + 1])
+            annotation = np.ascontiguousarray(_annotation(case.label, zs))
+            row = {"run": "first" if i == 0 else "update", "annotated": zs}
+            labels = {}
+            for name, eng in (("service", engine), ("in_process", local)):
+                request = EngineRequest("propagate", {"options": to_strings(options),  # what the Logic asks for
+                                                      "return": ["labels", "entropy"]},
+                                        {"annotation": annotation}, volume=images)
+                t = time.perf_counter()
+                response = eng.run(request)
+                row[f"{name}_seconds"] = round(time.perf_counter() - t, 3)
+                row[f"{name}_engine_seconds"] = round(response.meta["timings"]["total"], 3)
+                labels[name] = response.arrays["labels"]
+            row["overhead_seconds"] = round(row["service_seconds"] - row["in_process_seconds"], 3)
+            row["service_minus_its_engine_seconds"] = round(row["service_seconds"] - row["service_engine_seconds"], 3)
+            row["dice"] = {k: round(v, 4) for k, v in region_dice(labels["service"], case.label, zs).items()}
+            same = same and bool(np.array_equal(labels["service"], labels["in_process"]))
+            rows.append(row)
+            log.info("service path, %s with %d slices: %.1f s (in process %.1f s)", row["run"], len(zs),
+                     row["service_seconds"], row["in_process_seconds"])
+    finally:
+        engine.close()
+    return {"service": "a private local service (started here)" if service == "local" else service,
+            "service_device": health.get("device"), "service_threads": health.get("threads"),
+            "service_start_seconds": round(start_seconds, 2), "service_warmup_seconds": round(warmup_seconds, 2),
+            "volume_mb_sent": round(
+                sum(a.nbytes for a in images.values()) / 2**20, 1), "runs": rows, "labels_equal_in_process": same}
 
 
 def write_update_table(result: dict, path: Path) -> None:
@@ -83,4 +162,23 @@ def write_update_table(result: dict, path: Path) -> None:
                      f"{d.get('ET', float('nan')):.3f} | {r.get('cache_gb', '')} |")
     lines += ["", f"Last update equals a from-scratch run through a fresh cache: "
               f"{'yes' if result['update_equals_fresh_cache'] else 'NO'}. Peak memory {result['peak_memory_gb']} GB."]
+    service = result.get("service")
+    if service:
+        lines += ["", f"## Through the engine service ({service['service']}; {service['service_device']}, "
+                  f"{service['service_threads']} torch thread(s); started in {service['service_start_seconds']} s, "
+                  f"warmed up by one small job in {service.get('service_warmup_seconds', '?')} s)", "",
+                  f"The images travel once ({service['volume_mb_sent']} MB in their file's type, compressed); an update "
+                  "sends the annotation and receives labels and entropy (what the Slicer Logic asks for). Seconds "
+                  "from the request to the response, the engine's own time in the service, the same request "
+                  "through the engine in this process, and the difference:", "",
+                  "| run | annotated slices | service | its engine | in process | overhead per call | WT | TC | ET |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in service["runs"]:
+            d = r["dice"]
+            lines.append(f"| {r['run']} | {','.join(map(str, r['annotated']))} | {r['service_seconds']:.2f} | "
+                         f"{r['service_engine_seconds']:.2f} | {r['in_process_seconds']:.2f} | "
+                         f"{r['overhead_seconds']:+.2f} | {d.get('WT', float('nan')):.3f} | "
+                         f"{d.get('TC', float('nan')):.3f} | {d.get('ET', float('nan')):.3f} |")
+        lines += ["", "Labels through the service equal those in process: "
+                  f"{'yes' if service['labels_equal_in_process'] else 'NO'}."]
     path.write_text("\n".join(lines) + "\n")

@@ -1,10 +1,10 @@
 """The `braindiffseg` command: propagate, demo, train-ddpm, pack-slices, inpaint, train-inpaint, pack-crops,
-benchmark, web.
+benchmark, web, serve.
 
 The one package that wires the engine (`BrainDiffSegLib`), the benchmarks (`BrainDiffSegBench`) and the browser
 annotator (`BrainDiffSegWeb`, imported only by `braindiffseg web`). Each command lives in its own module
 (`propagate`: propagate and demo, `train`: train-ddpm and pack-slices, `inpaint`: inpaint, train-inpaint and pack-crops,
-`benchmark`, `web`), which adds its parser and runs it. The
+`benchmark`, `web`, `serve`: the engine service of `BrainDiffSegService`), which adds its parser and runs it. The
 propagation flags (`--preset`, `--method`, `--blocks`, `--ensemble`, ...) are generated from the options dataclasses
 by `BrainDiffSegLib.options.add_arguments`; given flags override the chosen preset.
 
@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import benchmark, inpaint, propagate, train, web
+    from . import benchmark, inpaint, propagate, serve, train, web
 
     ap = _Parser(prog="braindiffseg", description=__doc__.split("\n\n")[0])
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_parsers(sub)
     benchmark.add_parser(sub)
     web.add_parser(sub)
+    serve.add_parser(sub)
     return ap
 
 
@@ -47,11 +48,17 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
     benchmark script injects one that runs the classifier methods through the module's Logic)."""
     from BrainDiffSegLib.errors import BrainDiffSegError
 
-    from . import benchmark, inpaint, propagate, train, web
+    from . import benchmark, inpaint, propagate, serve, train, web
 
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if a.command in ("propagate", "demo", "benchmark"):
+        # this process is the engine's own (the engine itself never changes process-global settings): reproducible
+        # kernels where torch has them (CPU results do not depend on it; GPU ones may)
+        from BrainDiffSegLib.device import use_deterministic_algorithms
+
+        use_deterministic_algorithms()
     try:
         if a.command in ("train-ddpm", "pack-slices"):
             return train.run(a)
@@ -61,6 +68,8 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
             return benchmark.run(a, propagator)
         if a.command == "web":
             return web.run(a)
+        if a.command == "serve":
+            return serve.run(a)
         return propagate.run(a)
     except BrainDiffSegError as exc:
         log.error("%s", exc)

@@ -50,6 +50,9 @@ def add_parser(sub) -> None:
     b.add_argument("--case", default=None, help="case folder with ground truth (default: "
                    "$BRAINDIFFSEG_DATA/brats2021/BraTS2021_00006)")
     b.add_argument("--out", required=True)
+    b.add_argument("--service", metavar="local|URL", help="also through an engine service: 'local' (a private one "
+                   "started here, with this process's torch threads) or a running one's URL (token: "
+                   "$BRAINDIFFSEG_TOKEN), against the same requests in process; overhead per call")
     add_arguments(b)
 
     b = bsub.add_parser("suggest", help="'paint this slice next': simulated users adding the suggested slice each "
@@ -236,7 +239,7 @@ def run_update(a) -> int:
     case = a.case or str(data_root() / "brats2021" / "BraTS2021_00006")
     if not Path(case).is_dir():
         raise InputError(f"case folder not found: {case}")
-    benchmark_update(case, Path(a.out), options_from_arguments(a))
+    benchmark_update(case, Path(a.out), options_from_arguments(a), service=a.service)
     print((Path(a.out) / "update.md").read_text())
     return 0
 

@@ -14,6 +14,12 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--brush", type=float, default=3.0, help="brush diameter in mm (one axial slice thick)")
     p.add_argument("--fast", action="store_true", help="the same as --preset quick (a quick preview; also for tests)")
+    p.add_argument("--server", metavar="URL", help="run the engine on this engine service (`braindiffseg serve`, e.g. a "
+                   "GPU machine: https://HOST:PORT) instead of in this process")
+    p.add_argument("--server-token", help="the service's token (default: $BRAINDIFFSEG_TOKEN)")
+    p.add_argument("--server-ca", metavar="PEM", help="the service's certificate, to trust a self-signed one")
+    p.add_argument("--local-service", action="store_true",
+                   help="run the engine in a private engine service process on this computer")
     add_arguments(p)
 
 

@@ -16,7 +16,6 @@ two differ by the float16 rounding of the features.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -28,18 +27,10 @@ from .model import load_backbone
 from .options import PropagationOptions
 from .propagate import NormalizedVolume, feature_spec_of, make_extractor, normalize_volume
 from .resources import default_checkpoint
+from .transfer import images_digest
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 2 * 1024 ** 3
-
-
-def images_digest(images: dict[str, np.ndarray]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for role in sorted(images):
-        a = np.ascontiguousarray(images[role])
-        h.update(f"{role}:{a.dtype.str}:{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
 
 
 def backbone_key(checkpoint: str | Path) -> tuple:
@@ -139,9 +130,10 @@ class VolumeCache:
         self.nbytes += nbytes
         return True
 
-    def volume(self, images: dict[str, np.ndarray]) -> NormalizedVolume:
-        """The normalised images; a new volume (other arrays) clears the whole cache."""
-        digest = images_digest(images)
+    def volume(self, images: dict[str, np.ndarray], digest: str | None = None) -> NormalizedVolume:
+        """The normalised images; a new volume (other arrays) clears the whole cache. `digest`: the images'
+        `transfer.images_digest` when the caller knows it (hashing a BraTS volume takes a few tenths of a second)."""
+        digest = digest or images_digest(images)
         if digest != self._digest:
             if self._digest is not None:
                 log.info("feature cache: new images, cleared")

@@ -16,12 +16,27 @@ from .options import ClassifierOptions
 log = logging.getLogger(__name__)
 
 
-def make_mlp(n_in: int, n_classes: int, hidden: tuple[int, ...]) -> nn.Sequential:
+def _linear(n_in: int, n_out: int, generator: torch.Generator | None) -> nn.Linear:
+    """nn.Linear with its default initialisation (`reset_parameters`: Kaiming-uniform weights, uniform bias) drawn
+    from `generator`, in the same order, so the same seed gives the same weights as `torch.manual_seed(seed)` before
+    `nn.Linear(...)` did, without touching torch's global generator (None: the global one, as nn.Linear)."""
+    if generator is None:
+        return nn.Linear(n_in, n_out)
+    layer = nn.utils.skip_init(nn.Linear, n_in, n_out)
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+        bound = 1 / math.sqrt(n_in) if n_in > 0 else 0
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
+def make_mlp(n_in: int, n_classes: int, hidden: tuple[int, ...], generator: torch.Generator | None = None
+             ) -> nn.Sequential:
     layers: list[nn.Module] = []
     for h in hidden:
-        layers += [nn.Linear(n_in, h), nn.ReLU(), nn.BatchNorm1d(h)]
+        layers += [_linear(n_in, h, generator), nn.ReLU(), nn.BatchNorm1d(h)]
         n_in = h
-    layers.append(nn.Linear(n_in, n_classes))
+    layers.append(_linear(n_in, n_classes, generator))
     return nn.Sequential(*layers)
 
 
@@ -173,12 +188,12 @@ class PixelEnsemble:
         gens, nets, trs, vals = [], [], [], []
         for m in range(n_models):
             gen = torch.Generator().manual_seed(self.opt.seed * 1000 + m)
-            torch.manual_seed(self.opt.seed * 1000 + m)
             idx = _stratified_subset(y, self.opt.max_pixels, gen)
             n_val = max(1, int(len(idx) * self.opt.val_fraction))
             vals.append(idx[:n_val])
             trs.append(idx[n_val:])
-            nets.append(make_mlp(self.n_features, self.n_classes, self.opt.hidden))
+            init = torch.Generator().manual_seed(self.opt.seed * 1000 + m)  # the member's initial weights
+            nets.append(make_mlp(self.n_features, self.n_classes, self.opt.hidden, init))
             gens.append(gen)
         xs = self._standardise(x)  # (P, C), gathered per member and step
         y = y.to(self.device)

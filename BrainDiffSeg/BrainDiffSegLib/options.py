@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -21,11 +22,14 @@ from .errors import InputError
 
 
 def _opt(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-         choices: tuple | None = None, cli: bool = True, low: float = 0, empty: bool = False,
+         choices: tuple | None = None, cli: bool = True, low: float = 0, high: float | None = None,
+         empty: bool = False, labels: dict | None = None, pattern: str | None = None,
          factory: Any = dataclasses.MISSING):
-    """A dataclass field with its command-line / parameter-node description (`low`: smallest number allowed;
-    `empty`: a tuple that may be empty, written '')."""
-    meta = {"help": help, "flag": flag, "choices": choices, "cli": cli, "low": low, "empty": empty}
+    """A dataclass field with its command-line / parameter-node / panel description (`low`, `high`: smallest and
+    largest number allowed; `empty`: a tuple that may be empty, written ''; `labels`: how a front end names each
+    choice; `pattern`: other values accepted besides the choices, a regular expression)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "cli": cli, "low": low, "high": high, "empty": empty,
+            "labels": labels or {}, "pattern": pattern}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -53,7 +57,7 @@ class FeatureSpec:
 class ClassifierOptions:
     """The MLP ensemble and its training."""
 
-    n_models: int = _opt(5, "number of MLPs in the ensemble", flag="ensemble", low=1)
+    n_models: int = _opt(5, "number of MLPs in the ensemble", flag="ensemble", low=1, high=50)
     hidden: tuple[int, ...] = _opt((128, 32), "hidden layer widths of each MLP, e.g. '128,32'", low=1)
     max_epochs: int = _opt(12, "training epochs at most (early stopping on a validation split)", low=1)
     patience: int = _opt(2, "epochs without improvement before stopping")
@@ -76,13 +80,15 @@ class PropagationOptions:
     """One propagation: features, classifier, device and post-processing."""
 
     method: str = _opt("diffusion", "diffusion: backbone features + intensities; raw: intensities + filters only",
-                       choices=("diffusion", "raw"))
+                       choices=("diffusion", "raw"),
+                       labels={"diffusion": "diffusion model", "raw": "intensities only"})
     checkpoint: str | None = _opt(None, "backbone folder (default: the bundled model or $BRAINDIFFSEG_MODEL)")
     features: FeatureSpec = _opt(help="features", factory=FeatureSpec)
     classifier: ClassifierOptions = _opt(help="classifier", factory=ClassifierOptions)
-    device: str = _opt("auto", "auto, cpu or cuda")
+    device: str = _opt("auto", "auto (the GPU when torch sees one), cuda (or cuda:N) or cpu", choices=("auto", "cuda", "cpu"),
+                       labels={"auto": "auto", "cuda": "GPU", "cpu": "CPU"}, pattern=r"cuda:\d+")
     precision: str = _opt("fp32", "precision of the backbone's forward pass", choices=("fp32", "bf16", "fp16"))
-    batch_size: int = _opt(16, "slices per forward pass", low=1)
+    batch_size: int = _opt(16, "slices per forward pass", low=1, high=1024)
     postprocess: bool = _opt(True, "keep only tumour connected in 3D to the annotated tumour")
     # docs/results section 11: the hybrid, a second ensemble on the intensity features alone, averaged in
     intensity_weight: float = _opt(0.5, "diffusion method: weight in the class probabilities of a second ensemble "
@@ -100,7 +106,7 @@ class PropagationOptions:
                                 "reaches this (or whose ensemble members disagree); 0 classifies every head pixel "
                                 "natively (exact, slower)")
     roi_margin: int = _opt(1, "coarse cells added around those cells (a cell is 2 model-grid pixels)")
-    seed: int = _opt(0, "seed of everything random (the classifier's seed too)")
+    seed: int = _opt(0, "seed of everything random (the classifier's seed too)", high=2**31 - 1)
 
 
 # ---------------------------------------------------------------------------------------------------- presets
@@ -137,6 +143,12 @@ class OptionField:
     cli: bool
     low: float = 0
     empty: bool = False  # a tuple that may be empty ('')
+    high: float | None = None
+    labels: dict = dataclasses.field(default_factory=dict)  # choice -> how a front end names it
+    pattern: str | None = None  # values accepted besides the choices
+
+    def label(self, value) -> str:
+        return self.labels.get(value, str(value))
 
 
 def _leaf_fields(cls=PropagationOptions, prefix: tuple[str, ...] = ()) -> Iterator[OptionField]:
@@ -150,7 +162,8 @@ def _leaf_fields(cls=PropagationOptions, prefix: tuple[str, ...] = ()) -> Iterat
         meta = f.metadata
         yield OptionField(prefix + (f.name,), meta.get("flag") or f.name.replace("_", "-"), kind,
                           getattr(defaults, f.name), meta.get("help", ""), meta.get("choices"), meta.get("cli", True),
-                          meta.get("low", 0), meta.get("empty", False))
+                          meta.get("low", 0), meta.get("empty", False), meta.get("high"), dict(meta.get("labels", {})),
+                          meta.get("pattern"))
 
 
 def fields() -> list[OptionField]:
@@ -220,11 +233,19 @@ def parse_value(f: OptionField, text: str):
     except (TypeError, ValueError):
         raise InputError(f"{f.key}: '{text}' is not a valid value (e.g. '{example}'): {f.help}.") from None
     if f.choices and value not in f.choices:
-        raise InputError(f"{f.key}: '{text}' is unknown; use one of {', '.join(map(str, f.choices))}.")
+        by_label = {str(label).lower(): choice for choice, label in f.labels.items()}
+        lowered = str(value).lower()
+        if lowered in f.choices or lowered in by_label:
+            value = lowered if lowered in f.choices else by_label[lowered]
+        elif not (f.pattern and re.fullmatch(f.pattern, str(value))):
+            raise InputError(f"{f.key}: '{text}' is unknown; use one of {', '.join(map(str, f.choices))}.")
     if isinstance(value, tuple) and any(v < f.low for v in value):
         raise InputError(f"{f.key}: '{text}': every value must be at least {f.low:g}.")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < f.low:
-        raise InputError(f"{f.key}: '{text}' must be at least {f.low:g}.")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < f.low:
+            raise InputError(f"{f.key}: '{text}' must be at least {f.low:g}.")
+        if f.high is not None and value > f.high:
+            raise InputError(f"{f.key}: '{text}' must be at most {f.high:g}.")
     return value
 
 
@@ -278,12 +299,19 @@ def _parse_flag(f: OptionField, text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def one_seed(options: PropagationOptions) -> PropagationOptions:
+    """The options with the classifier seeded by `seed`: what every front end runs (the command line, the Slicer
+    panel, the browser annotator), so one seed means one result everywhere. (The benchmarks vary the classifier's
+    seed alone.)"""
+    return _with(options, ("classifier", "seed"), options.seed)
+
+
 def options_from_arguments(namespace: argparse.Namespace) -> PropagationOptions:
     """The options a parsed command line asks for: its --preset with the given flags applied. --seed also seeds the
-    classifier (one seed for the whole run)."""
+    classifier (`one_seed`)."""
     options = preset(getattr(namespace, "preset", "default"))
     given = vars(namespace)
     for f in fields():
         if f.cli and f.key in given:
             options = _with(options, f.path, given[f.key])
-    return _with(options, ("classifier", "seed"), options.seed)
+    return one_seed(options)

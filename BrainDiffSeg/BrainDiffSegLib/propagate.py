@@ -17,7 +17,7 @@ import torch
 from scipy import ndimage
 
 from .classifier import PixelEnsemble
-from .device import pick_device, seed_everything
+from .device import pick_device
 from .errors import CancelledError, InputError
 from .features import FeatureExtractor
 from .constants import ROLES
@@ -27,26 +27,10 @@ from .predict import predict_slices
 from .preprocess import ModelGrid, normalize_case, stack_roles
 from .refine import check_refine, needs_probabilities, refine_labels
 from .resources import default_checkpoint
+from .results import PropagationResult
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
-
-
-@dataclass
-class PropagationResult:
-    labels: np.ndarray  # label values of the annotation, axial axis last
-    entropy: np.ndarray  # normalised entropy of the mean prediction, 0 on annotated slices / background
-    disagreement: np.ndarray  # fraction of ensemble members disagreeing with the ensemble
-    annotated_slices: list[int]
-    label_values: list[int]
-    timings: dict[str, float]
-    device: str
-    probabilities: np.ndarray | None = None  # (X, Y, Z, C) ensemble mean, only with keep_probabilities=True
-
-    def least_certain_slices(self, n: int = 5) -> list[tuple[int, float]]:
-        """Predicted slices ranked by mean uncertainty over their tumour-or-uncertain pixels (`suggest`)."""
-        from .suggest import rank_slices
-        return rank_slices(self, n, "uncertainty")
 
 
 def check_annotation(annotation: np.ndarray, shape: tuple, foreground: np.ndarray) -> tuple[list[int], list[int]]:
@@ -145,7 +129,7 @@ def make_extractor(volume: NormalizedVolume, opt: PropagationOptions, device: to
 def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: PropagationOptions | None = None,
               progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
               extractor: FeatureExtractor | None = None, cache=None,
-              keep_probabilities: bool = False) -> PropagationResult:
+              keep_probabilities: bool = False, images_key: str | None = None) -> PropagationResult:
     """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid. The
     classifier's labels are refined in 3D (`BrainDiffSegLib.refine`; by default the watershed gate) and cleaned up
     (tumour connected to the annotated tumour) before they are returned.
@@ -153,6 +137,9 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     `extractor` replaces the feature extractor built from `options` (experiments pass one with cached features).
     `cache`: a `BrainDiffSegLib.cache.VolumeCache` kept between runs on one volume (interactive use): the
     normalised images, the backbone and the decoder activations of every slice computed so far are reused.
+    `images_key`: the images' digest when the caller knows it (`transfer.images_digest`; saves hashing them again).
+    Nothing process-global is changed (no global seed, no torch flag): every random draw comes from generators
+    seeded by `options` (the classifier's `classifier.seed`, the features' `noise_seed`).
     `keep_probabilities`: return the ensemble's class probabilities (X, Y, Z, C; one-hot annotation on the annotated
     slices) in the result, before refinement and post-processing (experiments: `BrainDiffSegBench.refine_experiment`).
     """
@@ -166,8 +153,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
             raise CancelledError("propagation cancelled")
 
     shape = check_images(images)
-    seed_everything(opt.seed)
-    volume = cache.volume(images) if cache is not None else normalize_volume(images)
+    volume = cache.volume(images, images_key) if cache is not None else normalize_volume(images)
     fg = volume.foreground
     zs_ann, values = check_annotation(annotation, shape, fg)
     refine = check_refine(opt)  # bad settings fail before any work

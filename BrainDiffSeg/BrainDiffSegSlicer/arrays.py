@@ -69,9 +69,11 @@ def orientedImageFromArray(kji: np.ndarray, volumeNode):
 
 
 def addVolumeFromArray(scene, kji: np.ndarray, ijkToRas, name: str = "",
-                       className: str = "vtkMRMLScalarVolumeNode"):
+                       className: str = "vtkMRMLScalarVolumeNode", windowLevel: tuple | None = None):
     """A new volume node in `scene` with the voxels of a KJI array (copied) and a 4x4 IJK-to-RAS matrix; as
-    `slicer.util.addVolumeFromArray`, but in the given scene."""
+    `slicer.util.addVolumeFromArray`, but in the given scene. `windowLevel`: the (min, max) shown, for a volume
+    whose range is known (the uncertainty's 0..1): no histogram of the voxels is computed (half the time of adding
+    a BraTS-sized volume)."""
     node = scene.AddNewNodeByClass(className, name)
     m = vtk.vtkMatrix4x4()
     for i in range(4):
@@ -79,7 +81,15 @@ def addVolumeFromArray(scene, kji: np.ndarray, ijkToRas, name: str = "",
             m.SetElement(i, j, float(np.asarray(ijkToRas)[i, j]))
     node.SetIJKToRASMatrix(m)
     slicer.util.updateVolumeFromArray(node, kji)
-    node.CreateDefaultDisplayNodes()
+    if windowLevel is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+        node.CreateDefaultDisplayNodes()
+        return node
+    display = scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode")
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevelMinMax(float(windowLevel[0]), float(windowLevel[1]))
+    if scene.GetNodeByID("vtkMRMLColorTableNodeGrey") is not None:
+        display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+    node.SetAndObserveDisplayNodeID(display.GetID())
     return node
 
 
@@ -157,6 +167,19 @@ def volumeArray(volumeNode, axialAxis: int) -> np.ndarray:
     """The voxels of a volume node as float32, IJK with the axial axis last (a copy)."""
     return toEngineArray(slicer.util.arrayFromVolume(volumeNode), axialAxis).astype(np.float32)
 
+
+def engineVolumeArray(volumeNode, axialAxis: int) -> np.ndarray:
+    """The voxels of a volume node in their own type (what travels to an engine service: int16 is half of float32;
+    the engine reads them as float32, the same values), IJK with the axial axis last, a C-ordered copy."""
+    return _sendable(toEngineArray(slicer.util.arrayFromVolume(volumeNode), axialAxis))
+
+
+def _sendable(array: np.ndarray) -> np.ndarray:
+    from BrainDiffSegLib.transfer import DTYPES
+
+    array = np.ascontiguousarray(array)
+    return array if array.dtype.str in DTYPES else array.astype(np.float32)
+
 def sliceCentreRas(volumeNode, axialIndex: int) -> tuple[float, float, float]:
     """RAS centre of an axial slice of a volume, the slice given by its index along the engine's axial axis (the
     IJK axis `axialAxis` picks): for jumping a slice view there."""
@@ -231,8 +254,9 @@ def segmentMasks(segmentationNode, referenceVolumeNode) -> dict:
     return masks
 
 
-def multiComponentArrays(vectorNode, componentRoles=None) -> dict:
-    """The components of a multi-component volume as engine arrays, one per sequence role."""
+def multiComponentArrays(vectorNode, componentRoles=None, native: bool = False) -> dict:
+    """The components of a multi-component volume as engine arrays, one per sequence role (float32, or with
+    `native` in the volume's own type, C-ordered)."""
     if not vectorNode.IsA("vtkMRMLScalarVolumeNode") or vectorNode.GetImageData() is None:
         raise InputError(f"'{vectorNode.GetName()}' is not a volume with voxels.")
     n = vectorNode.GetImageData().GetNumberOfScalarComponents()
@@ -252,6 +276,8 @@ def multiComponentArrays(vectorNode, componentRoles=None) -> dict:
     if kjic.ndim == 3:
         kjic = kjic[..., None]
     axis = axialAxis(vectorNode)
+    if native:
+        return {role: _sendable(toEngineArray(kjic[..., c], axis)) for c, role in enumerate(roles)}
     return {role: toEngineArray(kjic[..., c], axis).astype(np.float32) for c, role in enumerate(roles)}
 
 

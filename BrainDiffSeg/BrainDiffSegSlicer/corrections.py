@@ -80,6 +80,22 @@ def resultLabels(resultNode, referenceNode, axis: int, valueOfName: dict) -> tup
     return arrays.toEngineArray(labels, axis), valueOfSegment, unknown
 
 
+def writtenLabels(labels: np.ndarray, locked, valueOfName: dict, resultNode) -> np.ndarray:
+    """What `resultLabels` reads back from a result node just filled with `labels` (engine layout, already without
+    the locked segments' voxels and values) plus its `locked` segments (`lockedMasks`), computed without reading
+    the node: each locked segment stands for its tagged value, else the painted value of its name; segments of no
+    painted value are left out, as `resultLabels` does."""
+    out = np.array(labels, dtype=np.int16, copy=True)
+    segmentation = resultNode.GetSegmentation()
+    for sid, mask, value in locked:
+        if value is None:
+            segment = segmentation.GetSegment(sid)
+            value = valueOfName.get(segment.GetName()) if segment is not None else None
+        if value is not None and value > 0:
+            out[mask] = value
+    return out
+
+
 class WrittenLabels:
     """What the Logic wrote into each result node (engine layout), in memory; see the module docstring."""
 

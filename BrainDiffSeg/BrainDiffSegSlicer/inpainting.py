@@ -1,10 +1,10 @@
 """Healthy-tissue inpainting of a T1 volume node inside segments, for `BrainDiffSegLogic` (`inpaint`,
 `startInpainting`, `finishInpainting` delegate here).
 
-Three steps, so that a GUI can run the slow one in a background thread: `prepareInpainting` reads the volume and
-the union of the chosen segments into engine arrays in the caller's thread (MRML is not thread-safe) and checks
-what can be checked there, `runInpainting` runs the engine (`BrainDiffSegLib.inpaint.inpaint_volume`) on those
-arrays only (no MRML: safe in a background thread), and `addInpaintingResult`, in the caller's thread again, adds
+Three steps, so that a GUI can run the slow one elsewhere: `prepareInpainting` reads the volume and the union of
+the chosen segments into engine arrays in the caller's thread and checks what can be checked there,
+`inpaintingRequest` is the engine's request on those arrays (`BrainDiffSegLib.jobs`, run in process, by a local
+engine service or a remote server: no MRML there), and `addInpaintingResult`, in the caller's thread again, adds
 the result as a NEW scalar volume ("<input> inpainted", same geometry and parent transform as the input). The input
 volume and the segmentation are only read; cancelling or failing before the last step leaves the scene as it was.
 
@@ -47,14 +47,6 @@ class InpaintingJob:
     seed: int = 0
     model: object = None  # checkpoint folder, loaded (net, config) pair, or None for the bundled model
     device: str = "cpu"
-
-
-@dataclass
-class InpaintingRun:
-    """An inpainting started in the background by `BrainDiffSegLogic.startInpainting`."""
-
-    job: InpaintingJob
-    task: object  # BrainDiffSegLib.background.BackgroundTask
 
 
 def visibleSegmentIds(segmentationNode) -> list[str]:
@@ -120,22 +112,21 @@ def prepareInpainting(volumeNode, segmentationNode, segmentIds=None, steps: int 
                          describe=describe, steps=int(steps), seed=int(seed), model=model, device=device)
 
 
-def runInpainting(job: InpaintingJob, progress=None, cancelled=None) -> np.ndarray:
-    """The engine's inpainting on the job's arrays (no MRML access: safe in a background thread). The engine's
-    refusals (mask outside the head, covering most of the brain, ...) are re-raised naming the nodes."""
-    from BrainDiffSegLib.inpaint import inpaint_volume
+def inpaintingRequest(job: InpaintingJob):
+    """The engine's request of a prepared job (`BrainDiffSegLib.jobs`: 'inpaint')."""
+    from BrainDiffSegLib.transfer import EngineRequest
 
-    device = job.device or "cpu"
-    if device != "cpu":  # 'auto' -> the GPU if torch sees one; a GPU asked for but missing is an InputError
-        from BrainDiffSegLib.device import pick_device
+    model = job.model
+    if model is not None and not isinstance(model, (str, bytes)) and not hasattr(model, "__fspath__"):
+        raise InputError("The inpainting model must be a checkpoint folder (the engine loads it where it runs).")
+    meta = {"steps": int(job.steps), "seed": int(job.seed), "model": str(model) if model else None,
+            "device": job.device or "cpu", "describe": job.describe}
+    return EngineRequest("inpaint", meta, {"image": job.image, "mask": job.mask})
 
-        device = str(pick_device(device))
-    log.info("inpainting %s: %d voxels, %d DDIM steps on %s", job.describe, int(job.mask.sum()), job.steps, device)
-    try:
-        return inpaint_volume(job.image, job.mask, model=job.model, steps=job.steps, seed=job.seed,
-                              progress=progress, cancelled=cancelled, device=device)
-    except InputError as exc:
-        raise InputError(f"Cannot inpaint {job.describe}: {exc}.") from exc
+
+def addInpaintingResponse(scene, job: InpaintingJob, response):
+    """`addInpaintingResult` of the engine's response."""
+    return addInpaintingResult(scene, job, response.arrays["inpainted"])
 
 
 def addInpaintingResult(scene, job: InpaintingJob, inpainted: np.ndarray):

@@ -5,25 +5,32 @@ segmentationsLogic)`); by default, inside the Slicer application, the applicatio
 `slicer.modules.volumes.logic()`, ...), elsewhere logics of the Logic's own attached to the given scene (or to a
 fresh vtkMRMLScene). No method uses the global `slicer.mrmlScene`, `slicer.modules`, `slicer.app` nor
 `slicer.util.load*` / `save*`: files are read and written with storage nodes and the Volumes logic, so the Logic
-runs the same in Slicer, in `Slicer --no-main-window`, under slicer-core and in the web annotator. All computation
-is the engine's (`BrainDiffSegLib`, imported lazily: torch may not be installed yet).
+runs the same in Slicer, in `Slicer --no-main-window`, under slicer-core and in the web annotator.
+
+Where the engine runs (`engine`, module `engine`): the Logic reads the scene into arrays and writes results back;
+the computation is the engine's (`BrainDiffSegLib.jobs`), on `self.engine`: in this process by default (scripts,
+whose blocking calls need no event loop), a private local engine service (`useLocalService`: Slicer's own Python
+in a process of its own) or a remote server (`useRemoteServer`). Background jobs (`startPropagation`,
+`startInpainting`) go through the one job controller `self.jobs` (`BrainDiffSegService.controller`), which the
+panel polls from one timer; in the Slicer application they never run in Slicer's process (its idle loop holds the
+GIL). Slicer's process never imports torch and no process-global setting of it changes.
 
 Axes: `slicer.util.arrayFromVolume` gives arrays in KJI order; the engine wants the IJK array with its axial
 (inferior-superior) axis moved last, which is what it gets from NIfTI files. The axial axis is the IJK axis whose
 direction in the IJK-to-RAS matrix is closest to superior-inferior; oblique volumes are refused. Segment names ->
 label values: see `segments`.
 
-Interactive use: the Logic keeps one `BrainDiffSegLib.cache.VolumeCache` for every propagation it runs (the
-normalised images, the backbone and the features of the slices computed so far: a re-run on the same volume only
-computes what changed; `clearCache()` on scene close or another case), runs one propagation at a time, takes
-corrections painted into the result it updates as annotated slices and never changes locked segments (module
-`corrections`), and suggests the slice to paint next (`nextSliceToPaint`, `BrainDiffSegLib.suggest`).
+Interactive use: the engine keeps each volume's normalised images, backbone and the features of the slices computed
+so far (`BrainDiffSegLib.cache.VolumeCache`; an engine service receives the images only once): a re-run on the same
+volume only computes what changed (`clearCache()` on scene close or another case). The Logic runs one job at a
+time, takes corrections painted into the result it updates as annotated slices and never changes locked segments
+(module `corrections`), and suggests the slice to paint next (`nextSliceToPaint`, `BrainDiffSegLib.suggest`).
 
 Healthy-tissue inpainting (`inpaint`, `startInpainting` / `finishInpainting`) goes through module `inpainting`: a T1
 volume and segments in, a new volume out; it shares the one-job-at-a-time rule with propagation.
 
-Length: the Logic's public API (propagate in the foreground or background, the cache, suggestions, results,
-inpainting, load and save) in one class; the array conversions and input checks it delegates to live in `arrays`,
+Length: the Logic's public API (propagate in the foreground or background, where the engine runs, the cache,
+suggestions, results, inpainting, load and save) in one class; the array conversions and input checks it delegates to live in `arrays`,
 corrections and locks in `corrections`, inpainting in `inpainting`, file reading and writing in `files`.
 """
 from __future__ import annotations
@@ -38,7 +45,7 @@ import slicer.util
 
 from BrainDiffSegLib.errors import InputError
 
-from . import arrays, corrections, files, inpainting
+from . import arrays, corrections, engine as engines, files, inpainting
 from .compat import SLICER_APPLICATION, ScriptedLoadableModuleLogic
 from .segments import (ANNOTATED_SLICES_ATTRIBUTE, BRATS_SEGMENTS, LABEL_VALUES_ATTRIBUTE, SOURCE_REFERENCE_ROLE,
                        UNCERTAINTY_REFERENCE_ROLE, bratsLabelOfName)
@@ -51,7 +58,7 @@ class PropagationJob:
     """The inputs of one propagation, read from the scene: arrays for the engine plus what is needed to write the
     result back (made by `BrainDiffSegLogic.preparePropagation`)."""
 
-    images: dict  # role -> float32 array, IJK with the axial axis last
+    images: dict  # role -> array (the volume's own voxel type), IJK with the axial axis last
     annotation: np.ndarray  # label values, same layout
     axis: int  # IJK axis that is axial
     referenceNode: object  # the volume whose grid the result gets
@@ -64,14 +71,6 @@ class PropagationJob:
     correctedSlices: list = None  # slices corrected in outputNode, annotated slices of this run
 
 
-@dataclass
-class PropagationRun:
-    """A propagation started in the background by `BrainDiffSegLogic.startPropagation`."""
-
-    job: PropagationJob
-    task: object  # BrainDiffSegLib.background.BackgroundTask
-
-
 class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
     """MRML nodes <-> engine arrays. Blocking calls, usable from scripts, the module GUI and tests.
 
@@ -81,7 +80,7 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
     requested. New nodes go to the scene of the input nodes (`scene` when they have none).
     """
 
-    def __init__(self, scene=None, volumesLogic=None, segmentationsLogic=None):
+    def __init__(self, scene=None, volumesLogic=None, segmentationsLogic=None, engine=None):
         ScriptedLoadableModuleLogic.__init__(self)
         inApplication = SLICER_APPLICATION and hasattr(slicer, "mrmlScene")
         if scene is None:
@@ -98,9 +97,12 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         self.lastResult = None
         self.lastUncertaintyNode = None
         self.lastMessages = []
-        self._cache = None  # BrainDiffSegLib.cache.VolumeCache, made on first use
+        self.lastCacheStats = {}  # the feature cache after the last propagation (bytes, slices, hits, misses)
         self._written = corrections.WrittenLabels()
-        self._task = None  # the background task of the running propagation
+        self.engine = engine if engine is not None else engines.inProcess()
+        from BrainDiffSegService.controller import JobController
+
+        self.jobs = JobController()  # the background job (one at a time), polled by the front end
         self._inForeground = False
 
     @staticmethod
@@ -160,53 +162,88 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         made by an earlier propagation of the same painted segmentation, to be updated in place instead of
         creating a new node (re-running after painting one more slice); any other node is refused.
         Bad input raises `BrainDiffSegLib.errors.InputError` with a message naming the nodes. If the GPU runs
-        out of memory, the work is redone on the CPU (`lastMessages` says so).
+        out of memory, the work is redone on the CPU (`lastMessages` says so). The engine runs where `engine`
+        says (in this process by default: a script blocks here anyway).
         """
         self._refuseIfRunning()
         self._inForeground = "propagation"
         try:
             job = self.preparePropagation(volumeNodes, segmentationNode, outputNode=outputNode,
                                           componentRoles=componentRoles)
-            result = self.runEngine(job, options, progress=progress, cancelled=cancelled)
-            return self.addPropagationResult(job, result, createUncertainty=createUncertainty)
+            response = self.engine.run(self.propagationRequest(job, options), progress, cancelled)
+            return self.addPropagationResponse(job, response, createUncertainty)
         finally:
             self._inForeground = False
 
     def startPropagation(self, volumeNodes, segmentationNode, options=None, createUncertainty: bool = False,
                          outputNode=None, componentRoles=None):
-        """`propagate` split for a GUI: the nodes are read now (in the caller's thread), the engine runs in a
-        background thread. Returns a `PropagationRun`; poll `run.task` (progress, `done`, `cancel()`) from the
-        GUI's event loop, then call `finishPropagation(run)` in the GUI thread to add the result to the scene."""
-        from BrainDiffSegLib.background import BackgroundTask
-
+        """`propagate` for a GUI: the nodes are read now (in the caller's thread), the engine runs elsewhere (in
+        the Slicer application always outside Slicer's process: a local engine service or a remote server).
+        Returns the `BrainDiffSegService.controller.Job` (also `self.jobs.job`): poll it from the GUI's event loop
+        (`self.jobs.poll()`: state and progress; `cancel()`); the poll after the engine's result is in adds it to
+        the scene, and `job.outcome()` (or `finishPropagation(job)`) is the result node."""
         self._refuseIfRunning()
         job = self.preparePropagation(volumeNodes, segmentationNode, outputNode=outputNode,
                                       componentRoles=componentRoles)
-        job.createUncertainty = createUncertainty
-        task = BackgroundTask(lambda progress, cancelled: self.runEngine(job, options, progress, cancelled),
-                              name="propagation")
-        self._task = task.start()
-        return PropagationRun(job, task)
+        return self.jobs.start("propagation", self._backgroundEngine(), self.propagationRequest(job, options),
+                               lambda response: self.addPropagationResponse(job, response, createUncertainty))
 
     @property
     def running(self) -> bool:
-        """Whether a propagation or an inpainting of this Logic is running (its engine part: one job at a time per
-        Logic, in the foreground or the background)."""
-        return bool(self._inForeground) or (self._task is not None and not self._task.done)
+        """Whether a propagation or an inpainting of this Logic is running (one job at a time per Logic, in the
+        foreground or the background)."""
+        return bool(self._inForeground) or self.jobs.running
 
     def _refuseIfRunning(self):
         if self.running:
-            what = self._inForeground or self._task.name
+            what = self._inForeground or self.jobs.job.kind
             raise InputError(f"A{'n' if what[0] in 'aeiou' else ''} {what} is already running: wait for it to "
                              "finish or cancel it first.")
 
-    def finishPropagation(self, run):
-        """The result node of a finished `startPropagation` run. Re-raises the run's error (CancelledError,
-        InputError, ...) with the scene unchanged."""
-        if not run.task.done:
+    @staticmethod
+    def finishPropagation(run):
+        """The result node of a finished `startPropagation` job (the same as `run.outcome()`). Re-raises the
+        job's error (CancelledError, InputError, ...) with the scene unchanged."""
+        if not run.done:
             raise RuntimeError("The propagation has not finished yet.")
-        result = run.task.result()
-        return self.addPropagationResult(run.job, result, createUncertainty=run.job.createUncertainty)
+        return run.outcome()
+
+    # ------------------------------------------------------------------ where the engine runs (module `engine`)
+
+    def setEngine(self, engine) -> None:
+        """Run the engine's jobs on `engine` (`BrainDiffSegService.engines`); the previous one is closed (a local
+        service stops). Refused while a job runs."""
+        self._refuseIfRunning()
+        if engine is not self.engine:
+            self.stopEngine()
+            self.engine = engine
+            self.lastCacheStats = {}
+
+    def useInProcess(self) -> None:
+        """The engine in this process (scripts; never for the Slicer panel's background jobs)."""
+        self.setEngine(engines.inProcess())
+
+    def useLocalService(self, threads: int = 0) -> None:
+        """A private engine service on this computer, started (with Slicer's Python) on the next job."""
+        self.setEngine(engines.localService(threads))
+
+    def useRemoteServer(self, url: str, token: str, cafile: str | None = None) -> None:
+        """An engine server (`braindiffseg serve` on a GPU machine): its URL, token and, for a self-signed
+        certificate, the CA file to trust."""
+        self.setEngine(engines.remoteServer(url, token, cafile))
+
+    def _backgroundEngine(self):
+        replacement = engines.backgroundEngineFor(self.engine)
+        if replacement is not None:
+            self.setEngine(replacement)
+        return self.engine
+
+    def stopEngine(self) -> None:
+        """Cancel a running job and close the engine (a local service stops); the next job starts a new one."""
+        if self.jobs.running:  # (its result, if it arrives, is dropped: the module or Slicer is closing)
+            self.jobs.cancel(discard=True)
+            self.jobs.job.wait(10)
+        self.engine.close()
 
     def preparePropagation(self, volumeNodes, segmentationNode, outputNode=None, componentRoles=None):
         """Check the inputs and read them into arrays (a `PropagationJob`); the scene is not modified."""
@@ -217,7 +254,7 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
             raise InputError("Select the segmentation with the painted slices.")
         if hasattr(volumeNodes, "IsA"):  # one multi-component volume
             reference = volumeNodes
-            images = self.multiComponentArrays(reference, componentRoles)
+            images = self.multiComponentArrays(reference, componentRoles, native=True)
             axis = self.axialAxis(reference)
             transformId = arrays.checkTransforms({"multi": reference}, segmentationNode)
         else:
@@ -237,60 +274,48 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"Segmentation '{segmentationNode.GetName()}' is empty on the grid of volume "
                              f"'{reference.GetName()}': paint the tumour on at least one axial slice.")
         if images is None:
-            images = {role: self.volumeArray(node, axis) for role, node in volumes.items()}
-        job = PropagationJob(images=images, annotation=self.toEngineArray(labelsKJI, axis), axis=axis,
+            images = {role: arrays.engineVolumeArray(node, axis) for role, node in volumes.items()}
+        annotation = np.ascontiguousarray(self.toEngineArray(labelsKJI, axis))  # sent as is: C order
+        job = PropagationJob(images=images, annotation=annotation, axis=axis,
                              referenceNode=reference, segmentationNode=segmentationNode, brats=brats,
                              segmentIdOfValue=segmentIdOfValue, transformId=transformId, outputNode=outputNode)
         job.correctedSlices, messages = corrections.takeCorrections(job, self._written.written(outputNode))
         self.lastMessages.extend(messages)
         return job
 
-    def runEngine(self, job, options=None, progress=None, cancelled=None):
-        """The engine's propagation on the job's arrays, through the Logic's feature cache: no MRML access, safe
-        in a background thread.
+    def propagationRequest(self, job, options=None):
+        """The engine's request of a prepared job (`BrainDiffSegLib.jobs`): the options as strings, the annotation,
+        the images (which an engine service receives only when it does not have them yet)."""
+        from BrainDiffSegLib.options import preset, to_strings
+        from BrainDiffSegLib.transfer import EngineRequest
 
-        A GPU out-of-memory error restarts the work on the CPU, with a message in `lastMessages` and through
-        `progress`."""
-        import torch
-        from BrainDiffSegLib.propagate import PropagationOptions
-        from BrainDiffSegLib.propagate import propagate as enginePropagate
+        options = options if options is not None else preset("default")
+        return EngineRequest("propagate", {"options": to_strings(options), "return": ["labels", "entropy"]},
+                             {"annotation": job.annotation}, volume=job.images)  # (disagreement: unused here)
 
-        options = options or PropagationOptions()
-        cache = self.featureCache
-        try:
-            return enginePropagate(job.images, job.annotation, options, progress=progress, cancelled=cancelled,
-                                   cache=cache)
-        except torch.OutOfMemoryError:
-            if options.device == "cpu":
-                raise
-            message = ("The GPU ran out of memory; continuing on the CPU (slower). Lower the batch size in the "
-                       "advanced settings to stay on the GPU.")
-            log.warning(message)
-            self.lastMessages.append(message)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if progress:
-                progress(message, 0.0)
-            return enginePropagate(job.images, job.annotation, replace(options, device="cpu"), progress=progress,
-                                   cancelled=cancelled, cache=cache)
+    def addPropagationResponse(self, job, response, createUncertainty: bool = False):
+        """`addPropagationResult` of an engine response; its messages (e.g. a GPU that ran out of memory) go to
+        `lastMessages`, its feature-cache figures to `lastCacheStats`."""
+        from BrainDiffSegLib.results import PropagationResult
 
-    @property
-    def featureCache(self):
-        """The Logic's `BrainDiffSegLib.cache.VolumeCache` (made on first use; imports the engine)."""
-        if self._cache is None:
-            from BrainDiffSegLib.cache import VolumeCache
-
-            self._cache = VolumeCache()
-        return self._cache
+        self.lastMessages.extend(str(m) for m in response.meta.get("messages", []))
+        self.lastCacheStats = dict(response.meta.get("cache") or {})
+        return self.addPropagationResult(job, PropagationResult.from_response(response), createUncertainty)
 
     def featureCacheBytes(self) -> int:
-        """Memory held by the feature cache (the stored activations), in bytes; 0 before the first run."""
-        return int(self._cache.nbytes) if self._cache is not None else 0
+        """Memory held by the engine's feature cache (the stored activations) after the last propagation, in bytes;
+        0 before the first run or after `clearCache`."""
+        return int(self.lastCacheStats.get("bytes", 0))
+
+    def featureCacheStats(self) -> dict:
+        """The engine's feature cache after the last propagation: bytes, slices, hits, misses, max_bytes."""
+        return dict(self.lastCacheStats)
 
     def clearCache(self) -> None:
-        """Forget the feature cache and what the Logic wrote into result nodes (on scene close, another case)."""
-        if self._cache is not None:
-            self._cache.clear()
+        """Forget the engine's feature caches (of the volumes this Logic sent) and what the Logic wrote into result
+        nodes (on scene close, another case)."""
+        self.engine.forget()
+        self.lastCacheStats = {}
         self._written.clear()
 
     def nextSliceToPaint(self, result=None) -> int | None:
@@ -339,13 +364,15 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
                     slicer.util.updateVolumeFromArray(uncertaintyNode, entropyKJI)
                 else:
                     uncertaintyNode = self._addVolume(scene, f"{outputNode.GetName()} uncertainty", entropyKJI,
-                                                      reference, job.transformId, created)
+                                                      reference, job.transformId, created, windowLevel=(0.0, 1.0))
                     outputNode.SetNodeReferenceID(UNCERTAINTY_REFERENCE_ROLE, uncertaintyNode.GetID())
         except Exception:
             self._removeNodes(scene, created)
             raise
         valueOfName, _ = corrections.paintedValues(job.segmentationNode)
-        self._written.remember(outputNode, corrections.resultLabels(outputNode, reference, axis, valueOfName)[0])
+        self._written.remember(outputNode, corrections.writtenLabels(
+            result.labels if job.outputNode is None else corrections.withoutLocked(result.labels, locked),
+            locked if job.outputNode is not None else [], valueOfName, outputNode))
         self.lastResult = result
         self.lastUncertaintyNode = uncertaintyNode
         return outputNode
@@ -373,8 +400,9 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
                 found = node
         return found
 
-    def _addVolume(self, scene, name, kji, reference, transformId, created):
-        node = arrays.addVolumeFromArray(scene, kji, self.ijkToRasArray(reference), scene.GenerateUniqueName(name))
+    def _addVolume(self, scene, name, kji, reference, transformId, created, windowLevel=None):
+        node = arrays.addVolumeFromArray(scene, kji, self.ijkToRasArray(reference), scene.GenerateUniqueName(name),
+                                         windowLevel=windowLevel)
         created.extend([node, node.GetDisplayNode()])
         if transformId:
             node.SetAndObserveTransformNodeID(transformId)
@@ -397,38 +425,36 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
                 cancelled=None, model=None, device: str = "cpu"):
         """Synthesise healthy tissue in a T1 volume inside segments; returns a NEW scalar volume "<input>
         inpainted" (blocking). The mask is the union of `segmentIds` (default: the visible segments) of
-        `segmentationNode` (painted or propagated); steps: DDIM steps; model: checkpoint folder (default the
-        bundled one). Input volume and segmentation are left unchanged; cancelling (CancelledError) leaves the
-        scene as it was; bad input raises InputError naming the nodes. See `inpainting`."""
+        `segmentationNode` (painted or propagated); steps: DDIM steps; model: checkpoint folder on the engine's
+        computer (default the bundled one). Input volume and segmentation are left unchanged; cancelling
+        (CancelledError) leaves the scene as it was; bad input raises InputError naming the nodes. See
+        `inpainting`."""
         self._refuseIfRunning()
         self._inForeground = "inpainting"
         try:
             job = inpainting.prepareInpainting(volumeNode, segmentationNode, segmentIds, steps, seed, model, device)
-            result = inpainting.runInpainting(job, progress=progress, cancelled=cancelled)
-            return inpainting.addInpaintingResult(self._sceneOf(volumeNode), job, result)
+            response = self.engine.run(inpainting.inpaintingRequest(job), progress, cancelled)
+            return inpainting.addInpaintingResponse(self._sceneOf(volumeNode), job, response)
         finally:
             self._inForeground = False
 
     def startInpainting(self, volumeNode, segmentationNode, segmentIds=None, steps: int = 25, seed: int = 0,
                         model=None, device: str = "cpu"):
-        """`inpaint` split for a GUI, as `startPropagation`: the nodes are read now, the engine runs in a
-        background thread. Returns an `inpainting.InpaintingRun`; poll `run.task`, then `finishInpainting(run)`."""
-        from BrainDiffSegLib.background import BackgroundTask
-
+        """`inpaint` for a GUI, as `startPropagation`: the nodes are read now, the engine runs elsewhere; returns
+        the controller's Job (poll `self.jobs`; `job.outcome()` or `finishInpainting(job)` is the new volume)."""
         self._refuseIfRunning()
         job = inpainting.prepareInpainting(volumeNode, segmentationNode, segmentIds, steps, seed, model, device)
-        task = BackgroundTask(lambda progress, cancelled: inpainting.runInpainting(job, progress, cancelled),
-                              name="inpainting")
-        self._task = task.start()
-        return inpainting.InpaintingRun(job, task)
+        scene = self._sceneOf(volumeNode)
+        return self.jobs.start("inpainting", self._backgroundEngine(), inpainting.inpaintingRequest(job),
+                               lambda response: inpainting.addInpaintingResponse(scene, job, response))
 
-    def finishInpainting(self, run):
-        """The new volume of a finished `startInpainting` run (in the caller's thread). Re-raises the run's error
+    @staticmethod
+    def finishInpainting(run):
+        """The new volume of a finished `startInpainting` job (`run.outcome()`). Re-raises the job's error
         (CancelledError, InputError, ...) with the scene unchanged."""
-        if not run.task.done:
+        if not run.done:
             raise RuntimeError("The inpainting has not finished yet.")
-        result = run.task.result()
-        return inpainting.addInpaintingResult(self._sceneOf(run.job.volumeNode), run.job, result)
+        return run.outcome()
 
     # ------------------------------------------------------------------ segments and volumes from arrays
 

@@ -2,8 +2,8 @@
 
 Every field of `BrainDiffSegLib.options.PropagationOptions` is one parameter, named after its command-line flag in
 CamelCase ('method' -> 'Method', 'batch-size' -> 'BatchSize', 'ensemble' -> 'Ensemble', ...), stored as the
-string `BrainDiffSegLib.options.to_strings` writes and read back with `from_strings`. The panel's own parameters
-(not options): ComponentRoles, CreateUncertainty, ShowUncertainty, UpdateResult, and for healthy-tissue inpainting
+string `BrainDiffSegLib.options.to_strings` writes and read back with `from_strings` (the panel's widgets for them
+are bound in `bindings`, their choices and bounds from the fields). The panel's own parameters (not options): ComponentRoles, CreateUncertainty, ShowUncertainty, UpdateResult, and for healthy-tissue inpainting
 InpaintSteps (DDIM steps) and InpaintSegments (the chosen segment ids, comma-separated; empty: the visible ones). The
 panel's input nodes are node references (Input_<role>, MultiComponent, Segmentation, InpaintVolume,
 InpaintSegmentation). Standard library only: works before torch is installed.
@@ -12,18 +12,15 @@ Slicer's `parameterNodeWrapper` is not used: it is not available under slicer-co
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from BrainDiffSegLib.constants import ROLES
 from BrainDiffSegLib.errors import InputError
-from BrainDiffSegLib.options import OptionField, fields, from_strings, preset, to_strings
+from BrainDiffSegLib.options import OptionField, fields, from_strings, one_seed, preset, to_strings
 
 # panel parameter -> default (strings, as stored)
 PANEL_DEFAULTS = {"ComponentRoles": ",".join(ROLES), "CreateUncertainty": "true", "ShowUncertainty": "false",
                   "UpdateResult": "true"}
 INPAINT_DEFAULTS = {"InpaintSteps": "25", "InpaintSegments": ""}  # the panel's healthy-tissue inpainting
-DEVICES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}  # accepted spellings (any case)
-MINIMUM = {"ensemble": 1, "batch-size": 1, "classifier-batch-size": 1}  # fields where 0 makes no sense
 
 
 def parameterName(key: str) -> str:
@@ -59,50 +56,24 @@ def setParametersFromOptions(parameterNode, options) -> None:
     parameterNode.EndModify(wasModifying)
 
 
-def _checked(name: str, f: OptionField, text: str) -> str:
-    """The stored text in the form `from_strings` reads, with the panel's spellings and limits; InputError naming
-    the parameter otherwise."""
-    text = text.strip()
-    if f.key == "device":
-        device = DEVICES.get(text.lower())
-        if device is None:
-            raise InputError(f"Device '{text}' is unknown; use auto, GPU or CPU.")
-        return device
-    if f.choices:
-        return text.lower()
-    if f.key == "checkpoint" and text and not Path(text).is_dir():
-        raise InputError(f"Backbone folder '{text}' does not exist; leave it empty for the bundled model.")
-    if f.key in MINIMUM:
-        try:
-            ok = int(text) >= MINIMUM[f.key]
-        except ValueError:
-            ok = False
-        if not ok:
-            raise InputError(f"{name}: '{text}' is not a whole number >= {MINIMUM[f.key]}.")
-    return text
-
-
 def optionsFromParameters(parameterNode, base=None):
     """PropagationOptions from the parameter node: `base` (default: the default preset) with every non-empty
-    option parameter applied. InputError naming the parameter for a value that does not parse."""
+    option parameter applied, the classifier seeded by Seed (`one_seed`: the same result as the command line's
+    --seed). Choices may be stored by value or by their label ('GPU'). InputError naming the parameter for a value
+    that does not parse or lies outside the field's bounds."""
     options = base if base is not None else preset("default")
     for name, f in optionParameters().items():
-        text = parameterNode.GetParameter(name)
-        if not text:
-            continue  # not set: the default
-        text = _checked(name, f, text)
+        text = (parameterNode.GetParameter(name) or "").strip()
+        if not text or f.key == "classifier-seed":
+            continue  # not set: the default; the classifier's seed is Seed's
         try:
             options = from_strings({f.key: text}, base=options)
         except InputError as exc:
-            if "tuple" in str(f.type) and "int" in str(f.type):
-                example = defaultParameters()[name]
-                raise InputError(f"{name}: '{text}' is not a list of whole numbers >= 0 (e.g. '{example}').") \
-                    from None
             message = str(exc)
             if message.startswith(f"{f.key}:"):
                 message = name + message[len(f.key):]
             raise InputError(message) from None
-    return options
+    return one_seed(options)
 
 
 def componentRoles(parameterNode) -> list[str] | None:

@@ -12,6 +12,7 @@ for trame-slicer 2.0.0's brush).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,16 @@ def run(args, options) -> int:
     log.info("propagation: method %s, %d MLPs, device %s", options.method, options.classifier.n_models,
              options.device)
 
+    server = getattr(args, "server", None)
+    token = getattr(args, "server_token", None) or os.environ.get("BRAINDIFFSEG_TOKEN", "")
+    if server and not token:
+        raise InputError("--server needs the service's token: --server-token T or $BRAINDIFFSEG_TOKEN.")
+
     def load(session):
+        if server:  # where the engine runs (default: a worker thread of this process)
+            session.logic.useRemoteServer(server, token, getattr(args, "server_ca", None))
+        elif getattr(args, "local_service", False):
+            session.logic.useLocalService()
         if args.case:
             session.load_case(args.case)
         else:

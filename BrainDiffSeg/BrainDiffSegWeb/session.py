@@ -3,30 +3,31 @@ and saving. No trame and no UI here (the app in `app.py` drives it), so it is te
 
 Threading: the shown MRML scene is only ever touched from the thread that owns it (the trame server's event loop).
 `start_propagation` reads the sequences and the painted segments into arrays there
-(`BrainDiffSegSlicer.logic.BrainDiffSegLogic.startPropagation`, on the shown scene and the app's module logics), the engine runs on those arrays in a background thread
-(`BrainDiffSegLib.background.BackgroundTask`, the same as in the Slicer panel), and `import_result` (called on the
-owner thread once the job is done) adds the new segmentation and the uncertainty volume to the shown scene
-(`BrainDiffSegLogic.finishPropagation`). Painting while the job runs is therefore safe and does not change the
-running job's input.
+(`BrainDiffSegSlicer.logic.BrainDiffSegLogic.startPropagation`, on the shown scene and the app's module logics); the
+engine runs elsewhere: where the Logic's engine says (by default a worker thread of this process, which the trame
+loop lets run; with `braindiffseg web --server URL` or `--local-service`, an engine service). The job is the Logic's
+one job controller's (`BrainDiffSegService.controller`, the same as the Slicer panel's): `job_state()`, called on
+the owner thread by the app's poll, advances it, and the poll after the engine's result arrived adds the new
+segmentation and the uncertainty volume to the shown scene there; `import_result` then shows them. Painting while
+the job runs is therefore safe and does not change the running job's input.
 
 Interactive loop: every propagation goes through the Logic's feature cache (cleared when another case is loaded), a
 re-run updates the previous result in place, and `next_slice` is the slice to paint next (`BrainDiffSegLib.suggest`).
 
 Healthy-tissue inpainting (`start_inpainting`): the T1 inside the painted tumour or the propagated result, through
-`BrainDiffSegLogic.startInpainting` in the same background job slot (one job at a time, same `job_state` / `cancel`),
-`import_inpainted` adds the new volume and `save_inpainted` writes it as NIfTI under a numbered name.
+`BrainDiffSegLogic.startInpainting` in the same job controller (one job at a time, same `job_state` / `cancel`),
+`import_inpainted` returns the new volume and `save_inpainted` writes it as NIfTI under a numbered name.
 """
 from __future__ import annotations
 
 import enum
 import logging
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from BrainDiffSegLib.constants import BRATS_CLASSES, ROLES
-from BrainDiffSegLib.errors import BrainDiffSegError, CancelledError, InputError
+from BrainDiffSegLib.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,6 @@ class AnnotationSession:
         self.next_slice: int | None = None  # the slice to paint next, after a propagation
         self.inpainted = None  # the newest inpainted T1 (a volume node), after `import_inpainted`
         self._state = JobState()
-        self._run = None  # the current job: a PropagationRun or an InpaintingRun (`_state.kind` says which)
 
     # ------------------------------------------------------------------ loading
 
@@ -176,36 +176,19 @@ class AnnotationSession:
     # ------------------------------------------------------------------ propagation in the background
 
     def job_state(self) -> JobState:
-        """The current job's status, stage, fraction, message and elapsed time (polls the background task)."""
-        run = self._run
-        if run is not None:
-            task = run.task
-            task.poll()
-            state = self._state
-            state.stage, state.fraction = task.stage, task.fraction
-            state.seconds = task.seconds if task.done else time.perf_counter() - (task.started_at or 0.0)
-            if task.done and state.status == JobStatus.RUNNING:
-                error, kind = task.error, state.kind or "propagation"
-                if error is None:
-                    state.status, state.stage, state.fraction = JobStatus.DONE, "done", 1.0
-                    log.info("%s done in %.1f s", kind, state.seconds)
-                elif isinstance(error, CancelledError):
-                    state.status, state.message = JobStatus.CANCELLED, f"{kind.capitalize()} cancelled."
-                    log.info("%s cancelled", kind)
-                elif isinstance(error, BrainDiffSegError):
-                    state.status, state.message = JobStatus.FAILED, str(error)
-                    log.error("%s failed: %s", kind, error)
-                else:  # an unexpected engine error: shown to the user, logged with the traceback
-                    state.status = JobStatus.FAILED
-                    state.message = f"{kind.capitalize()} failed: {type(error).__name__}: {error}"
-                    log.error("%s failed", kind, exc_info=error)
-            if task.cancel_requested and not task.done:
-                state.stage = "cancelling"
+        """The current job's status, stage, fraction, message and elapsed time; advances the job (on the scene's
+        thread: the poll after the engine's result arrived adds it to the scene)."""
+        job = self.logic.jobs.job
+        if job is not None:
+            state = job.state if job.done else job.poll()
+            stage = "cancelling" if state.cancelling else state.stage
+            self._state = JobState(JobStatus(state.status), stage, state.fraction, state.message, state.seconds,
+                                   job.kind)
         return JobState(**vars(self._state))
 
     @property
     def running(self) -> bool:
-        return self._run is not None and not self._run.task.done
+        return self.logic.jobs.running
 
     def start_propagation(self) -> None:
         """Read the inputs and propagate in a background thread (raises InputError at once for bad input, such
@@ -216,8 +199,8 @@ class AnnotationSession:
         if not any(self._painted_voxels().values()):
             raise InputError("Nothing is painted yet: paint the tumour on at least one axial slice.")
         previous = self.result if self.result is not None and self.result.GetScene() is self.scene else None
-        self._run = self.logic.startPropagation(self.volumes, self.painted, self.options, createUncertainty=True,
-                                                outputNode=previous)  # a re-run updates the previous result
+        self.logic.startPropagation(self.volumes, self.painted, self.options, createUncertainty=True,
+                                    outputNode=previous)  # a re-run updates the previous result
         self._state = JobState(status=JobStatus.RUNNING, stage="starting", kind="propagation")
 
     def _refuse_if_running(self) -> None:
@@ -229,22 +212,30 @@ class AnnotationSession:
     def cancel(self) -> None:
         """Ask the running job to stop (it stops at the engine's next check, leaving the shown scene unchanged)."""
         if self.running:
-            self._run.task.cancel()
+            self.logic.jobs.cancel()
 
     def wait(self, timeout: float | None = None) -> JobState:
-        if self._run is not None:
-            self._run.task.wait(timeout)
+        job = self.logic.jobs.job
+        if job is not None:
+            job.wait(timeout)
         return self.job_state()
 
-    def import_result(self):
-        """On the scene's thread, after a job is DONE: add the new segmentation (and uncertainty volume) to the
-        shown scene. Returns the new segmentation node; the painted segmentation is not touched."""
-        run = self._run
-        if run is None or self.running or self._state.kind != "propagation" or \
-                self.job_state().status != JobStatus.DONE:
+    def _take(self, kind: str):
+        """The outcome of the finished job of `kind` (None unless it is DONE), and the job forgotten."""
+        job = self.logic.jobs.job
+        if job is None or job.kind != kind or self.job_state().status != JobStatus.DONE:
             return None
-        self._run = None
-        result = self.logic.finishPropagation(run)
+        outcome = job.outcome()
+        self.logic.jobs.forget()
+        self._state = JobState()
+        return outcome
+
+    def import_result(self):
+        """On the scene's thread, after a job is DONE: the new segmentation (and uncertainty volume), added to the
+        shown scene by the job's last poll, shown. Returns the segmentation node; the painted one is not touched."""
+        result = self._take("propagation")
+        if result is None:
+            return None
         uncertainty = self.logic.lastUncertaintyNode
         if uncertainty is not None:
             display = uncertainty.GetDisplayNode()
@@ -259,7 +250,6 @@ class AnnotationSession:
         self.result, self.uncertainty = result, uncertainty
         self.least_certain = self.logic.lastResult.least_certain_slices()
         self.next_slice = self.logic.nextSliceToPaint()
-        self._state = JobState()
         return result
 
     # ------------------------------------------------------------------ healthy-tissue inpainting
@@ -288,23 +278,19 @@ class AnnotationSession:
             raise InputError("Nothing is painted yet: paint the tumour first." if source == "painted" else
                              f"The propagated result '{node.GetName()}' is empty: nothing to inpaint.")
         device = getattr(self.options, "device", None) or "cpu"
-        self._run = self.logic.startInpainting(self.volumes["t1"], node,
+        self.logic.startInpainting(self.volumes["t1"], node,
                                                list(node.GetSegmentation().GetSegmentIDs()), steps=steps,
                                                seed=seed, model=model, device=device)
         self._state = JobState(status=JobStatus.RUNNING, stage="starting", kind="inpainting")
         log.info("inpainting the T1 inside the %s segmentation '%s' (%d DDIM steps)", source, node.GetName(), steps)
 
     def import_inpainted(self):
-        """On the scene's thread, after an inpainting job is DONE: add the inpainted T1 as a new volume of the shown
-        scene (`inpainted`) and return it; the T1 and the segmentations are not touched."""
-        run = self._run
-        if run is None or self.running or self._state.kind != "inpainting" or \
-                self.job_state().status != JobStatus.DONE:
-            return None
-        self._run = None
-        self.inpainted = self.logic.finishInpainting(run)
-        self._state = JobState()
-        return self.inpainted
+        """On the scene's thread, after an inpainting job is DONE: the inpainted T1, added to the shown scene as a
+        new volume by the job's last poll (`inpainted`); the T1 and the segmentations are not touched."""
+        node = self._take("inpainting")
+        if node is not None:
+            self.inpainted = node
+        return node
 
     def save_inpainted(self, out_dir) -> Path:
         """Write the newest inpainted T1 as `<case>_inpainted.nii.gz` in `out_dir`, numbered (`-2`, `-3`, ...) if

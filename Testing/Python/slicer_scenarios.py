@@ -77,8 +77,8 @@ def _cancel(run, finish) -> None:
     """Cancel a background run at once: it stops within 60 s and `finish(run)` raises CancelledError."""
     from BrainDiffSegLib.errors import CancelledError
 
-    run.task.cancel()
-    assert run.task.wait(60), f"cancel did not stop the {run.task.name} within 60 s"
+    run.cancel()
+    assert run.wait(60), f"cancel did not stop the {run.kind} within 60 s"
     try:
         finish(run)
     except CancelledError:
@@ -140,9 +140,9 @@ def real_case_in_background(logic, case_dir=None) -> None:
     fast = _quick_cpu()
 
     run = logic.startPropagation(volumes, painted, fast, createUncertainty=True)
-    assert run.task.wait(300), "the background propagation did not finish within 5 minutes"
+    assert run.wait(300), "the background propagation did not finish within 5 minutes"
     out = logic.finishPropagation(run)
-    assert run.task.poll() or run.task.stage != "waiting"
+    assert run.state.status == "done", run.state
     labels, _, _ = logic.labelArrayFromSegmentation(out, volumes["flair"])
     assert np.allclose(logic.ijkToRasArray(logic.lastUncertaintyNode), logic.ijkToRasArray(volumes["flair"]))
     scores = region_dice(logic.toEngineArray(labels, 2), truth, zs)
@@ -192,7 +192,7 @@ def inpaint_in_background(logic, case_dir=None, steps: int = 5) -> None:
     nodesBefore = scene.GetNumberOfNodes()
 
     run = logic.startInpainting(t1, painted, core, steps=steps)
-    assert run.task.wait(300), "the background inpainting did not finish within 5 minutes"
+    assert run.wait(300), "the background inpainting did not finish within 5 minutes"
     out = logic.finishInpainting(run)
     assert out is not t1 and out.GetScene() is scene and scene.GetNumberOfNodes() > nodesBefore
     assert np.allclose(logic.ijkToRasArray(out), logic.ijkToRasArray(t1))

@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO
 
 SRC = REPO / "BrainDiffSeg"
-PACKAGES = ("BrainDiffSegLib", "BrainDiffSegSlicer", "BrainDiffSegBench", "BrainDiffSegCLI", "BrainDiffSegWeb")
+PACKAGES = ("BrainDiffSegLib", "BrainDiffSegService", "BrainDiffSegSlicer", "BrainDiffSegBench", "BrainDiffSegCLI",
+            "BrainDiffSegWeb")
 GUI = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "mrml", "PythonQt", "PySide6", "PyQt5", "PyQt6", "trame",
        "trame_slicer", "trame_server", "trame_client"}
 OURS = set(PACKAGES) | {"BrainDiffSeg"}
@@ -81,9 +82,53 @@ def test_slicer_module_never_imports_benchmarks_cli_or_web():
     assert _offenders(files, {"BrainDiffSegBench", "BrainDiffSegCLI", "BrainDiffSegWeb", "trame", "trame_slicer"}) == {}
 
 
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_service_package_has_no_front_end_and_its_server_stays_out_of_slicer():
+    """BrainDiffSegService: the engine, FastAPI / uvicorn (the server) and h11 (the client); never Slicer, Qt, VTK, nor
+    the benchmarks, the CLI or the web. The Slicer side uses its client modules only: the server (which imports the
+    engine's torch work) runs in the service's own process."""
+    service = _files("BrainDiffSegService")
+    assert _offenders(service, GUI | {"BrainDiffSeg", "BrainDiffSegSlicer", "BrainDiffSegBench", "BrainDiffSegCLI",
+                                      "BrainDiffSegWeb"}) == {}
+    for path in service:
+        extra = imported_roots(path) - STDLIB - {"BrainDiffSegLib", "BrainDiffSegService", "numpy", "h11"}
+        if path.name == "server.py":
+            extra -= {"fastapi", "starlette", "uvicorn", "torch"}
+        assert not extra, (path.name, extra)
+    slicer_side = _files("BrainDiffSegSlicer") + [SRC / "BrainDiffSeg.py"]
+    used = {m for path in slicer_side for m in _imported_modules(path) if m.startswith("BrainDiffSegService")}
+    assert used and "BrainDiffSegService.server" not in used, used
+    for path in slicer_side:  # the panel's process never imports torch (the engine runs elsewhere)
+        assert "torch" not in imported_roots(path), path.name
+
+
 def test_qt_only_in_the_widget():
-    files = [p for p in _files("BrainDiffSegSlicer") if p.name != "widget.py"]
+    """Qt in the panel (`widget`), the module's icon (`module`) and the one-sentence panel of a too old Slicer
+    (`version`) only."""
+    files = [p for p in _files("BrainDiffSegSlicer") if p.name not in ("widget.py", "module.py", "version.py")]
     assert _offenders(files, {"qt", "ctk", "PythonQt"}) == {}
+
+
+def test_the_module_file_parses_on_python_3_9_and_checks_the_version_first():
+    """Slicer 5.8 ships Python 3.9: the module file and the version check must parse there, so that an old Slicer
+    shows a panel saying what it needs instead of a traceback."""
+    for path in (SRC / "BrainDiffSeg.py", SRC / "BrainDiffSegSlicer" / "version.py",
+                 SRC / "BrainDiffSegSlicer" / "__init__.py"):
+        ast.parse(path.read_text(), str(path), feature_version=(3, 9))
+    tree = ast.parse((SRC / "BrainDiffSeg.py").read_text())
+    imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert [n.module for n in imports] == ["__future__", "BrainDiffSegSlicer.version"], \
+        "BrainDiffSeg.py must import nothing of ours before the version check"
+    assert imported_roots(SRC / "BrainDiffSegSlicer" / "version.py") <= STDLIB | {"slicer", "qt"}
 
 
 def test_benchmarks_never_import_the_slicer_side_web_or_cli():
@@ -116,7 +161,7 @@ def test_cmake_ships_the_module_and_engine_only():
     text = (SRC / "CMakeLists.txt").read_text()
     assert "slicerMacroBuildScriptedModule" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     assert re.search(r"^\s*\$\{MODULE_NAME\}\.py\s*$", text, re.MULTILINE)
-    for package in ("BrainDiffSegLib", "BrainDiffSegSlicer"):
+    for package in ("BrainDiffSegLib", "BrainDiffSegService", "BrainDiffSegSlicer"):
         listed = set(re.findall(rf"\b{package}/([\w/]+\.py)", text))
         present = {str(p.relative_to(SRC / package)) for p in _files(package)}
         assert listed == present, (package, sorted(present - listed), sorted(listed - present))

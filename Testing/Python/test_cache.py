@@ -133,3 +133,28 @@ def test_benchmark_update_command(tmp_path, tiny_checkpoint):
     assert result["update_equals_fresh_cache"] is True
     assert result["runs"][-1]["cache_gb"] > 0 and result["runs"][-1]["dice"]["WT"] > 0.5
     assert "fresh cache" in (out / "update.md").read_text()
+
+
+def test_benchmark_update_through_the_service(tmp_path, tiny_checkpoint):
+    """`benchmark update --service local`: the first run and the updates also through a private engine service
+    (started and stopped by the benchmark) and the same requests in process; the overhead per call is reported and
+    the service's labels equal the in-process ones."""
+    import json
+
+    from BrainDiffSegCLI import main
+    from conftest import write_tumour_case
+
+    folder, _, _ = write_tumour_case(tmp_path / "case")
+    out = tmp_path / "update"
+    assert main(["benchmark", "update", "--case", str(folder), "--out", str(out), "--preset", "quick",
+                 "--method", "diffusion", "--checkpoint", str(tiny_checkpoint), "--blocks", "1,2",
+                 "--device", "cpu", "--service", "local"]) == 0
+    service = json.loads((out / "update.json").read_text())["service"]
+    assert service["labels_equal_in_process"] is True and service["service_threads"] == 1
+    rows = service["runs"]
+    assert [r["run"] for r in rows] == ["first"] + ["update"] * (len(rows) - 1) and len(rows) >= 3
+    for r in rows:
+        assert r["service_seconds"] >= r["service_engine_seconds"] > 0 and r["in_process_seconds"] > 0
+        assert abs(r["overhead_seconds"] - (r["service_seconds"] - r["in_process_seconds"])) < 0.01
+    text = (out / "update.md").read_text()
+    assert "## Through the engine service" in text and "overhead per call" in text

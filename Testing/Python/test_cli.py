@@ -68,7 +68,7 @@ def test_console_script_is_installed():
         pytest.fail("the braindiffseg console script is not installed (pip install -e .)")
     res = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    for command in ("propagate", "demo", "train-ddpm", "benchmark"):
+    for command in ("propagate", "demo", "train-ddpm", "benchmark", "serve"):
         assert command in res.stdout
 
 

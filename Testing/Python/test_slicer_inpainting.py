@@ -143,8 +143,8 @@ def test_background_run_cancel_and_one_job_at_a_time(mrml_scene, crop, M):
         logic.propagate({"t1": t1}, painted)
     with pytest.raises(RuntimeError, match="not finished"):
         logic.finishInpainting(run)
-    run.task.cancel()
-    assert run.task.wait(60), "cancel did not stop the inpainting promptly"
+    run.cancel()
+    assert run.wait(60), "cancel did not stop the inpainting promptly"
     with pytest.raises(CancelledError):
         logic.finishInpainting(run)
     assert scene_ids(mrml_scene) == ids and not logic.running
@@ -152,8 +152,8 @@ def test_background_run_cancel_and_one_job_at_a_time(mrml_scene, crop, M):
 
     run = logic.startInpainting(t1, painted, core, steps=STEPS)
     assert scene_ids(mrml_scene) == ids  # nothing is added while the engine runs
-    assert run.task.wait(300)
-    assert [s for s, _ in run.task.poll()][-1] == "done"
+    assert run.wait(300)
+    assert run.state.status == "done" and run.state.stage == "done"
     out = logic.finishInpainting(run)
     assert scene_ids(mrml_scene) == ids + [out.GetID(), out.GetDisplayNode().GetID()]
     inside = np.isin(crop["arrays"]["seg"], (1, 4))
@@ -209,7 +209,7 @@ def test_bad_input_names_the_nodes(mrml_scene, crop, M):
                                          r"covers \d+ % of the brain"):
         logic.inpaint(t1, big, steps=STEPS)
     run = logic.startInpainting(t1, big, steps=STEPS)
-    assert run.task.wait(60)
+    assert run.wait(60)
     with pytest.raises(InputError, match="covers"):
         logic.finishInpainting(run)
     assert scene_ids(mrml_scene) == ids and not logic.running

@@ -5,6 +5,8 @@ Slicer's own `vtkSegmentationHistory`, what the Segment Editor's undo uses) and 
 """
 from __future__ import annotations
 
+import time
+
 import json
 from dataclasses import replace
 
@@ -84,7 +86,7 @@ def test_feature_cache_is_hit_on_a_rerun_and_cleared(mrml_scene, crop, M, monkey
     again = logic.propagate(volumes, painted, options, outputNode=first)
     assert again is first
     assert len(calls) == first_calls, "the re-run ran the backbone again"
-    assert logic.featureCache.hits >= 1
+    assert logic.featureCacheStats()["hits"] >= 1
     updated = labels_of(logic, again, volumes["flair"])
 
     fresh = M.BrainDiffSegLogic(mrml_scene)
@@ -94,7 +96,8 @@ def test_feature_cache_is_hit_on_a_rerun_and_cleared(mrml_scene, crop, M, monkey
     assert annotated(again) == annotated(scratch)
 
     logic.clearCache()
-    assert logic.featureCacheBytes() == 0 and logic.featureCache.describe()["slices"] == 0
+    assert logic.featureCacheBytes() == 0 and logic.featureCacheStats() == {}
+    assert len(logic.engine.workspace) == 0
 
 
 def test_one_run_at_a_time_and_cancel_during_an_update(mrml_scene, crop, M):
@@ -112,10 +115,10 @@ def test_one_run_at_a_time_and_cancel_during_an_update(mrml_scene, crop, M):
         logic.startPropagation(volumes, painted, RAW, outputNode=first)
     with pytest.raises(InputError, match="already running"):
         logic.propagate(volumes, painted, RAW)
-    while not run.task.done and not run.task.poll():  # the engine has started
-        run.task.wait(0.05)
-    run.task.cancel()
-    assert run.task.wait(60)
+    while not run.done and run.poll().stage in ("starting", "preparing"):  # the engine has started
+        time.sleep(0.02)
+    run.cancel()
+    assert run.wait(60)
     with pytest.raises(CancelledError):
         logic.finishPropagation(run)
     assert not logic.running

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import subprocess
 import sys
 
@@ -438,7 +439,9 @@ def test_the_modules_self_test_skips_without_the_source_tree(M, tmp_path, monkey
     """In an installed extension (no Testing/ beside the module) the self-test skips, saying why."""
     import unittest
 
-    monkeypatch.setattr(M, "TESTING_DIR", tmp_path / "Testing" / "Python")
+    import BrainDiffSegSlicer.module
+
+    monkeypatch.setattr(BrainDiffSegSlicer.module, "TESTING_DIR", tmp_path / "Testing" / "Python")
     result = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(
         M.BrainDiffSegTest))
     assert result.testsRun == 3 and result.wasSuccessful() and len(result.skipped) == 3, result
@@ -505,8 +508,8 @@ def test_slicer_layer_structure():
     assert len(files) >= 9 and not [p.name for p in files if pattern.search(p.read_text())]
     for path in SLICER_PACKAGE.glob("*.py"):
         text = path.read_text()
-        if path.name in ("widget.py", "install.py"):  # the panel: inside the Slicer application only
-            continue
+        if path.name in ("widget.py", "install.py", "module.py", "version.py"):
+            continue  # inside the Slicer application only: the panel, installing, the self-test, the version check
         code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith(("#", "`")))
         uses = re.findall(r"slicer\.(mrmlScene|modules|app)\b", code.split('"""', 2)[-1])
         if path.name == "logic.py":
@@ -529,11 +532,20 @@ def test_background_propagation_and_prompt_cancel(mrml_scene, crop, M):
     before, ids = snapshot(painted), scene_ids(mrml_scene)
     logic = M.BrainDiffSegLogic(mrml_scene)
     run = logic.startPropagation(volumes, painted, RAW, createUncertainty=True)
+    assert run is logic.jobs.job and logic.running
     assert scene_ids(mrml_scene) == ids  # nothing is added while the engine runs
-    assert run.task.wait(300)
-    events = run.task.poll()
-    assert events and all(0.0 <= f <= 1.0 for _, f in events)
+    states = []
+    while not run.done:
+        state = logic.jobs.poll()
+        states.append(state)
+        if state.status == "running" and state.stage != "adding the result":
+            assert scene_ids(mrml_scene) == ids
+        time.sleep(0.02)
+    assert {s.stage for s in states} >= {"predicting", "adding the result"}, {s.stage for s in states}
+    assert all(0.0 <= s.fraction <= 1.0 for s in states)
+    assert run.state.status == "done" and run.state.fraction == 1.0
     out = logic.finishPropagation(run)
+    assert out is run.outcome()
     labels, _, _ = logic.labelArrayFromSegmentation(out, volumes["flair"])
     gt = logic.toEngineArray(crop["arrays"]["seg"], 2)
     assert region_dice(logic.toEngineArray(labels, 2), gt, zs)["WT"] > 0.8
@@ -541,14 +553,15 @@ def test_background_propagation_and_prompt_cancel(mrml_scene, crop, M):
 
     ids = scene_ids(mrml_scene)
     run = logic.startPropagation(volumes, painted, RAW, createUncertainty=True)
-    run.task.cancel()
-    assert run.task.wait(30), "cancel did not stop the engine promptly"
+    with pytest.raises(RuntimeError, match="not finished"):
+        logic.finishPropagation(run)
+    run.cancel()
+    assert run.wait(30), "cancel did not stop the engine promptly"
+    assert run.state.status == "cancelled" and run.state.message == "Propagation cancelled."
     with pytest.raises(CancelledError):
         logic.finishPropagation(run)
     assert scene_ids(mrml_scene) == ids
     assert_same_snapshot(before, snapshot(painted))
-    with pytest.raises(RuntimeError, match="not finished"):
-        logic.finishPropagation(type(run)(run.job, type(run.task)(lambda p, c: None)))
 
 
 def test_rerun_updates_the_previous_result_in_place(mrml_scene, crop, M):
@@ -666,9 +679,10 @@ def test_parameter_node_defaults_and_options(mrml_scene, M, tmp_path):
     assert (options.features.blocks, options.features.timesteps, options.classifier.n_models) == ((0, 1, 2),
                                                                                                   (25, 250), 3)
     assert (options.device, options.method, options.checkpoint) == ("cpu", "raw", str(tmp_path))
-    for name, value, message in (("Blocks", "one", "Blocks: 'one' is not a list"), ("Ensemble", "0", ">= 1"),
-                                 ("Device", "tpu", "Device 'tpu' is unknown"),
-                                 ("Checkpoint", str(tmp_path / "none"), "does not exist")):
+    for name, value, message in (("Blocks", "one", r"Blocks: 'one' is not a valid value \(e.g. '1,2'\)"),
+                                 ("Ensemble", "0", "Ensemble: '0' must be at least 1"),
+                                 ("Ensemble", "51", "Ensemble: '51' must be at most 50"),
+                                 ("Device", "tpu", "Device: 'tpu' is unknown; use one of auto, cuda, cpu")):
         saved = node.GetParameter(name)
         node.SetParameter(name, value)
         with pytest.raises(InputError, match=message):
@@ -704,6 +718,8 @@ def test_parameter_node_round_trip(mrml_scene, M):
     default = to_strings(preset("default"))
     assert all(v != default[k] for k, v in to_strings(changed).items()), "a field kept its default"
     parameters.setParametersFromOptions(node, changed)
+    # one seed: the panel's Seed seeds the classifier too (as the command line's --seed); ClassifierSeed is ignored
+    changed = dataclasses.replace(changed, classifier=dataclasses.replace(changed.classifier, seed=changed.seed))
     assert parameters.optionsFromParameters(node) == changed
     import slicer
 

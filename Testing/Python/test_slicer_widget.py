@@ -16,7 +16,8 @@ import pytest
 from conftest import REPO
 
 UI_FILE = REPO / "Resources" / "UI" / "BrainDiffSeg.ui"
-WIDGET_FILES = [REPO / "BrainDiffSeg" / "BrainDiffSegSlicer" / name for name in ("widget.py", "parameters.py")]
+WIDGET_FILES = [REPO / "BrainDiffSeg" / "BrainDiffSegSlicer" / name
+                for name in ("widget.py", "parameters.py", "bindings.py")]
 # What the Widget does with each kind of widget -> the Qt class (or declared base) it must be
 EXPECTED_BASES = {"Selector": "QWidget", "Button": "QAbstractButton", "CheckBox": "QCheckBox",
                   "LineEdit": "QLineEdit", "SpinBox": "QSpinBox", "ComboBox": "QComboBox", "Label": "QLabel",
@@ -48,8 +49,8 @@ def loaded():
 
 def used_ui_names() -> set[str]:
     text = "\n".join(path.read_text() for path in WIDGET_FILES)
-    names = set(re.findall(r"self\.ui\.(\w+)", text))
-    names |= set(re.findall(r'"(\w+(?:Selector|Button|LineEdit|CheckBox|SpinBox|ComboBox))"', text))
+    names = set(re.findall(r"\bui\.(\w+)", text))
+    names |= set(re.findall(r'"([a-z]\w+(?:Selector|Button|LineEdit|CheckBox|SpinBox|ComboBox))"', text))
     return names
 
 
@@ -72,25 +73,45 @@ def test_every_widget_the_panel_uses_exists_with_a_suitable_type(loaded):
     for name in used:
         for suffix, base in EXPECTED_BASES.items():
             # ctkPathLineEdit and ctkCollapsibleButton load as their declared base QWidget
-            if name.endswith(suffix) and name != "checkpointPathLineEdit" and "Collapsible" not in name:
+            if name.endswith(suffix) and not name.endswith("PathLineEdit") and "Collapsible" not in name:
                 assert isinstance(widgets[name], getattr(QtWidgets, base)), (name, type(widgets[name]))
 
 
-def test_combo_boxes_match_the_values_the_widget_maps_them_to(loaded):
+def test_option_widgets_get_choices_and_bounds_from_the_option_fields(loaded):
+    """The .ui holds no choices or bounds of its own: `bindings.setUp` fills the loaded widgets from the fields, and
+    every bound widget round-trips every value its field allows through the parameter node's text."""
     pytest.importorskip("slicer")
-    from BrainDiffSegLib.constants import ROLES
-    from BrainDiffSegSlicer import parameters
-    from BrainDiffSegSlicer.widget import BrainDiffSegWidget
+    from PySide6 import QtWidgets
+
+    from BrainDiffSegSlicer import bindings
 
     _, widgets, _ = loaded
-    assert widgets["deviceComboBox"].count() == len(BrainDiffSegWidget.DEVICES) == 3
+    assert widgets["deviceComboBox"].count() == 0 and widgets["methodComboBox"].count() == 0  # not in the .ui
+    for name, f in bindings.boundFields().items():
+        widget = widgets[name]
+        if name.endswith("PathLineEdit"):  # a ctkPathLineEdit: a plain QWidget without CTK
+            continue
+        bindings.setUp(name, widget)
+        if name.endswith("ComboBox"):
+            assert isinstance(widget, QtWidgets.QComboBox)
+            assert [widget.itemData(i) for i in range(widget.count())] == list(f.choices)
+            assert [widget.itemText(i) for i in range(widget.count())] == [f.label(c) for c in f.choices]
+            for choice in f.choices:
+                bindings.toWidget(name, widget, choice)
+                assert bindings.fromWidget(name, widget) == choice
+        elif name.endswith("SpinBox"):
+            assert widget.minimum() == f.low and widget.maximum() == min(f.high or 2**31 - 1, 2**31 - 1)
+            bindings.toWidget(name, widget, str(int(f.low) + 1))
+            assert bindings.fromWidget(name, widget) == str(int(f.low) + 1)
+        else:
+            bindings.toWidget(name, widget, "1,3")
+            assert bindings.fromWidget(name, widget) == "1,3"
     assert [widgets["deviceComboBox"].itemText(i) for i in range(3)] == ["auto", "GPU", "CPU"]
-    assert widgets["methodComboBox"].count() == len(BrainDiffSegWidget.METHODS)
-    assert set(BrainDiffSegWidget.ROLE_SELECTORS) == set(ROLES)
-    # every item the combo boxes store is a value the parameter node accepts, for the option it stands for
-    fields = parameters.optionParameters()
-    assert set(BrainDiffSegWidget.METHODS) == set(fields["Method"].choices)
-    assert {parameters.DEVICES[d.lower()] for d in ("auto", "GPU", "CPU")} == set(BrainDiffSegWidget.DEVICES)
+    assert widgets["ensembleSpinBox"].maximum() == 50 and widgets["seedSpinBox"].maximum() == 2**31 - 1
+    bindings.toWidget("deviceComboBox", widgets["deviceComboBox"], "GPU")  # a stored label is understood
+    assert bindings.fromWidget("deviceComboBox", widgets["deviceComboBox"]) == "cuda"
+    bindings.toWidget("deviceComboBox", widgets["deviceComboBox"], "")  # empty: the field's default
+    assert bindings.fromWidget("deviceComboBox", widgets["deviceComboBox"]) == "auto"
 
 
 def test_slicer_widgets_are_declared():
@@ -126,8 +147,13 @@ def test_segment_editor_and_scene_connections():
     assert mrml and mrml <= receivers, mrml - receivers
 
 
-def test_requirements_are_pinned_like_pyproject():
+def test_requirements_are_lower_bounds_that_the_tested_pins_satisfy():
+    """Slicer's requirements never pin (a pin would downgrade what another extension installed) and what the tests
+    run (pyproject.toml's pins) satisfies every bound; every package the engine, the service and the client need is
+    there (torch and numpy come separately)."""
     import tomllib
+
+    from packaging.requirements import Requirement
 
     from BrainDiffSegSlicer import install
 
@@ -135,15 +161,15 @@ def test_requirements_are_pinned_like_pyproject():
     for req in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
         name, version = req.split("==")
         pins[name.lower()] = version
-    requirements = install.requirements()
-    assert requirements and not any(r.startswith(("torch", "numpy")) for r in requirements)
+    requirements = [Requirement(r) for r in install.requirements()]
+    assert requirements and not any(r.name in ("torch", "numpy") for r in requirements)
     for req in requirements:
-        name, version = req.split("==")
-        assert pins[name.lower()] == version, req
-    # every engine package except torch / numpy (installed separately / shipped by Slicer) is in the file
-    import_names = {"scikit-image": "skimage"}
-    covered = {import_names.get(r.split("==")[0], r.split("==")[0]) for r in requirements}
-    assert set(install.ENGINE_PACKAGES) - {"torch", "numpy"} <= covered
+        assert all(spec.operator == ">=" for spec in req.specifier), f"{req}: lower bounds only"
+        assert pins[req.name.lower()] in req.specifier, (str(req), pins[req.name.lower()])
+    covered = {install.DISTRIBUTIONS.get(p, p) for p in install.ENGINE_PACKAGES} - {"torch", "numpy"}
+    assert covered == {r.name for r in requirements}
+    assert set(install.CLIENT_PACKAGES) <= set(install.ENGINE_PACKAGES)
+    assert pins["torch"] in Requirement("torch" + install.TORCH_REQUIREMENT).specifier
 
 
 def test_the_panel_needs_the_slicer_application():
@@ -156,14 +182,19 @@ def test_the_panel_needs_the_slicer_application():
 
 
 def test_every_parameter_the_panel_uses_is_a_module_parameter():
-    """The names the Widget reads and writes in the parameter node are parameters of `parameters.py` (with
-    defaults), and flags it reads are the panel's own switches."""
+    """The names the panel (widget and model) reads and writes in the parameter node are parameters of
+    `parameters.py` (with defaults), flags it reads are the panel's own switches, and every bound option widget
+    stands for an option field."""
     pytest.importorskip("slicer")
-    from BrainDiffSegSlicer import parameters
+    from BrainDiffSegLib.options import fields
+    from BrainDiffSegSlicer import bindings, parameters
 
-    text = WIDGET_FILES[0].read_text()
+    text = WIDGET_FILES[0].read_text() + (REPO / "BrainDiffSeg" / "BrainDiffSegSlicer" / "panel.py").read_text()
     used = set(re.findall(r'(?:GetParameter|SetParameter)\("(\w+)"', text))
     flags = set(re.findall(r'parameters\.flag\(\w+, "(\w+)"\)', text))
-    assert {"Method", "Device", "Blocks", "ComponentRoles"} <= used and flags
+    assert {"ComponentRoles", "InpaintSegments"} <= used and flags
     assert used | flags <= set(parameters.defaultParameters())
     assert flags <= set(parameters.PANEL_DEFAULTS)
+    keys = {f.key for f in fields()}
+    assert set(bindings.OPTION_WIDGETS.values()) <= keys
+    assert {parameters.parameterName(k) for k in bindings.OPTION_WIDGETS.values()} <= set(parameters.defaultParameters())

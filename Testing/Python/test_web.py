@@ -272,7 +272,7 @@ def test_session_propagates_in_the_background_and_cancels(session, crop_case):
     assert session.wait(120).status == JobStatus.DONE
     assert session.import_result() is result and session.scene.GetNumberOfNodes() == n_nodes
     session.load_case(case_dir)  # another case: the Logic's cache is cleared
-    assert session.logic.featureCacheBytes() == 0 and session.logic.featureCache.describe()["slices"] == 0
+    assert session.logic.featureCacheBytes() == 0 and session.logic.featureCacheStats() == {}
 
 
 def test_session_inpaints_in_the_background_cancels_and_saves_numbered(session, crop_case, tmp_path):
@@ -346,9 +346,38 @@ def test_session_inpainting_defaults_to_the_propagated_result(session, crop_case
     assert session.inpainting_source() == "result"
     session.start_inpainting(steps=200)
     painted = np.count_nonzero(label[..., [20, 40]])
-    assert session._run.job.segmentationNode is result and session._run.job.mask.sum() > 5 * painted
+    request = session.logic.jobs.job.request  # what went to the engine: the result's segments
+    assert request.meta["describe"].endswith(f"of '{result.GetName()}'") and request.arrays["mask"].sum() > 5 * painted
     session.cancel()
     assert session.wait(60).status == JobStatus.CANCELLED
+
+
+def test_session_propagates_through_an_engine_service(session, crop_case, tmp_path):
+    """`braindiffseg web --server URL` / `--local-service`: the session's Logic runs its job on an engine service,
+    through the same job controller: the same states, the result in the shown scene."""
+    from BrainDiffSegWeb.session import JobStatus
+    from service_support import start_service
+
+    service = start_service(tmp_path)
+    try:
+        session.logic.useRemoteServer(service.url, service.token)
+        case_dir, label, _ = crop_case
+        session.load_case(case_dir)
+        node = paint_truth_slices(session, label, [20, 40])
+        session.start_propagation()
+        stages = set()
+        while session.running:
+            stages.add(session.job_state().stage)
+            time.sleep(0.02)
+        state = session.wait(120)
+        assert state.status == JobStatus.DONE, state.message
+        assert {"sending the volume", "adding the result"} <= stages, stages
+        result = session.import_result()
+        assert result is not None and result.GetScene() is session.scene and session.segment_voxels(result)["Edema"]
+        assert set(session.segment_voxels(node)) == {"Edema"}
+    finally:
+        session.logic.stopEngine()
+        service.stop()
 
 
 def test_session_bad_input(session, tmp_path):

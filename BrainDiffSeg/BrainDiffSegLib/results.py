@@ -1,0 +1,32 @@
+"""A propagation's result (numpy only: the Slicer panel's process, which never imports torch, holds results that the
+engine service computed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class PropagationResult:
+    labels: np.ndarray  # label values of the annotation, axial axis last
+    entropy: np.ndarray  # normalised entropy of the mean prediction, 0 on annotated slices / background
+    disagreement: np.ndarray | None  # fraction of ensemble members disagreeing (None when not asked for)
+    annotated_slices: list[int]
+    label_values: list[int]
+    timings: dict[str, float]
+    device: str
+    probabilities: np.ndarray | None = None  # (X, Y, Z, C) ensemble mean, only with keep_probabilities=True
+
+    def least_certain_slices(self, n: int = 5) -> list[tuple[int, float]]:
+        """Predicted slices ranked by mean uncertainty over their tumour-or-uncertain pixels (`suggest`)."""
+        from .suggest import rank_slices
+        return rank_slices(self, n, "uncertainty")
+
+    @classmethod
+    def from_response(cls, response) -> "PropagationResult":
+        """The result of a propagation job's `transfer.EngineResponse` (`jobs.run_request`)."""
+        m, a = response.meta, response.arrays
+        return cls(a["labels"], a["entropy"], a.get("disagreement"), [int(z) for z in m["annotated_slices"]],
+                   [int(v) for v in m["label_values"]], {k: float(v) for k, v in m["timings"].items()},
+                   str(m["device"]))
