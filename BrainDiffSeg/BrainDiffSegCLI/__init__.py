@@ -8,7 +8,8 @@ annotator (`BrainDiffSegWeb`, imported only by `braindiffseg web`). Each command
 propagation flags (`--preset`, `--method`, `--blocks`, `--ensemble`, ...) are generated from the options dataclasses
 by `BrainDiffSegLib.options.add_arguments`; given flags override the chosen preset.
 
-Exit status: 0 on success, 2 for bad input (a message, no traceback), 1 when a benchmark produced nothing.
+Exit status: 0 on success, 2 for bad input (a message, no traceback), 1 when a benchmark produced nothing, 130 when
+cancelled with Ctrl-C (no half-written output: every output is written atomically).
 """
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
     except BrainDiffSegError as exc:
         log.error("%s", exc)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so none is left half-written
+        log.error("Cancelled (Ctrl-C); no output was written or replaced by the step that was running.")
+        return 130
 
 
 if __name__ == "__main__":

@@ -89,15 +89,16 @@ def run_inpaint(a) -> int:
 
     from BrainDiffSegLib.errors import InputError
     from BrainDiffSegLib.inpaint import inpaint_volume
-    from BrainDiffSegLib.io import check_writable, load_case, load_case_files, load_label, save_volume
+    from BrainDiffSegLib.io import load_case, load_case_files, load_label, save_volume
+    from BrainDiffSegLib.outputs import check_outputs
 
-    check_writable(a.out, a.force)
     if a.case:
         case = load_case(a.case)
         if "t1" not in case.images:
             raise InputError(f"{a.case}: no T1 sequence (inpainting works on T1)")
     else:
         case = load_case_files({"t1": a.t1})
+    check_outputs({"--out": (a.out, "volume")}, inputs=[*case.paths.values(), a.mask], force=a.force)
     try:
         mask = load_label(a.mask, case.native(case.images["t1"]).shape, case.affine, case.axial_axis)
     except InputError as exc:

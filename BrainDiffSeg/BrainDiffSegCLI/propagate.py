@@ -49,14 +49,16 @@ def run_propagate(a) -> dict:
     import numpy as np
 
     from BrainDiffSegLib.errors import BrainDiffSegError
-    from BrainDiffSegLib.io import check_writable, load_case, load_label, save_volume
+    from BrainDiffSegLib.io import load_case, load_label, save_volume
+    from BrainDiffSegLib.outputs import atomic, check_outputs
     from BrainDiffSegLib.propagate import propagate
     from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 
     case = load_case(a.case)
-    # every output, the summary JSON included, is checked before any work is done
-    for target in [a.out] + [t for t in (a.uncertainty, a.overlay, getattr(a, "json", None)) if t]:
-        check_writable(target, a.force)
+    # every output, the summary JSON included, is checked before any work is done (BrainDiffSegLib.outputs)
+    check_outputs({"--out": (a.out, "volume"), "--uncertainty": (a.uncertainty, "volume"),
+                   "--overlay": (a.overlay, "png"), "--json": (getattr(a, "json", None), "json")},
+                  inputs=[*case.paths.values(), a.annotation], force=a.force)
     if a.simulate_annotation:
         if case.label is None:
             raise BrainDiffSegError(f"--simulate-annotation needs the case's ground truth (*_seg.nii.gz) in {a.case}")
@@ -66,10 +68,15 @@ def run_propagate(a) -> dict:
                                 case.axial_axis)
     else:
         raise BrainDiffSegError("give --annotation LABELS.nii.gz or --simulate-annotation K")
+    from BrainDiffSegLib.outputs import size_warning
+
+    warning = size_warning(case.shape, len(case.images))
+    if warning:  # before a long run, what to expect
+        log.warning("%s", warning)
     t = time.perf_counter()
     res = propagate(case.images, annotation, options_from_arguments(a), progress=_progress())
     seconds = time.perf_counter() - t
-    save_volume(case, res.labels, a.out, force=a.force, dtype=np.uint8)
+    save_volume(case, res.labels, a.out, force=a.force)  # labels in a type that holds their values
     if a.uncertainty:
         save_volume(case, res.entropy, a.uncertainty, force=a.force, dtype=np.float32)
     summary = {"case": case.name, "sequences": list(case.roles), "annotated_slices": res.annotated_slices,
@@ -78,16 +85,23 @@ def run_propagate(a) -> dict:
     import resource
 
     summary["peak_memory_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2)
-    if case.label is not None:
+    predicted = [z for z in range(res.labels.shape[-1]) if z not in set(res.annotated_slices)]
+    if not predicted:
+        summary["note"] = "every axial slice is annotated: nothing was predicted (no Dice to report)"
+    elif case.label is not None and not case.label[..., predicted].any():
+        summary["note"] = ("every slice with tumour in the ground truth is annotated: nothing to compare on the "
+                           "other slices (no Dice to report)")
+    elif case.label is not None:
         summary["dice"] = {k: round(v, 4) for k, v in region_dice(res.labels, case.label,
                                                                    res.annotated_slices).items()}
     if a.overlay:
         from BrainDiffSegBench.overlay import save_overlay
 
         img = case.images.get("flair", next(iter(case.images.values())))
-        save_overlay(a.overlay, img, res.labels, case.label, res.annotated_slices,
-                     title=f"{case.name}: {len(res.annotated_slices)} annotated slices {res.annotated_slices}; "
-                           + " ".join(f"{k} {v:.3f}" for k, v in summary.get("dice", {}).items()))
+        with atomic(a.overlay) as tmp:
+            save_overlay(tmp, img, res.labels, case.label, res.annotated_slices,
+                         title=f"{case.name}: {len(res.annotated_slices)} annotated slices {res.annotated_slices}; "
+                               + " ".join(f"{k} {v:.3f}" for k, v in summary.get("dice", {}).items()))
     return summary
 
 
@@ -95,13 +109,15 @@ def _print_summary(s: dict) -> None:
     print(f"case {s['case']} ({', '.join(s['sequences'])}); annotated slices {s['annotated_slices']}")
     if "dice" in s:
         print("Dice on the non-annotated slices: " + "  ".join(f"{k} {v:.3f}" for k, v in s["dice"].items()))
+    if "note" in s:
+        print(s["note"][:1].upper() + s["note"][1:] + ".")
     print(f"time {s['seconds']:.1f} s on {s['device']}, peak memory {s['peak_memory_gb']:.2f} GB; stages "
           + json.dumps(s["timings"]))
 
 
 def run(a) -> int:
     """`propagate` or `demo` (the demo: propagate with fixed outputs in --out-dir, overwritten)."""
-    from BrainDiffSegLib.io import check_writable
+    from BrainDiffSegLib.outputs import write_text
     from BrainDiffSegLib.resources import data_root
 
     if a.command == "demo":
@@ -112,8 +128,7 @@ def run(a) -> int:
             str(out / "overlay.png")
     summary = run_propagate(a)
     if a.json:
-        path = check_writable(a.json, a.force)
-        path.write_text(json.dumps(summary, indent=2))
+        write_text(a.json, json.dumps(summary, indent=2))
     _print_summary(summary)
     if a.command == "demo":
         print(f"wrote {a.out}, {a.uncertainty}, {a.overlay}")

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import CancelledError
+from .errors import CancelledError, EngineError
 from .options import ClassifierOptions
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,10 @@ class PixelEnsemble:
                 progress(1.0 if all(stopped) else (epoch + 1) / self.opt.max_epochs)
             if all(stopped):
                 break
+        diverged = sum(not math.isfinite(b) for b in best)
+        if diverged:
+            raise EngineError(f"The classifier did not train: the validation loss of {diverged} of its {n_models} "
+                              "members is not finite (the features or the labels are damaged); nothing was segmented.")
         self.members = []
         for m, net in enumerate(nets):
             net.load_state_dict(best_state[m])

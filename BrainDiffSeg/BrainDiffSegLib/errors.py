@@ -19,3 +19,8 @@ class OutputExistsError(BrainDiffSegError, FileExistsError):
 
 class CancelledError(BrainDiffSegError):
     """Long-running work was cancelled by the caller."""
+
+
+class EngineError(BrainDiffSegError):
+    """The engine's computation went wrong in a way the user must hear about (e.g. a result that is not finite),
+    instead of a silent wrong result; nothing is written."""

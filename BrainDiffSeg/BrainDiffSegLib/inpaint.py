@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import CancelledError, InputError
+from .errors import CancelledError, EngineError, InputError
 from .inpaint_fill import fill_distance_weighted
 from .inpaint_masks import brain_of
 from .inpaint_model import (InpaintConfig, InpaintNet, load_inpaint_model, model_input, sample_range,
@@ -266,6 +266,9 @@ def inpaint_volume(t1: np.ndarray, mask: np.ndarray, model: str | Path | tuple |
     pred = sample(net, cfg, prep["voided"], prep["mask"], steps, seed, progress=progress, cancelled=cancelled,
                   samples=samples, init=init, strength=strength)
     out = paste(image, m, pred, prep)
+    if not np.isfinite(out[m]).all():
+        raise EngineError("The inpainted voxels are not finite (NaN or infinite): the inpainting model's weights are "
+                          "damaged; nothing was written.")
     if progress is not None:
         progress("done", 1.0)
     return out

@@ -28,8 +28,11 @@ SUFFIX_ROLES = {
     "t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair",
     # LGG (Buda et al.)
     "pre": "t1", "post": "t1ce",
-    "seg": "seg",
+    # BIDS suffixes (a contrast agent as the `ce-` entity: see parse_sequence_name) and other common spellings
+    "t1w": "t1", "t2w": "t2", "flair": "flair", "t1gd": "t1ce", "t1c": "t1ce", "t1ce": "t1ce", "t1post": "t1ce",
+    "seg": "seg", "dseg": "seg",
 }
+_CONTRAST_RE = re.compile(r"(^|[_-])ce-(gd|gadolinium|contrast|[a-z0-9]+)([_-]|$)", re.IGNORECASE)
 _NAME_RE = re.compile(r"^(?P<stem>.+?)[_-](?P<suffix>[A-Za-z0-9]+)\.nii(\.gz)?$")
 
 
@@ -72,7 +75,10 @@ def parse_sequence_name(path: Path) -> str | None:
     m = _NAME_RE.match(path.name)
     if not m:
         return None
-    return SUFFIX_ROLES.get(m.group("suffix").lower())
+    role = SUFFIX_ROLES.get(m.group("suffix").lower())
+    if role == "t1" and _CONTRAST_RE.search(m.group("stem")):  # BIDS: sub-01_ce-gd_T1w.nii.gz is the T1ce
+        return "t1ce"
+    return role
 
 
 def find_case_files(case_dir: str | Path) -> dict[str, Path]:
@@ -81,9 +87,12 @@ def find_case_files(case_dir: str | Path) -> dict[str, Path]:
     if not case_dir.is_dir():
         raise InputError(f"Case folder not found: {case_dir}")
     found: dict[str, Path] = {}
+    ignored = []
     for p in sorted(case_dir.iterdir()):
         role = parse_sequence_name(p)
         if role is None:
+            if p.name.lower().endswith((".nii", ".nii.gz")):
+                ignored.append(p.name)
             continue
         if role in found:
             raise InputError(f"Two files for sequence '{role}' in {case_dir}: {found[role].name} and {p.name}")
@@ -93,6 +102,15 @@ def find_case_files(case_dir: str | Path) -> dict[str, Path]:
         raise InputError(
             f"No MRI sequence found in {case_dir}. Expected files named like CASE_flair.nii.gz / CASE_t1ce.nii.gz "
             f"(BraTS), CASE-t2f.nii.gz (BraTS 2023) or CASE_pre/_post/_flair.nii.gz (LGG); found: {names}")
+    if ignored:  # said, never dropped in silence
+        log.warning("%s: ignored %s (not a recognised sequence name); using %s", case_dir, ", ".join(ignored),
+                    ", ".join(f"{r}={found[r].name}" for r in [*ROLES, "seg"] if r in found))
+    missing = [r for r in ROLES if r not in found]
+    if missing:
+        log.warning("%s: no %s: propagating with %s only%s", case_dir, ", ".join(missing),
+                    ", ".join(r for r in ROLES if r in found),
+                    " (without the T1ce, the tumour core and enhancing tumour are much less accurate)"
+                    if "t1ce" in missing else "")
     return found
 
 
@@ -142,6 +160,16 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim != 3:
         raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
     return data, img.affine
+
+
+def check_volume_file(path: str | Path, role: str) -> None:
+    """The engine's reader and checks on one file, for readers of their own (the Slicer Logic): InputError for a
+    file that does not read whole (e.g. a truncated .nii.gz, whose missing slices another reader may fill with
+    zeros), is not 3D, or (an image) holds NaN or is constant."""
+    path = Path(path)
+    data, _ = _load_nifti(path)
+    if role != "seg":
+        _check_image(role, path, data)
 
 
 def _check_image(role: str, path: Path, data: np.ndarray) -> None:
@@ -214,7 +242,10 @@ def load_label(path: str | Path, shape: tuple, affine: np.ndarray, axial_axis: i
                          "the annotation must be on the grid of the images.")
     if not np.all(np.isfinite(data)) or np.any(data < 0) or np.any(np.mod(data, 1) != 0):
         raise InputError(f"{path}: a label volume must hold non-negative integers.")
-    return np.moveaxis(data.astype(np.int16), axial_axis, -1)
+    if data.size and float(data.max()) > np.iinfo(np.int32).max:
+        raise InputError(f"{path}: label values up to {np.iinfo(np.int32).max} are supported, not {data.max():.0f}.")
+    dtype = np.int16 if not data.size or float(data.max()) <= np.iinfo(np.int16).max else np.int32
+    return np.moveaxis(data.astype(dtype), axial_axis, -1)  # the values exactly (int16 unless they need more)
 
 
 def check_writable(path: str | Path, force: bool = False) -> Path:
@@ -225,15 +256,27 @@ def check_writable(path: str | Path, force: bool = False) -> Path:
     return path
 
 
-def save_volume(case: Case, array: np.ndarray, path: str | Path, force: bool = False, dtype=np.uint8) -> Path:
-    """Write an (axial-last) array on the case's native grid as NIfTI, never overwriting unless forced."""
+def save_volume(case: Case, array: np.ndarray, path: str | Path, force: bool = False, dtype=None) -> Path:
+    """Write an (axial-last) array on the case's native grid as NIfTI, never overwriting unless forced, atomically
+    (`outputs.atomic`: a failed write leaves no partial file and the old one as it was). dtype None: labels, in the
+    smallest type holding their values (`outputs.label_dtype`); values the dtype cannot hold are refused."""
     import nibabel as nib
 
+    from .outputs import atomic, label_dtype
+
     path = check_writable(path, force)
+    array = np.asarray(array)
+    if dtype is None:
+        dtype = label_dtype([array.min(), array.max()] if array.size else [0])
+    elif np.issubdtype(np.dtype(dtype), np.integer) and array.size:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InputError(f"{path}: values {array.min()}..{array.max()} do not fit {np.dtype(dtype).name}.")
     ref = case.reference_path()
     header = nib.load(str(ref)).header.copy() if ref is not None else None
     img = nib.Nifti1Image(case.native(array).astype(dtype), case.affine, header=header)
     img.set_data_dtype(dtype)
-    nib.save(img, str(path))
+    with atomic(path) as tmp:
+        nib.save(img, str(tmp))
     log.info("wrote %s", path)
     return path

@@ -146,14 +146,26 @@ def load_checkpoint(folder: str | Path, cls: type, build: Callable, expect=None,
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights} is corrupt or not a safetensors file: {exc}") from exc
+    damaged = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if damaged:  # e.g. bytes overwritten inside the file: the header still reads, the values do not
+        raise CheckpointError(f"{weights} is damaged: {len(damaged)} of {len(state)} tensors hold NaN or infinite "
+                              f"values (e.g. {damaged[0]}); restore it from a copy (or reinstall BrainDiffSeg for "
+                              "the bundled models).")
     try:
         model = build(cfg)
     except (ValueError, TypeError) as exc:  # e.g. channels not divisible by norm_num_groups, non-integer fields
         raise CheckpointError(f"{folder / 'config.json'}: cannot build a model from this configuration: {exc}"
                               ) from exc
+    own = model.state_dict()
+    other = [k for k, t in state.items() if k in own and tuple(own[k].shape) != tuple(t.shape)]
+    if other:
+        k = other[0]
+        raise CheckpointError(f"{weights} does not fit the architecture in config.json: {len(other)} tensors have "
+                              f"other shapes (e.g. {k}: {tuple(state[k].shape)} in the weights, "
+                              f"{tuple(own[k].shape)} in the model); the two files belong to different models.")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatch
+    except RuntimeError as exc:  # (shapes are checked above)
         raise CheckpointError(f"{weights} does not fit the architecture in config.json: {exc}") from exc
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not fit the architecture in config.json "

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from .classifier import PixelEnsemble
 from .device import pick_device
-from .errors import CancelledError, InputError
+from .errors import CancelledError, EngineError, InputError
 from .features import FeatureExtractor
 from .constants import ROLES
 from .model import load_backbone
@@ -177,6 +177,9 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     t = time.perf_counter()
     train_mask = np.moveaxis(fg[..., zs_ann] | (annotation[..., zs_ann] > 0), -1, 0)
     x = extractor.native_features(zs_ann, train_mask)
+    if not bool(torch.isfinite(x).all()):
+        raise EngineError("The features of the annotated slices are not finite (NaN or infinite values): the "
+                          "backbone's weights or the images are damaged; nothing was segmented.")
     y = torch.from_numpy(np.searchsorted(values, np.moveaxis(annotation[..., zs_ann], -1, 0)[train_mask]))
     timings["features_annotated"] = time.perf_counter() - t
     check_cancel()
@@ -192,11 +195,12 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
 
     # 3. predict the other slices, batch by batch, coarse to fine (`predict.predict_slices`)
     t = time.perf_counter()
-    labels = np.zeros(shape, dtype=np.int16)
+    ldt = np.int16 if all(-2**15 <= v < 2**15 for v in values) else np.int32  # the painted values, exactly
+    labels = np.zeros(shape, dtype=ldt)
     entropy = np.zeros(shape, dtype=np.float32)
     disagreement = np.zeros(shape, dtype=np.float32)
     todo = [z for z in range(shape[-1]) if z not in zs_ann and fg[..., z].any()]
-    values_arr = np.array(values, dtype=np.int16)
+    values_arr = np.array(values, dtype=ldt)
     step = max(1, opt.batch_size)
     probs = None
     if keep_probabilities or (refine and needs_probabilities(opt)):
@@ -210,6 +214,9 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         zb = todo[s:s + step]
         pred = predict_slices(ens, extractor, zb, fg, opt.roi_threshold, opt.roi_margin, check_cancel,
                               probabilities=probs is not None)
+        if not np.isfinite(pred.entropy).all():
+            raise EngineError("The prediction is not finite (NaN or infinite probabilities): the features of the "
+                              "predicted slices are damaged; nothing was segmented.")
         labels[..., zb] = np.where(fg[..., zb], values_arr[pred.classes], 0)
         if probs is not None:
             probs[..., zb, :] = pred.probabilities

@@ -118,9 +118,10 @@ def refine_labels(probs: np.ndarray | None, annotation: np.ndarray, annotated: l
             raise InputError(f"probabilities {None if probs is None else probs.shape} do not match the annotation "
                              f"{annotation.shape} and {len(values)} classes")
         p = smooth_probabilities(probs, opt.smooth_xy, opt.smooth_z)
-        labels = np.asarray(values, dtype=np.int16)[decide(p, values, opt.decision)]
+        labels = np.asarray(values, dtype=np.int32 if max(map(abs, values)) >= 2**15 else np.int16)[
+            decide(p, values, opt.decision)]
     else:
-        labels = np.array(labels, dtype=np.int16, copy=True)
+        labels = np.array(labels, copy=True)
     labels[~foreground] = 0
     if opt.gate == "watershed":
         if images is None:

@@ -214,7 +214,7 @@ def labelArrayFromSegmentation(segmentationNode, referenceVolumeNode) -> tuple[n
     masks = segmentMasks(segmentationNode, referenceVolumeNode)
     segmentIdOfValue = {}
     for sid, value in zip(ids, values):
-        if sid in masks:
+        if sid in masks and value != 0:  # (a Background segment is no class: its voxels stay 0)
             labels[masks[sid]] = value
             segmentIdOfValue[value] = sid
     return labels, segmentIdOfValue, brats

@@ -22,12 +22,15 @@ def loadCase(scene, volumesLogic, caseDir, loadGroundTruth: bool = False) -> dic
     """Load the sequences of a case folder (BraTS 2018-2021, BraTS 2023 or LGG names) as volume nodes of `scene`.
 
     Returns role -> vtkMRMLScalarVolumeNode (and 'seg' -> vtkMRMLLabelMapVolumeNode with loadGroundTruth and
-    a label file present). Uses the Volumes module logic (archetype storage nodes); on any failure the nodes
-    loaded so far are removed again."""
-    from BrainDiffSegLib.io import find_case_files
+    a label file present). Every file first passes the engine's reader and checks (`BrainDiffSegLib.io.
+    check_volume_file`: the command line refuses the same files with the same sentence), then loads with the Volumes
+    module logic (archetype storage nodes); on any failure the nodes loaded so far are removed again."""
+    from BrainDiffSegLib.io import check_volume_file, find_case_files
 
     files = find_case_files(caseDir)
     wanted = [r for r in ROLES if r in files] + (["seg"] if loadGroundTruth and "seg" in files else [])
+    for role in wanted:  # the engine's reader and checks first: a damaged file is refused, not read as zeros
+        check_volume_file(files[role], role)
     loaded = {}
     try:
         for role in wanted:
@@ -92,11 +95,26 @@ def saveSegmentation(segmentationNode, path, referenceVolumeNode=None, force: bo
         storage = segmentationNode.CreateDefaultStorageNode()
     else:
         raise InputError(f"Cannot save a segmentation as {path.name}: use .seg.nrrd or .nii.gz.")
-    storage.SetFileName(str(path))
-    if not storage.WriteData(labelNode):
-        raise BrainDiffSegError(f"Writing {path} failed.")
-    log.info("wrote %s", path)
+    _write(storage, labelNode, path)
     return path
+
+
+def _write(storage, node, path: Path) -> None:
+    """Write through a storage node atomically (`BrainDiffSegLib.outputs.atomic`: a temporary file beside `path`,
+    renamed over it once written): a failed or interrupted write leaves no partial file and the old one as it was.
+    (A detached .nhdr header names its data file, so it is written in place.)"""
+    from BrainDiffSegLib.outputs import atomic
+
+    if path.name.lower().endswith(".nhdr"):
+        storage.SetFileName(str(path))
+        if not storage.WriteData(node):
+            raise BrainDiffSegError(f"Writing {path} failed.")
+    else:
+        with atomic(path) as tmp:
+            storage.SetFileName(str(tmp))
+            if not storage.WriteData(node):
+                raise BrainDiffSegError(f"Writing {path} failed; nothing was replaced.")
+    log.info("wrote %s", path)
 
 
 def saveVolume(volumeNode, path, force: bool = False) -> Path:
@@ -113,8 +131,5 @@ def saveVolume(volumeNode, path, force: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetUseCompression(lower.endswith((".gz", ".nrrd")))
-    storage.SetFileName(str(path))
-    if not storage.WriteData(volumeNode):
-        raise BrainDiffSegError(f"Writing {path} failed.")
-    log.info("wrote %s", path)
+    _write(storage, volumeNode, path)
     return path

@@ -43,7 +43,7 @@ STATUS_TAG, LOCKED_STATUS = "Segmentation.Status", "completed"
 
 __all__ = ["ROLES", "BINARY_LABELMAP", "BRATS_SEGMENTS", "PALETTE", "BRATS_TERMINOLOGY", "UNCERTAINTY_REFERENCE_ROLE",
            "SOURCE_REFERENCE_ROLE", "ANNOTATED_SLICES_ATTRIBUTE", "LABEL_VALUES_ATTRIBUTE", "LABEL_VALUE_TAG",
-           "STATUS_TAG", "LOCKED_STATUS", "bratsLabelOfName",
+           "STATUS_TAG", "LOCKED_STATUS", "bratsLabelOfName", "isBackgroundName",
            "labelValuesForSegments", "roleOfVolumeName", "guessInputs"]
 
 
@@ -64,12 +64,25 @@ def bratsLabelOfName(text: str) -> int | None:
     return None
 
 
+def isBackgroundName(name: str) -> bool:
+    """A segment the user named as background ('Background', 'background 2', 'BG'): not a tumour class."""
+    words = _words(name)
+    return "background" in words or words == ["bg"]
+
+
 def labelValuesForSegments(names: list[str], terminologies: list[str] | None = None) -> tuple[list[int], bool]:
     """Label value of each segment (in segment order) and whether the BraTS values were used.
 
-    BraTS values (1 necrotic core, 2 edema, 4 enhancing) when every segment is recognised by its name, or else by
-    its terminology, and no two segments fall in the same class; otherwise 1..N in segment order."""
+    A segment named as background (`isBackgroundName`) gets 0: it is no tumour class and its voxels are not
+    propagated. The others: BraTS values (1 necrotic core, 2 edema, 4 enhancing) when every one is recognised by its
+    name, or else by its terminology, and no two fall in the same class; otherwise 1..N in segment order."""
     terminologies = terminologies or [""] * len(names)
+    background = [isBackgroundName(n) for n in names]
+    if any(background):
+        kept = [(n, t) for n, t, b in zip(names, terminologies, background) if not b]
+        values, brats = labelValuesForSegments([n for n, _ in kept], [t for _, t in kept])
+        it = iter(values)
+        return [0 if b else next(it) for b in background], brats
     brats = []
     for name, term in zip(names, terminologies):
         value = bratsLabelOfName(name)

@@ -221,6 +221,30 @@ def test_weights_not_matching_config(checkpoint, field, value):
     _raises(checkpoint, str(checkpoint / "model.safetensors"), "does not fit the architecture in config.json")
 
 
+def test_damaged_weights_are_refused_with_one_sentence(checkpoint, tmp_path, repo_root):
+    """Bytes overwritten inside the file (its header intact, as a damaged copy of the bundled backbone): refused on
+    load, never a silent wrong result (issue 24 §1). The same on a copy of the bundled backbone."""
+    import shutil
+
+    for folder in (checkpoint, shutil.copytree(repo_root / "Resources" / "Models" / "backbone", tmp_path / "copy")):
+        path = folder / "model.safetensors"
+        raw = bytearray(path.read_bytes())
+        middle = len(raw) // 2
+        raw[middle:middle + min(2 << 20, len(raw) // 4)] = b"\xff" * min(2 << 20, len(raw) // 4)  # NaN floats
+        path.write_bytes(bytes(raw))
+        msg = _raises(folder, str(path), "is damaged", "tensors hold NaN or infinite values", "restore it")
+        assert msg.count("\n") == 0
+
+
+def test_shapes_not_matching_the_config_are_one_sentence(checkpoint):
+    path = checkpoint / "config.json"
+    d = json.loads(path.read_text())
+    d["block_out_channels"] = [8, 8]
+    path.write_text(json.dumps(d))
+    msg = _raises(checkpoint, "tensors have other shapes", "in the weights", "belong to different models")
+    assert "size mismatch" not in msg and msg.count("\n") == 0
+
+
 @pytest.mark.parametrize("field, value", [("block_out_channels", [8, 10]), ("layers_per_block", "two")])
 def test_config_that_cannot_build_a_model(checkpoint, field, value):
     path = checkpoint / "config.json"
