@@ -1,15 +1,18 @@
 """Running long engine work in a background thread, with progress and prompt cancellation.
 
-Front ends (the Slicer widget, the browser annotator) must not freeze while features are extracted and classifiers
-trained. `BackgroundTask` runs one callable in a daemon thread and passes it `progress(stage, fraction)` and
+Front ends must not freeze while features are extracted and classifiers trained. Where the front end's own loop
+lets Python threads run (the browser annotator's server; scripts) the engine may run in a worker thread of its
+process (`BrainDiffSegService.engines.InProcessEngine.submit`); in the Slicer application it never does: its main
+thread holds the GIL while Qt is idle, so such a thread starves (Testing/Python/test_slicer_event_loop.py keeps the
+measurement), and the panel uses an engine service instead. `BackgroundTask` runs one callable in a daemon thread and passes it `progress(stage, fraction)` and
 `cancelled() -> bool`, the two callbacks the engine's long functions take. The front end polls it from its own event
 loop (a Qt timer, a trame callback): `poll()` returns the progress reports made since the last call, `done` says
 whether it has finished, and `result()` returns the value or re-raises the exception of the callable in the caller's
 thread. Nothing here touches MRML or a GUI: the work in the thread must only compute on arrays (MRML is not
 thread-safe); reading nodes before and writing nodes after is the caller's job, in its own thread.
 
-torch and numpy release the interpreter lock in their kernels, so the GUI thread stays responsive while the work
-runs. `cancel()` sets a flag that the engine checks between batches; the engine then raises
+torch and numpy release the interpreter lock in their kernels, so a front end's loop that does not hold the GIL
+stays responsive while the work runs. `cancel()` sets a flag that the engine checks between batches; the engine then raises
 `BrainDiffSegLib.errors.CancelledError`, which `result()` re-raises.
 """
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Device and precision choice, shared by training and feature extraction; seeds, threads and deterministic algorithms.
 
 Reproducibility: the same command on the same input gives bit-identical output on the same machine with the same
-number of torch threads (`seed_everything` seeds every generator and turns on deterministic algorithms). The thread
+number of torch threads: every random draw of a propagation comes from its own seeded generator (the engine touches
+no global generator or flag), and the processes that are the engine's own (the command line, the engine service)
+turn on deterministic algorithms (`use_deterministic_algorithms`; training: `seed_everything`). The thread
 count is part of the result: float sums are split over threads, so 1 and 2 threads give (slightly) different
 features, and the MLPs trained on them can end up in different places (`set_threads`, the benchmarks' `--threads`).
 On a GPU, cuBLAS needs `CUBLAS_WORKSPACE_CONFIG` for deterministic matrix products: it is set here, at import, unless

@@ -191,8 +191,8 @@ class AnnotationSession:
         return self.logic.jobs.running
 
     def start_propagation(self) -> None:
-        """Read the inputs and propagate in a background thread (raises InputError at once for bad input, such
-        as an empty painting; engine errors end the job as FAILED with the message)."""
+        """Read the inputs and propagate in the background, where the Logic's engine runs (raises InputError at
+        once for bad input, such as an empty painting; engine errors end the job as FAILED with the message)."""
         self._refuse_if_running()
         if self.painted is None or not self.volumes:
             raise InputError("Load a case and paint the tumour on a few axial slices first.")
@@ -260,7 +260,7 @@ class AnnotationSession:
 
     def start_inpainting(self, source: str | None = None, steps: int = 25, seed: int = 0, model=None) -> None:
         """Inpaint healthy tissue into the T1 inside every segment of the propagated result (source 'result') or
-        of the painted segmentation ('painted'; default: `inpainting_source()`), in a background thread. Bad input
+        of the painted segmentation ('painted'; default: `inpainting_source()`), in the background. Bad input
         raises InputError at once; engine errors end the job as FAILED with the message."""
         self._refuse_if_running()
         if not self.volumes:
