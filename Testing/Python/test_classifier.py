@@ -284,3 +284,16 @@ def test_merged_ensemble_is_the_weighted_mix_of_both():
         full.merged_with(last, 1.0)
     with pytest.raises(RuntimeError, match="not trained"):
         full.merged_with(PixelEnsemble(3, 3), 0.5)
+
+
+def test_initial_weights_come_from_their_own_generator_with_the_former_values():
+    """The members' initial weights are drawn from a generator of their own (the engine changes no global state in
+    a host process), bit-equal to what `torch.manual_seed(seed)` then `nn.Linear` gave before; the global
+    generator is left as it was."""
+    torch.manual_seed(7)
+    former = make_mlp(20, 3, (128, 32))
+    before = torch.random.get_rng_state().clone()
+    now = make_mlp(20, 3, (128, 32), torch.Generator().manual_seed(7))
+    assert torch.equal(before, torch.random.get_rng_state())
+    for (name, a), (_, b) in zip(former.state_dict().items(), now.state_dict().items()):
+        assert torch.equal(a, b), name
