@@ -386,7 +386,7 @@ def run(a: argparse.Namespace) -> int:
     check_address(a.host, a.certfile, a.keyfile, a.allow_insecure_http)
     token = a.token or os.environ.get(TOKEN_ENV) or ""
     generated = not token
-    token = token or secrets.token_urlsafe(24)
+    token = token or new_token()
     set_threads(a.threads)
     use_deterministic_algorithms()  # this process is the engine's own: reproducible kernels on the GPU
     workspace = Workspace(a.max_volumes, (a.cache_mb << 20) or None)
@@ -419,6 +419,14 @@ def run(a: argparse.Namespace) -> int:
     finally:
         manager.shutdown()
     return 0
+
+
+def new_token() -> str:
+    """A random token that never starts with '-' (a command line would read it as an option)."""
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token
 
 
 def _write_atomically(path: Path, text: str) -> None:

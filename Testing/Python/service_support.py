@@ -59,8 +59,8 @@ def start_service(tmp_path: Path, *args: str, token: str | None = None, host: st
     port = free_port()
     log = tmp_path / f"service-{port}.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LIB_PARENT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "BrainDiffSegCLI", "serve", "--host", host, "--port", str(port), "--token", token,
-           "--threads", "1", *args]
+    cmd = [sys.executable, "-m", "BrainDiffSegCLI", "serve", "--host", host, "--port", str(port), f"--token={token}",
+           "--threads", "1", *args]  # (a token may start with '-')
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path))
     service = Service(process, f"{scheme}://127.0.0.1:{port}", token, log, cafile)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -22,6 +23,7 @@ from BrainDiffSegLib.errors import CancelledError
 from BrainDiffSegLib.options import preset, to_strings
 from BrainDiffSegLib.protocol import simulate_annotation
 from BrainDiffSegLib.transfer import MEDIA_TYPE, EngineRequest, encode, images_digest
+from BrainDiffSegService.engines import _drive
 from conftest import LIB_PARENT
 from service_support import free_port, request, start_service
 
@@ -120,11 +122,14 @@ def test_bad_requests_get_a_4xx_with_one_sentence_and_the_service_goes_on(servic
         assert got == status and words in answer["detail"], (method, path, got, answer)
         assert answer["detail"].endswith((".", ")")) and "Traceback" not in answer["detail"]
     # a small body declaring more arrays than the service accepts: refused before allocating them
-    huge = encode({"kind": "propagate"}, {}).__class__  # bytes
-    declared = __import__("zlib").compress(b"BDS1" + (50).to_bytes(4, "little") +
-                                           b'{"arrays": [{"name": "x", "dtype": "<f8", "shape": [1073741824]}]}')
-    assert huge is bytes
-    got, answer = request(service, "POST", "/jobs", body=declared[:200], headers=ours)
+    header = b'{"meta": {"kind": "propagate"}, "arrays": [{"name": "x", "dtype": "<f8", "shape": [1073741824]}]}'
+    declared = zlib.compress(b"BDS1" + len(header).to_bytes(4, "little") + header)
+    assert len(declared) < 200
+    got, answer = request(service, "POST", "/jobs", body=declared, headers=ours)
+    assert got == 413 and "declares 8192 MB of arrays or more" in answer["detail"], answer
+    # a header length that does not match its JSON
+    got, answer = request(service, "POST", "/jobs", body=zlib.compress(b"BDS1" + (50).to_bytes(4, "little") + header),
+                          headers=ours)
     assert got == 400, answer
     assert request(service, "GET", "/health")[0] == 200
 
@@ -197,7 +202,6 @@ def test_two_clients_one_job_per_volume_others_queue_and_cancel(service, tumour_
     a, b = remote(service), remote(service)
     slow = a.submit(propagation(tumour_case, SLOW))
     wait_for(lambda: (slow.advance(time.monotonic() + 0.02), slow.job_id is not None)[1], what="the job submitted")
-    same = b.submit(propagation(tumour_case, QUICK))
     with pytest.raises(ServiceError, match="busy with another job on this volume"):
         b.run(propagation(tumour_case, QUICK))
     other = b.submit(propagation(tumour_case, QUICK, seed=1))
@@ -207,14 +211,9 @@ def test_two_clients_one_job_per_volume_others_queue_and_cancel(service, tumour_
              what="the second volume's job queued")
     slow.cancel()
     with pytest.raises(CancelledError):
-        from BrainDiffSegService.engines import _drive
-
         _drive(slow, timeout=60)
-    from BrainDiffSegService.engines import _drive
-
     response = _drive(other, timeout=120)
     assert response.arrays["labels"].shape == (64, 64, 24)
-    del same
 
 
 def test_tls_on_loopback_with_a_self_signed_certificate(tmp_path, tumour_case):
@@ -246,7 +245,7 @@ def test_tls_on_loopback_with_a_self_signed_certificate(tmp_path, tumour_case):
 
 def test_a_killed_local_service_gives_a_clear_message_and_the_next_job_starts_a_new_one(tumour_case):
     from BrainDiffSegService.client import ServiceUnavailable
-    from BrainDiffSegService.engines import ServiceEngine, _drive
+    from BrainDiffSegService.engines import ServiceEngine
 
     engine = ServiceEngine.local(threads=1)
     try:
@@ -294,3 +293,14 @@ def test_the_launcher_reports_a_service_that_cannot_start(tmp_path):
                 time.sleep(0.05)
     assert broken.process is None
     assert images_digest({"x": np.zeros(2)})  # (the module's helpers import without the service)
+
+
+def test_a_token_that_starts_with_a_dash_works_and_generated_ones_never_do(tmp_path):
+    from BrainDiffSegService.server import new_token
+
+    assert not any(new_token().startswith("-") for _ in range(500))
+    service = start_service(tmp_path, token="-starts-with-a-dash")
+    try:
+        assert request(service, "GET", "/health")[0] == 200
+    finally:
+        service.stop()
