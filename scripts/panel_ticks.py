@@ -26,7 +26,6 @@ def main() -> int:
     from BrainDiffSegLib.resources import data_root
     from BrainDiffSegBench.report import machine
     from BrainDiffSegSlicer.headless import HeadlessScene
-    from BrainDiffSegSlicer.segments import bratsLabelOfName
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", default=str(data_root() / "brats2021" / "BraTS2021_00006"))
@@ -45,14 +44,7 @@ def main() -> int:
             nodes = logic.loadCase(a.case, loadGroundTruth=True)
             truth = logic.toEngineArray(slicer.util.arrayFromVolume(nodes.pop("seg")), 2)
             annotation, _ = simulate_annotation(truth, a.k)
-            painted = headless.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
-            painted.CreateDefaultDisplayNodes()
-            painted.SetReferenceImageGeometryParameterFromVolumeNode(nodes["flair"])
-            logic.addTumourSegments(painted)
-            segmentation = painted.GetSegmentation()
-            for sid in segmentation.GetSegmentIDs():
-                value = bratsLabelOfName(segmentation.GetSegment(sid).GetName())
-                logic.setSegmentFromArray(painted, sid, logic.fromEngineArray(annotation == value, 2), nodes["flair"])
+            painted = logic.paintTumourSegments(nodes["flair"], annotation)
             options = replace(preset(a.preset), device="cpu")
             for name in ("first (the volume sent)", "update (the service has the volume)"):
                 t0 = time.perf_counter()

@@ -512,6 +512,21 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
                 added.append(segmentation.AddEmptySegment("", name, list(color)))
         return added
 
+    def paintTumourSegments(self, referenceVolumeNode, labels, name: str = "Painted"):
+        """A new segmentation (in the reference volume's scene) with the BraTS class segments painted from a label
+        array in the engine's layout (axial axis last; values 1, 2, 4): for scripts, benchmarks and tests that
+        paint a simulated annotation. Returns the node; segment id -> BraTS value as `bratsLabelOfName` reads."""
+        axis = self.axialAxis(referenceVolumeNode)
+        node = self._sceneOf(referenceVolumeNode).AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        node.CreateDefaultDisplayNodes()
+        node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+        self.addTumourSegments(node)
+        segmentation = node.GetSegmentation()
+        for sid in segmentation.GetSegmentIDs():
+            value = bratsLabelOfName(segmentation.GetSegment(sid).GetName())
+            self.setSegmentFromArray(node, sid, self.fromEngineArray(labels == value, axis), referenceVolumeNode)
+        return node
+
     def addVolumeFromArray(self, kji, ijkToRas, name: str = "", className: str = "vtkMRMLScalarVolumeNode"):
         """A new volume node in this Logic's scene from a KJI array and a 4x4 IJK-to-RAS matrix."""
         return arrays.addVolumeFromArray(self.scene, kji, ijkToRas, name, className)

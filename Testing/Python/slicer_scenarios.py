@@ -123,19 +123,11 @@ def real_case_in_background(logic, case_dir=None) -> None:
     import slicer.util
 
     from BrainDiffSegLib.protocol import region_dice, simulate_annotation
-    from BrainDiffSegSlicer.segments import bratsLabelOfName
 
     scene = logic.scene
     volumes, truth, box, truthKJI = _cropped_case(logic, case_dir, (30, 50, 50))
     annotation, zs = simulate_annotation(truth, 3)
-    painted = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
-    painted.CreateDefaultDisplayNodes()
-    painted.SetReferenceImageGeometryParameterFromVolumeNode(volumes["flair"])
-    logic.addTumourSegments(painted)
-    segmentation = painted.GetSegmentation()
-    for sid in segmentation.GetSegmentIDs():
-        value = bratsLabelOfName(segmentation.GetSegment(sid).GetName())
-        logic.setSegmentFromArray(painted, sid, logic.fromEngineArray(annotation == value, 2), volumes["flair"])
+    painted = logic.paintTumourSegments(volumes["flair"], annotation)
     paintedBefore, _, _ = logic.labelArrayFromSegmentation(painted, volumes["flair"])
     fast = _quick_cpu()
 
@@ -175,17 +167,10 @@ def inpaint_in_background(logic, case_dir=None, steps: int = 5) -> None:
     volumes, truth, box, truthKJI = _cropped_case(logic, case_dir, (12, 60, 60), roles=("t1",))
     t1 = volumes["t1"]
     t1KJI = slicer.util.arrayFromVolume(t1).copy()
-    painted = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Tumour")
-    painted.CreateDefaultDisplayNodes()
-    painted.SetReferenceImageGeometryParameterFromVolumeNode(t1)
-    logic.addTumourSegments(painted)
+    painted = logic.paintTumourSegments(t1, truth, name="Tumour")
     segmentation = painted.GetSegmentation()
-    core = []
-    for sid in segmentation.GetSegmentIDs():
-        value = bratsLabelOfName(segmentation.GetSegment(sid).GetName())
-        logic.setSegmentFromArray(painted, sid, logic.fromEngineArray(truth == value, 2), t1)
-        if value in (1, 4):
-            core.append(sid)
+    core = [sid for sid in segmentation.GetSegmentIDs()
+            if bratsLabelOfName(segmentation.GetSegment(sid).GetName()) in (1, 4)]
     paintedBefore, _, _ = logic.labelArrayFromSegmentation(painted, t1)
     insideKJI = np.isin(truthKJI[box], (1, 4))
     assert insideKJI.any(), "the crop holds no tumour core"

@@ -326,16 +326,7 @@ def test_the_panel_says_what_a_missing_t1ce_costs(headless, tumour_case):
     ijk = np.diag([1.0, 1.0, 2.0, 1.0])
     flair = logic.addVolumeFromArray(logic.fromEngineArray(images["flair"], 2), ijk, "flair")
     annotation, _ = simulate_annotation(label, 2)
-    painted = headless.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
-    painted.CreateDefaultDisplayNodes()
-    painted.SetReferenceImageGeometryParameterFromVolumeNode(flair)
-    logic.addTumourSegments(painted)
-    from BrainDiffSegSlicer.segments import bratsLabelOfName
-
-    segmentation = painted.GetSegmentation()
-    for sid in segmentation.GetSegmentIDs():
-        value = bratsLabelOfName(segmentation.GetSegment(sid).GetName())
-        logic.setSegmentFromArray(painted, sid, logic.fromEngineArray(annotation == value, 2), flair)
+    painted = logic.paintTumourSegments(flair, annotation)
     logic.preparePropagation({"flair": flair}, painted)
     assert any(m.startswith("Without a T1ce the tumour core") for m in logic.lastMessages)
     t1ce = logic.addVolumeFromArray(logic.fromEngineArray(images["t1ce"], 2), ijk, "t1ce")
