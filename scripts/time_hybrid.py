@@ -15,7 +15,7 @@ import torch
 
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
-from BrainDiffSegLib.propagate import propagate
+from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 
 

@@ -70,7 +70,7 @@ import lzma, scipy, torch, diffusers  # before the minutes start: a missing pack
 print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), diffusers "
       f"{diffusers.__version__}; cuda available: {torch.cuda.is_available()}"
       + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
-from BrainDiffSegLib.inpaint_train import packed_crop_info
+from BrainDiffSegLib.training.inpaint import packed_crop_info
 print(f"crop pack {sys.argv[1]}: {packed_crop_info(sys.argv[1])}"[:400])
 EOF
 

@@ -15,16 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from BrainDiffSegLib.classifier import ClassifierOptions
-from BrainDiffSegLib.features import FeatureExtractor, FeatureSpec
+from BrainDiffSegLib.propagation.classifier import ClassifierOptions
+from BrainDiffSegLib.propagation.features import FeatureExtractor, FeatureSpec
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.model import load_backbone
 from BrainDiffSegLib.preprocess import ModelGrid, normalize_case, stack_roles
-from BrainDiffSegLib.propagate import PropagationOptions, propagate
+from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 
 from .backbones import resolve_backbones
 from .report import machine
+from BrainDiffSegLib.propagation.sources import GivenExtractor
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _cache_plan(candidates: list[FeatureSpec], unet, cfg, stack, present, grid
     for spec in candidates:
         entries = []
         if spec.blocks:
-            own = FeatureExtractor(unet, cfg, spec, stack, present, grid)._noise
+            own = FeatureExtractor(unet, cfg, spec, stack, present, grid).noise
             for t, n in zip(spec.timesteps, own):
                 e = next((j for j, (tj, nj) in enumerate(zip(ts, noises)) if tj == t and torch.equal(nj, n)), None)
                 if e is None:
@@ -98,7 +99,7 @@ def _cache_plan(candidates: list[FeatureSpec], unet, cfg, stack, present, grid
     full = FeatureExtractor(unet if ts else None, cfg, FeatureSpec(blocks=blocks, timesteps=tuple(ts),
                                                                    intensities=False), stack, present, grid)
     if ts:
-        full._noise = torch.stack(noises)
+        full.noise = torch.stack(noises)
     return full, plan
 
 
@@ -165,7 +166,7 @@ def _case_records(case, k: int, unet, cfg, backbone: str | None, candidates: lis
         opts = PropagationOptions(method="diffusion" if spec.blocks else "raw", features=spec,
                                   classifier=ClassifierOptions(n_models=n_models), device="cpu")
         t = time.perf_counter()
-        res = propagate(case.images, annotation, opts, extractor=cex)
+        res = propagate(case.images, annotation, opts, features=GivenExtractor(cex))
         d = region_dice(res.labels, case.label, zs)
         rec = {"case": case.name, "spec": spec_name(spec), "backbone": backbone if spec.blocks else None,
                "channels": cex.n_channels, "seconds_classifier": round(time.perf_counter() - t, 2),

@@ -33,10 +33,11 @@ import torch
 from BrainDiffSegLib.errors import InputError
 from BrainDiffSegLib.preprocess import ModelGrid, normalize_case, stack_roles
 
+from .fewshot_report import METHODS
 from .report import machine, nan_stats, round_nan
+from .gridfeatures import ensemble_predict, grid_features
 
 log = logging.getLogger(__name__)
-METHODS = ("diffusion-mlp", "noise-predictor", "unet", "transunet")
 BRATS_VALUES = [0, 1, 2, 4]
 LGG_VALUES = [0, 1]
 
@@ -131,7 +132,7 @@ def case_slices(case_dir: Path, dataset: str, opt: FewShotOptions, size: int = 1
 def select_cases(data_root: Path, dataset: str, opt: FewShotOptions
                  ) -> tuple[list[Path], list[Path], list[Path]]:
     """(training pool cases, validation cases, evaluation cases) of one dataset from the project's split."""
-    from .splits import data_split
+    from BrainDiffSegLib.splits import data_split
 
     split = data_split(Path(data_root))
     train = [c for c in split["tuning"] if dataset_of_case(c) == dataset]
@@ -157,20 +158,20 @@ class _Features:
     """Diffusion features (model grid, head pixels) of slices, computed once per (case, slice) and kept."""
 
     def __init__(self, unet, cfg):
-        from BrainDiffSegLib.features import FeatureSpec
+        from BrainDiffSegLib.propagation.features import FeatureSpec
 
         self.unet, self.cfg, self.spec = unet, cfg, FeatureSpec()
         self.cache: dict[tuple[str, int], torch.Tensor] = {}
 
     def of(self, s: SliceSet, idx: list[int]) -> torch.Tensor:
-        from BrainDiffSegLib.features import FeatureExtractor
+        from BrainDiffSegLib.propagation.features import FeatureExtractor
 
         missing = [i for i in idx if (s.name, i) not in self.cache]
         if missing:
             stack, present, grid = s.extractor_args
             ex = FeatureExtractor(self.unet, self.cfg, self.spec, stack, present, grid, batch_size=8)
             for i in missing:
-                self.cache[(s.name, i)] = self._all_roles(ex.features([s.zs[i]], s.head[i:i + 1]), s.present)
+                self.cache[(s.name, i)] = self._all_roles(grid_features(ex, [s.zs[i]], s.head[i:i + 1]), s.present)
         return torch.cat([self.cache[(s.name, i)] for i in idx])
 
     def _all_roles(self, x: torch.Tensor, present: np.ndarray) -> torch.Tensor:
@@ -191,7 +192,7 @@ class _Features:
 
 def _train_mlp(feats: _Features, train: list[tuple[SliceSet, int]], n_classes: int, opt: FewShotOptions,
                seed: int):
-    from BrainDiffSegLib.classifier import ClassifierOptions, PixelEnsemble
+    from BrainDiffSegLib.propagation.classifier import ClassifierOptions, PixelEnsemble
 
     xs, ys = [], []
     for s, i in train:
@@ -203,7 +204,7 @@ def _train_mlp(feats: _Features, train: list[tuple[SliceSet, int]], n_classes: i
 
     def predict(s: SliceSet) -> torch.Tensor:
         out = torch.zeros(s.labels.shape, dtype=torch.long)
-        p, _, _ = ens.predict(feats.of(s, list(range(len(s.zs)))))
+        p, _, _ = ensemble_predict(ens, feats.of(s, list(range(len(s.zs)))))
         out[s.head] = p.argmax(1)
         return out
     return predict

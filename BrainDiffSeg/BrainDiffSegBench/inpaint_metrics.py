@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from BrainDiffSegLib.inpaint import intensity_range
-from BrainDiffSegLib.inpaint_fill import fill_distance_weighted, fill_mean, tissue_outside
+from BrainDiffSegLib.inpainting.inpaint import intensity_range
+from BrainDiffSegLib.inpainting.fill import fill_distance_weighted, fill_mean, tissue_outside
 
 
 def _scale(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -69,7 +69,7 @@ def challenge_metrics(prediction: np.ndarray, target: np.ndarray, voided: np.nda
 
 
 # ------------------------------------------------------------------------------------------------------ baselines
-# the mean and distance-weighted fills are the engine's (`BrainDiffSegLib.inpaint_fill`; the DDPM starts from the latter)
+# the mean and distance-weighted fills are the engine's (`BrainDiffSegLib.inpainting.fill`; the DDPM starts from the latter)
 
 def fill_mirror(t1: np.ndarray, mask: np.ndarray, brain: np.ndarray | None = None) -> np.ndarray:
     """The contralateral hemisphere: the volume mirrored left-right (axis 0) about the brain's centre; voxels whose

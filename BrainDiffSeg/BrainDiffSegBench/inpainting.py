@@ -1,7 +1,7 @@
 """`braindiffseg benchmark inpainting`: healthy-tissue inpainting on healthy masks of the test split.
 
 Per test case one healthy mask (a tumour shape of another test case, flipped / rotated, placed in the brain away
-from the case's tumour: `BrainDiffSegLib.inpaint_masks`, seeded, written to masks.json); the T1 is voided inside it and
+from the case's tumour: `BrainDiffSegLib.inpainting.masks`, seeded, written to masks.json); the T1 is voided inside it and
 every method fills it: the DDPM(s) at one or more DDIM step counts and the baselines. Metrics: the challenge's SSIM /
 PSNR / MSE inside the mask (`inpaint_metrics`), time per volume. Writes results.json, README.md (the table),
 figure.png (input, mask, each method, ground truth) and masks.json.
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from BrainDiffSegLib.inpaint import inpaint_volume
-from BrainDiffSegLib.inpaint_masks import healthy_masks
-from BrainDiffSegLib.inpaint_model import load_inpaint_model
-from BrainDiffSegLib.inpaint_train import load_t1_cases
+from BrainDiffSegLib.inpainting.inpaint import inpaint_volume
+from BrainDiffSegLib.inpainting.masks import healthy_masks
+from BrainDiffSegLib.inpainting.model import load_inpaint_model
+from BrainDiffSegLib.training.inpaint import load_t1_cases
 
 from .inpaint_metrics import BASELINES, challenge_metrics
 

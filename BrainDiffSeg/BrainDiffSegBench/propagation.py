@@ -2,7 +2,7 @@
 slices simulated from the ground truth, scores on the other slices).
 
 Everything runs headless through the same engine calls that the Slicer Logic uses (or, with a `propagator`, through
-the Logic itself: `BrainDiffSeg/Scripts/benchmark.py`). Results are written as JSON (one record per case x k x
+the Logic itself: `BrainDiffSeg/SlicerScripts/benchmark.py`). Results are written as JSON (one record per case x k x
 method x backbone x classifier seed, Dice and HD95 per region), a Markdown table and PNG plots (`report`).
 
 Dimensions beyond the method: `backbones` (hybrid-mlp and diffusion-mlp only; `backbones.resolve_backbones`:
@@ -24,7 +24,7 @@ import numpy as np
 
 from BrainDiffSegLib.errors import InputError
 from BrainDiffSegLib.io import Case, load_case
-from BrainDiffSegLib.propagate import PropagationOptions, propagate
+from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 
 from .backbones import Backbone, resolve_backbones
@@ -155,7 +155,7 @@ def _run_cases(case_dirs, ks, methods, out, options, overlays, propagator, unet_
                              " ".join(f"{r} {v:.3f}" for r, v in rec["dice"].items()),
                              " ".join(f"{r} {v:.1f}" for r, v in rec["hd95"].items()), seconds)
             if ci < overlays:
-                from .overlay import save_overlay
+                from BrainDiffSegLib.overlay import save_overlay
 
                 img = case.images.get("flair", next(iter(case.images.values())))
                 for label, pred in preds.items():

@@ -12,7 +12,6 @@ the non-annotated slices, paired per-case differences; JSON + Markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -22,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from BrainDiffSegLib.cache import VolumeCache
+from BrainDiffSegLib.propagation.cache import VolumeCache
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
-from BrainDiffSegLib.propagate import propagate
+from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import simulate_annotation
 
-from .splits import data_split
+from BrainDiffSegLib.splits import data_split
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +47,14 @@ def cache_case(cdir: Path, ks: list[int], folder: Path, options: PropagationOpti
             continue
         annotation, zs = simulate_annotation(case.label, k)
         t = time.perf_counter()
-        res = propagate(case.images, annotation, options, cache=vc, keep_probabilities=True)
+        res = propagate(case.images, annotation, options, features=vc, keep_probabilities=True)
         t_mlp = time.perf_counter() - t
         old = reuse / path.name if reuse is not None else None
         if old is not None and old.is_file():
             with np.load(old) as d:
                 raw_probs, raw_labels, gc, t_gc = d["raw_probs"], d["raw_labels"], d["growcut"], d["seconds_growcut"]
         else:
-            raw = propagate(case.images, annotation, replace(options, method="raw"), cache=vc,
+            raw = propagate(case.images, annotation, replace(options, method="raw"), features=vc,
                             keep_probabilities=True)
             raw_probs, raw_labels = raw.probabilities.astype(np.float16), raw.labels
             t = time.perf_counter()

@@ -2,11 +2,11 @@
 
 Variants:
 * `none`: the product's labels before this issue (argmax, no smoothing);
-* `s{xy}-{z}[-regions]`: `BrainDiffSegLib.refine` (Gaussian smoothing of the class probabilities, widths in voxels,
+* `s{xy}-{z}[-regions]`: `BrainDiffSegLib.propagation.refine` (Gaussian smoothing of the class probabilities, widths in voxels,
   argmax or the BraTS regions' decision);
 * `prior-{c}`: the tumour classes' probabilities weighted down beyond the outermost annotated slices, by a logistic
   fall at c x the equivalent radius of the end slice's tumour (`extent_prior`);
-* `gate-m{margin}[-s{xy}-{z}]`: the product's watershed gate (`BrainDiffSegLib.refine.watershed_gate`), with
+* `gate-m{margin}[-s{xy}-{z}]`: the product's watershed gate (`BrainDiffSegLib.propagation.refine.watershed_gate`), with
   smoothing;
 * `ws-core[-mlp]`: the gate for the whole tumour, and the tumour core of a watershed on T1ce with one marker per
   label (the split of the core into necrotic / enhancing from that watershed, or with `-mlp` from the classifier);
@@ -36,9 +36,10 @@ from scipy import ndimage
 
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
-from BrainDiffSegLib.propagate import keep_connected_to_annotation, normalize_volume
+from BrainDiffSegLib.propagation.propagate import keep_connected_to_annotation
+from BrainDiffSegLib.propagation.volume import normalize_volume
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
-from BrainDiffSegLib.refine import refine_labels, smooth_probabilities, watershed_tumour
+from BrainDiffSegLib.propagation.refine import refine_labels, smooth_probabilities, watershed_tumour
 
 from .baselines import CORE_ROLES, WT_ROLES, fast_growcut
 from .stats import bootstrap_ci, paired_differences

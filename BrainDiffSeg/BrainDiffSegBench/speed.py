@@ -2,7 +2,7 @@
 reference approach of the original implementations (Baranchuk et al.; Alshenoudy et al.), as a mode of our extractor.
 
 - `ours`: the engine as deployed (`propagate`): features batch by batch, only the annotated slices' features
-  materialised, prediction coarse to fine (`BrainDiffSegLib.predict`). Feature
+  materialised, prediction coarse to fine (`BrainDiffSegLib.propagation.predict`). Feature
   extraction alone (every head slice, batch by batch, discarded) is timed as a separate first stage.
 - `reference`: features of ALL decoder blocks at the same timestep, upsampled to the native grid for EVERY pixel of
   every processed slice and kept in memory as one float32 matrix (pixels x channels), the ensemble trained on the
@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from BrainDiffSegLib.propagation.sources import GivenExtractor
+from .gridfeatures import ensemble_predict
 
 log = logging.getLogger(__name__)
 GB = 1024 ** 3
@@ -102,8 +104,8 @@ def _prepare(case_dir: str, k: int, device: str):
 
 
 def run_ours(case_dir: str, k: int, device: str) -> dict:
-    from BrainDiffSegLib.features import FeatureExtractor, FeatureSpec
-    from BrainDiffSegLib.propagate import PropagationOptions, propagate
+    from BrainDiffSegLib.propagation.features import FeatureExtractor, FeatureSpec
+    from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
     from BrainDiffSegLib.protocol import region_dice
 
     times: dict = {}
@@ -119,7 +121,7 @@ def run_ours(case_dir: str, k: int, device: str) -> dict:
                 ex.diffusion_maps(zb)
                 ex.intensity_maps(zb)
         with s.measure("propagate", times):  # the same extractor (and backbone) as deployed
-            res = propagate(case.images, ann, PropagationOptions(device=device, features=spec), extractor=ex)
+            res = propagate(case.images, ann, PropagationOptions(device=device, features=spec), features=GivenExtractor(ex))
     # the feature tensors ours holds at most at once: the annotated slices' features (float16, head pixels) and one
     # batch of model-grid diffusion maps and native intensity maps (float32)
     n_train = int(sum((fg[..., z] | (ann[..., z] > 0)).sum() for z in zs))
@@ -138,8 +140,8 @@ def run_ours(case_dir: str, k: int, device: str) -> dict:
 
 
 def run_reference(case_dir: str, k: int, device: str, n_slices: int) -> dict:
-    from BrainDiffSegLib.classifier import ClassifierOptions, PixelEnsemble
-    from BrainDiffSegLib.features import FeatureExtractor, FeatureSpec
+    from BrainDiffSegLib.propagation.classifier import ClassifierOptions, PixelEnsemble
+    from BrainDiffSegLib.propagation.features import FeatureExtractor, FeatureSpec
 
     times: dict = {}
     with RssSampler() as s:
@@ -169,7 +171,7 @@ def run_reference(case_dir: str, k: int, device: str, n_slices: int) -> dict:
             ens = PixelEnsemble(C, len(values), ClassifierOptions(), device)
             ens.fit(feats[rows], torch.cat(ys))
         with s.measure("predict", times):
-            p, _, _ = ens.predict(feats)
+            p, _, _ = ensemble_predict(ens, feats)
             p.argmax(1)
     return {"mode": "reference", "device": device, "slices": n, "slices_in_volume": Z, "pixels_per_slice": X * Y,
             "channels": C, "feature_matrix_gb": round(n * X * Y * C * 4 / GB, 3),

@@ -1,4 +1,4 @@
-"""`braindiffseg benchmark suggest`: does "paint this slice next" (`BrainDiffSegLib.suggest`) beat even spacing?
+"""`braindiffseg benchmark suggest`: does "paint this slice next" (`BrainDiffSegLib.propagation.suggest`) beat even spacing?
 
 Simulated users on cases with ground truth; each round the user paints one more axial slice from the ground truth
 and propagates again. Two Dice scores per region (`protocol.region_dice`): `dice`, the protocol's, on the slices
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from BrainDiffSegLib.cache import VolumeCache
+from BrainDiffSegLib.propagation.cache import VolumeCache
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
-from BrainDiffSegLib.propagate import propagate
+from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import protocol_slices, region_dice
-from BrainDiffSegLib.suggest import STRATEGIES, rank_slices
+from BrainDiffSegLib.propagation.suggest import STRATEGIES, rank_slices
 
 from .report import dataset_of, machine, nan_stats, round_nan
 
@@ -64,7 +64,7 @@ class CaseRunner:
             ann = np.zeros_like(self.case.label)
             ann[..., list(key)] = self.case.label[..., list(key)]
             t = time.perf_counter()
-            res = propagate(self.case.images, ann, self.options, cache=self.cache)
+            res = propagate(self.case.images, ann, self.options, features=self.cache)
             seconds = time.perf_counter() - t
             self.runs += 1
             self.memo[key] = {

@@ -32,7 +32,7 @@ def propagate_unet_patient(images: dict[str, np.ndarray], annotation: np.ndarray
                            options: PatientUNetOptions | None = None) -> np.ndarray:
     """Label volume (axial axis last) predicted by a U-Net trained on the annotated slices of this case."""
     from BrainDiffSegLib.preprocess import ModelGrid, normalize_case, stack_roles
-    from BrainDiffSegLib.propagate import check_annotation, keep_connected_to_annotation
+    from BrainDiffSegLib.propagation.propagate import check_annotation, keep_connected_to_annotation
 
     opt = options or PatientUNetOptions()
     norm, fg = normalize_case(images)

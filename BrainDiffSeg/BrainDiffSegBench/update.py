@@ -1,6 +1,6 @@
 """`braindiffseg benchmark update`: the interactive loop's speed. A simulated user paints one slice (the k = 1
 protocol slice), propagates, then paints one more slice (those of the k = 3 protocol, one at a time) and propagates
-again, with one per-volume feature cache (`BrainDiffSegLib.cache.VolumeCache`) kept across the runs. Reported per
+again, with one per-volume feature cache (`BrainDiffSegLib.propagation.cache.VolumeCache`) kept across the runs. Reported per
 run: wall time, the engine's stage times, Dice on the non-annotated slices and the cache's memory; then, for the last
 annotation, a run without a cache (today's first run) and a run through a fresh cache (which the update must equal
 exactly).
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from BrainDiffSegLib.cache import VolumeCache
+from BrainDiffSegLib.propagation.cache import VolumeCache
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
-from BrainDiffSegLib.propagate import propagate
+from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import protocol_slices, region_dice
 
 from .report import machine
@@ -41,7 +41,7 @@ def _annotation(label: np.ndarray, zs: list[int]) -> np.ndarray:
 
 def _run(case, zs, options, cache) -> tuple[dict, object]:
     t = time.perf_counter()
-    res = propagate(case.images, _annotation(case.label, zs), options, cache=cache)
+    res = propagate(case.images, _annotation(case.label, zs), options, features=cache)
     seconds = time.perf_counter() - t
     return {"annotated": list(zs), "seconds": round(seconds, 2),
             "timings": {k: round(v, 2) for k, v in res.timings.items()},

@@ -132,7 +132,7 @@ def _add_speed_args(b) -> None:
 
 
 def _add_suggest_args(b) -> None:
-    from BrainDiffSegLib.suggest import STRATEGIES
+    from BrainDiffSegLib.propagation.suggest import STRATEGIES
 
     b.add_argument("--data", nargs="*", default=None, help="case folders or folders above them (default: the test "
                    "split of $BRAINDIFFSEG_DATA; '--data' alone: none, only report the --join runs)")
@@ -149,7 +149,7 @@ def _add_suggest_args(b) -> None:
 
 def propagation_cases(data: list[str] | None, split: str) -> list[Path]:
     """The cases of `benchmark propagation`: with one data root, the chosen part of the project's split."""
-    from BrainDiffSegBench.splits import data_split
+    from BrainDiffSegLib.splits import data_split
     from BrainDiffSegLib.io import find_cases
     from BrainDiffSegLib.resources import data_root
 
@@ -180,7 +180,7 @@ def run_propagation(a, propagator=None) -> int:
 
 def run_features(a) -> int:
     from BrainDiffSegBench.features import select_features
-    from BrainDiffSegBench.splits import data_split
+    from BrainDiffSegLib.splits import data_split
     from BrainDiffSegLib.resources import data_root, default_checkpoint
 
     cases = data_split(Path(a.data) if a.data else data_root())["tuning"]
@@ -249,7 +249,7 @@ def run_suggest(a) -> int:
     from BrainDiffSegLib.errors import InputError
     import torch
 
-    from BrainDiffSegLib.suggest import STRATEGIES
+    from BrainDiffSegLib.propagation.suggest import STRATEGIES
 
     bad = [s for s in a.strategies if s not in STRATEGIES]
     if bad or a.max_slices < 1:
@@ -283,7 +283,7 @@ def run_merge(a) -> int:
 
 def run_inpainting(a) -> int:
     from BrainDiffSegBench.inpainting import benchmark_inpainting
-    from BrainDiffSegLib.inpaint import default_inpaint3d_model, default_inpaint_model
+    from BrainDiffSegLib.inpainting.inpaint import default_inpaint3d_model, default_inpaint_model
 
     cases = propagation_cases(a.data, a.split)
     if a.max_cases:
@@ -301,7 +301,7 @@ def run_inpainting(a) -> int:
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise InputError(f"--baselines: unknown {unknown}; choose from {list(BASELINES)}")
-    from BrainDiffSegLib.inpaint import DEFAULT_STRENGTH
+    from BrainDiffSegLib.inpainting.inpaint import DEFAULT_STRENGTH
     result = benchmark_inpainting(cases, Path(a.out), models, steps=a.steps, samples=a.samples, seed=a.seed,
                                   strengths=a.strengths or [DEFAULT_STRENGTH], baselines=baselines)
     log.info("wrote %s", Path(a.out) / "README.md")

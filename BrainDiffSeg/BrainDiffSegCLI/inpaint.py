@@ -78,7 +78,7 @@ def _default_data(data: list[str] | None) -> list[str]:
     """--data, or the tuning split of $BRAINDIFFSEG_DATA."""
     if data:
         return data
-    from BrainDiffSegBench.splits import data_split
+    from BrainDiffSegLib.splits import data_split
     from BrainDiffSegLib.resources import data_root
 
     return [str(c) for c in data_split(data_root())["tuning"]]
@@ -88,7 +88,7 @@ def run_inpaint(a) -> int:
     import numpy as np
 
     from BrainDiffSegLib.errors import InputError
-    from BrainDiffSegLib.inpaint import inpaint_volume
+    from BrainDiffSegLib.inpainting.inpaint import inpaint_volume
     from BrainDiffSegLib.io import load_case, load_case_files, load_label, save_volume
     from BrainDiffSegLib.outputs import check_outputs
 
@@ -122,8 +122,8 @@ def run_inpaint(a) -> int:
 
 def run_train(a) -> int:
     from BrainDiffSegLib.errors import InputError
-    from BrainDiffSegLib.inpaint_model import InpaintConfig
-    from BrainDiffSegLib.inpaint_train import InpaintTrainOptions, packed_crop_info, train_inpaint
+    from BrainDiffSegLib.inpainting.model import InpaintConfig
+    from BrainDiffSegLib.training.inpaint import InpaintTrainOptions, packed_crop_info, train_inpaint
 
     kw = {}
     if a.crops:
@@ -163,8 +163,8 @@ def run_pack(a) -> int:
     import os
 
     from BrainDiffSegLib.errors import InputError
-    from BrainDiffSegLib.inpaint_model import InpaintConfig
-    from BrainDiffSegLib.inpaint_train import build_crops, pack_crops
+    from BrainDiffSegLib.inpainting.model import InpaintConfig
+    from BrainDiffSegLib.training.inpaint import build_crops, pack_crops
     from BrainDiffSegLib.io import find_cases
     from BrainDiffSegLib.model import read_config
 

@@ -51,7 +51,7 @@ def run_propagate(a) -> dict:
     from BrainDiffSegLib.errors import BrainDiffSegError
     from BrainDiffSegLib.io import load_case, load_label, save_volume
     from BrainDiffSegLib.outputs import atomic, check_outputs
-    from BrainDiffSegLib.propagate import propagate
+    from BrainDiffSegLib.propagation.propagate import propagate
     from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 
     case = load_case(a.case)
@@ -95,7 +95,7 @@ def run_propagate(a) -> dict:
         summary["dice"] = {k: round(v, 4) for k, v in region_dice(res.labels, case.label,
                                                                    res.annotated_slices).items()}
     if a.overlay:
-        from BrainDiffSegBench.overlay import save_overlay
+        from BrainDiffSegLib.overlay import save_overlay
 
         img = case.images.get("flair", next(iter(case.images.values())))
         with atomic(a.overlay) as tmp:

@@ -59,7 +59,7 @@ def channels_config(channels: tuple[int, ...]):
 
 
 def run(a) -> int:
-    from BrainDiffSegLib.ddpm_train import TrainOptions, train_ddpm
+    from BrainDiffSegLib.training.ddpm import TrainOptions, train_ddpm
     from BrainDiffSegLib.errors import InputError
 
     if a.command == "pack-slices":
@@ -78,7 +78,7 @@ def run(a) -> int:
 def pack(a) -> int:
     from BrainDiffSegLib.errors import InputError
     from BrainDiffSegLib.io import find_cases
-    from BrainDiffSegLib.slices import build_slice_set, pack_slices
+    from BrainDiffSegLib.training.slices import build_slice_set, pack_slices
 
     if a.every < 1 or not 0 <= a.offset < a.every:
         raise InputError(f"--every must be at least 1 and --offset in [0, every), not {a.every} and {a.offset}")

@@ -74,7 +74,7 @@ class Workspace:
 
     def get(self, digest: str):
         """(images, VolumeCache) of a kept volume; KeyError when it is not kept."""
-        from .cache import DEFAULT_MAX_BYTES, VolumeCache
+        from .propagation.cache import DEFAULT_MAX_BYTES, VolumeCache
 
         with self._lock:
             images, cache = self._volumes[digest]
@@ -118,7 +118,7 @@ def out_of_memory_errors() -> tuple:
 
 def _propagate(request, workspace, progress, cancelled) -> EngineResponse:
     from .options import from_strings
-    from .propagate import propagate
+    from .propagation.propagate import propagate
 
     options = from_strings(_meta(request, "options", dict))
     annotation = request.arrays.get("annotation")
@@ -132,7 +132,7 @@ def _propagate(request, workspace, progress, cancelled) -> EngineResponse:
     images, cache = workspace.get(digest)
     messages = []
     try:
-        result = propagate(images, annotation, options, progress=progress, cancelled=cancelled, cache=cache,
+        result = propagate(images, annotation, options, progress=progress, cancelled=cancelled, features=cache,
                            images_key=digest)
     except out_of_memory_errors():
         if options.device == "cpu":
@@ -148,7 +148,7 @@ def _propagate(request, workspace, progress, cancelled) -> EngineResponse:
         if progress:
             progress(message, 0.0)
         result = propagate(images, annotation, replace(options, device="cpu"), progress=progress,
-                           cancelled=cancelled, cache=cache, images_key=digest)
+                           cancelled=cancelled, features=cache, images_key=digest)
     meta = {"annotated_slices": [int(z) for z in result.annotated_slices],
             "label_values": [int(v) for v in result.label_values],
             "timings": {k: float(v) for k, v in result.timings.items()}, "device": result.device,
@@ -163,7 +163,7 @@ def _propagate(request, workspace, progress, cancelled) -> EngineResponse:
 
 def _inpaint(request, progress, cancelled) -> EngineResponse:
     from .device import pick_device
-    from .inpaint import inpaint_volume
+    from .inpainting.inpaint import inpaint_volume
 
     image, mask = request.arrays.get("image"), request.arrays.get("mask")
     if image is None or mask is None:

@@ -93,7 +93,7 @@ class PropagationOptions:
     # docs/results section 11: the hybrid, a second ensemble on the intensity features alone, averaged in
     intensity_weight: float = _opt(0.5, "diffusion method: weight in the class probabilities of a second ensemble "
                                    "trained on the intensity features alone (0: none; 0.5: an even mix)")
-    # docs/results/refine: 3D refinement of the class probabilities (BrainDiffSegLib.refine)
+    # docs/results/refine: 3D refinement of the class probabilities (BrainDiffSegLib.propagation.refine)
     smooth_xy: float = _opt(0.0, "Gaussian smoothing of the class probabilities in plane (voxels; 0: none)")
     smooth_z: float = _opt(0.0, "Gaussian smoothing of the class probabilities across slices (voxels; 0: none)")
     decision: str = _opt("argmax", "labels from the probabilities: argmax, or regions (BraTS nesting: WT, then TC "

@@ -20,7 +20,7 @@ class PropagationResult:
 
     def least_certain_slices(self, n: int = 5) -> list[tuple[int, float]]:
         """Predicted slices ranked by mean uncertainty over their tumour-or-uncertain pixels (`suggest`)."""
-        from .suggest import rank_slices
+        from .propagation.suggest import rank_slices
         return rank_slices(self, n, "uncertainty")
 
     @classmethod

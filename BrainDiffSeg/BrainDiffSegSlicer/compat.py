@@ -32,9 +32,6 @@ except ImportError:  # slicer-core: minimal stand-ins, enough for the Logic and 
             parent.helpText = ""
             parent.acknowledgementText = ""
 
-        def resourcePath(self, filename):
-            return os.path.join(os.path.dirname(self.parent.path), "Resources", filename)
-
     class ScriptedLoadableModuleLogic:
         """Stand-in for `slicer.ScriptedLoadableModule.ScriptedLoadableModuleLogic`: the module name only (the
         parameter node is found by `BrainDiffSegLogic.getParameterNode` in the Logic's own scene)."""

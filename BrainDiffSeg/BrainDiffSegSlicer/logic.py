@@ -21,10 +21,10 @@ direction in the IJK-to-RAS matrix is closest to superior-inferior; oblique volu
 label values: see `segments`.
 
 Interactive use: the engine keeps each volume's normalised images, backbone and the features of the slices computed
-so far (`BrainDiffSegLib.cache.VolumeCache`; an engine service receives the images only once): a re-run on the same
+so far (`BrainDiffSegLib.propagation.cache.VolumeCache`; an engine service receives the images only once): a re-run on the same
 volume only computes what changed (`clearCache()` on scene close or another case). The Logic runs one job at a
 time, takes corrections painted into the result it updates as annotated slices and never changes locked segments
-(module `corrections`), and suggests the slice to paint next (`nextSliceToPaint`, `BrainDiffSegLib.suggest`).
+(module `corrections`), and suggests the slice to paint next (`nextSliceToPaint`, `BrainDiffSegLib.propagation.suggest`).
 
 Healthy-tissue inpainting (`inpaint`, `startInpainting` / `finishInpainting`) goes through module `inpainting`: a T1
 volume and segments in, a new volume out; it shares the one-job-at-a-time rule with propagation.
@@ -154,7 +154,7 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         volumeNodes: role ('t1', 't1ce', 't2', 'flair') -> vtkMRMLScalarVolumeNode, all on one grid (None values
         are ignored), or one multi-component volume (vtkMRMLVectorVolumeNode) whose components are the sequences
         `componentRoles` (default: t1, t1ce, t2, flair for 4 components). segmentationNode: the painted slices;
-        left unchanged. options: a `BrainDiffSegLib.propagate.PropagationOptions` (default: the diffusion method
+        left unchanged. options: a `BrainDiffSegLib.propagation.propagate.PropagationOptions` (default: the diffusion method
         with the bundled backbone). progress(stage, fraction) and cancelled() -> bool are passed to the engine;
         when cancelled, a `BrainDiffSegLib.errors.CancelledError` is raised and the scene is left as it was.
         With createUncertainty, an uncertainty (normalised entropy) volume is added too: `lastUncertaintyNode`,
@@ -347,7 +347,7 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
     def nextSliceToPaint(self, result=None) -> int | None:
         """The axial slice (engine index) to paint next for `result` (default `lastResult`): `BrainDiffSegLib.
         suggest.next_slice`, never an annotated slice; None without a result or a candidate."""
-        from BrainDiffSegLib.suggest import next_slice
+        from BrainDiffSegLib.propagation.suggest import next_slice
 
         result = result if result is not None else self.lastResult
         return next_slice(result) if result is not None else None

@@ -12,7 +12,7 @@ segmentation and the uncertainty volume to the shown scene there; `import_result
 the job runs is therefore safe and does not change the running job's input.
 
 Interactive loop: every propagation goes through the Logic's feature cache (cleared when another case is loaded), a
-re-run updates the previous result in place, and `next_slice` is the slice to paint next (`BrainDiffSegLib.suggest`).
+re-run updates the previous result in place, and `next_slice` is the slice to paint next (`BrainDiffSegLib.propagation.suggest`).
 
 Healthy-tissue inpainting (`start_inpainting`): the T1 inside the painted tumour or the propagated result, through
 `BrainDiffSegLogic.startInpainting` in the same job controller (one job at a time, same `job_state` / `cancel`),

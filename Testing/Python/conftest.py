@@ -210,7 +210,7 @@ def default_affine() -> np.ndarray:
 @contextlib.contextmanager
 def slicer_scene_context():
     """A fresh slicer-core MRML scene (MRML without Qt) with its own Volumes and Segmentations module logics:
-    `BrainDiffSegSlicer.headless.HeadlessScene` (also used by `BrainDiffSeg/Scripts/benchmark.py`), closed on exit.
+    `BrainDiffSegSlicer.headless.HeadlessScene` (also used by `BrainDiffSeg/SlicerScripts/benchmark.py`), closed on exit.
     The `slicer` module is not changed (no global scene). Skips when slicer-core is missing."""
     pytest.importorskip("slicer")
     from BrainDiffSegSlicer.headless import HeadlessScene

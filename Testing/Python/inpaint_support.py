@@ -38,7 +38,7 @@ def tiny_inpaint_model(folder: Path, pseudo3d: bool = False, seed: int = 0, cont
     """An untrained tiny inpainting checkpoint."""
     import torch
 
-    from BrainDiffSegLib.inpaint_model import InpaintConfig, build_inpaint_net
+    from BrainDiffSegLib.inpainting.model import InpaintConfig, build_inpaint_net
     from BrainDiffSegLib.model import save_backbone
 
     cfg = InpaintConfig(pseudo3d=pseudo3d, context_norm=context_norm, **TINY_INPAINT)

@@ -160,7 +160,7 @@ def inpaint_in_background(logic, case_dir=None, steps: int = 5) -> None:
     _require_engine()
     import slicer.util
 
-    from BrainDiffSegLib.inpaint import intensity_range
+    from BrainDiffSegLib.inpainting.inpaint import intensity_range
     from BrainDiffSegSlicer.segments import bratsLabelOfName
 
     scene = logic.scene

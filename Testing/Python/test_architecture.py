@@ -69,7 +69,7 @@ def test_engine_modules_the_slicer_module_reads_first_are_standard_library_only(
 
 def test_engine_at_run_time_loads_no_gui_module():
     code = ("import importlib, pkgutil, sys; sys.path.insert(0, sys.argv[1]); import BrainDiffSegLib as L; "
-            "[importlib.import_module('BrainDiffSegLib.' + m.name) for m in pkgutil.iter_modules(L.__path__)]; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(L.__path__, 'BrainDiffSegLib.')]; "
             "bad = [m for m in sys.modules if m.split('.')[0] in sys.argv[2].split(',')]; "
             "assert not bad, bad; print('ok')")
     run = subprocess.run([sys.executable, "-c", code, str(SRC), ",".join(sorted(GUI | OURS - {"BrainDiffSegLib"}))],
@@ -175,3 +175,84 @@ def test_cmake_ships_the_module_and_engine_only():
 def test_package_docstring_names_its_job(package):
     doc = ast.get_docstring(ast.parse((SRC / package / "__init__.py").read_text())) or ""
     assert len(doc.split()) >= 8, package
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Our modules -> the modules of ours each imports (absolute and relative imports, inside functions too)."""
+    paths = {_module_name(p): p for package in PACKAGES for p in _files(package)}
+    graph = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                candidates = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for candidate in candidates:
+                while candidate and candidate not in paths:
+                    candidate = candidate.rsplit(".", 1)[0] if "." in candidate else ""
+                if candidate and candidate != name:
+                    targets.add(candidate)
+        graph[name] = targets
+    return graph
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    """The modules `start` imports, directly or through others."""
+    todo, reached = [start], set()
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in reached:
+                reached.add(nxt)
+                todo.append(nxt)
+    return reached
+
+
+def test_modules_import_each_other_without_cycles():
+    """No two modules need each other (imports inside functions count: a cycle there only hides the knot)."""
+    graph = import_graph()
+    assert sorted(m for m in graph if m in _reach(graph, m)) == []
+
+
+def test_product_commands_never_import_the_benchmarks():
+    """`propagate`, `inpaint` and `serve` run on a clinician's machine: what they use lives in the engine."""
+    graph = import_graph()
+    for command in ("BrainDiffSegCLI.propagate", "BrainDiffSegCLI.inpaint", "BrainDiffSegCLI.serve"):
+        used = _reach(graph, command) | {command}
+        assert not {m for m in used if m.startswith("BrainDiffSegBench")}, command
+
+
+def test_engine_rooms_and_one_feature_seam():
+    """The engine's rooms (propagation, inpainting, training) beside the shared modules; the feature extractor is
+    built in one place (`propagation.volume.build_extractor`), and the feature sources never reach back into
+    `propagate`."""
+    lib = SRC / "BrainDiffSegLib"
+    assert {p.name for p in lib.iterdir() if (p / "__init__.py").is_file()} >= {"propagation", "inpainting", "training"}
+    assert not list(lib.glob("inpaint*.py")), "inpainting modules belong in BrainDiffSegLib/inpainting"
+    graph = import_graph()
+    for source in ("BrainDiffSegLib.propagation.cache", "BrainDiffSegLib.propagation.sources",
+                   "BrainDiffSegLib.propagation.volume"):
+        assert "BrainDiffSegLib.propagation.propagate" not in _reach(graph, source), source
+    rooms = ("BrainDiffSegLib.propagation", "BrainDiffSegLib.inpainting", "BrainDiffSegLib.training")
+    shared_into_rooms = {m for m, targets in graph.items() if m.startswith("BrainDiffSegLib.")
+                         and not m.startswith(rooms) and any(t.startswith(rooms) for t in targets)}
+    assert shared_into_rooms <= {"BrainDiffSegLib.jobs", "BrainDiffSegLib.results"}, shared_into_rooms
+    builders = {}
+    for path in _files("BrainDiffSegLib"):
+        text = path.read_text()
+        n = len(re.findall(r"(?<![\w.])(?:FeatureExtractor|extractor_class)\(", text)) + text.count("default_checkpoint()")
+        if n:
+            builders[str(path.relative_to(lib))] = n
+    assert set(builders) <= {"propagation/volume.py", "resources.py", "model.py"}, builders

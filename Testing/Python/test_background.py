@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from BrainDiffSegLib.background import BackgroundTask
-from BrainDiffSegLib.classifier import ClassifierOptions
+from BrainDiffSegLib.propagation.classifier import ClassifierOptions
 from BrainDiffSegLib.errors import CancelledError, InputError
-from BrainDiffSegLib.propagate import PropagationOptions, propagate
+from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
 from BrainDiffSegLib.protocol import simulate_annotation
 
 FAST = PropagationOptions(method="raw", device="cpu",

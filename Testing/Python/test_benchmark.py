@@ -12,14 +12,16 @@ import pytest
 import torch
 
 from BrainDiffSegBench import features as feature_experiment
-from BrainDiffSegBench import propagation, report, splits
-from BrainDiffSegLib.classifier import ClassifierOptions
-from BrainDiffSegLib.features import FeatureExtractor, FeatureSpec
+from BrainDiffSegBench import propagation, report
+from BrainDiffSegLib import splits
+from BrainDiffSegLib.propagation.classifier import ClassifierOptions
+from BrainDiffSegLib.propagation.features import FeatureExtractor, FeatureSpec
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.model import load_backbone
 from BrainDiffSegLib.preprocess import ModelGrid, normalize_case, stack_roles
-from BrainDiffSegLib.propagate import PropagationOptions, propagate
+from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
 from BrainDiffSegLib.protocol import protocol_slices, region_dice, simulate_annotation
+from BrainDiffSegLib.propagation.sources import GivenExtractor
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # ITK's SWIG wrappers warn on import under Python 3.11+
@@ -228,7 +230,7 @@ def test_propagation_with_cached_features_matches_live_features(prepared, tiny_c
     ann, zs = simulate_annotation(case.label, 3)
     opts = PropagationOptions(method="diffusion", checkpoint=str(tiny_checkpoint), features=spec, device="cpu",
                               classifier=FAST)
-    cached = propagate(case.images, ann, opts, extractor=cex)
+    cached = propagate(case.images, ann, opts, features=GivenExtractor(cex))
     live = propagate(case.images, ann, opts)
     agree = region_dice(cached.labels, live.labels, zs)
     assert min(agree.values()) > 0.98, agree

@@ -151,7 +151,7 @@ def test_feature_experiment_per_backbone(tmp_path, tiny_checkpoint):
     from conftest import write_tumour_case
 
     from BrainDiffSegBench.features import select_features, spec_name
-    from BrainDiffSegLib.features import FeatureSpec
+    from BrainDiffSegLib.propagation.features import FeatureSpec
 
     folder, _, _ = write_tumour_case(tmp_path / "BraTS2021_80001", seed=1)
     other = shutil.copytree(tiny_checkpoint, tmp_path / "other")

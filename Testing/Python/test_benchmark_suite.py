@@ -1,6 +1,6 @@
 """Smoke tests of the benchmark suite of issue 3 at tiny settings: HD95 and its empty-region rule, the unet-patient
 propagation method, `benchmark fewshot` (synthetic data root with the project's split layout, tiny backbone),
-`benchmark speed` (both modes, each in its subprocess) and `BrainDiffSeg/Scripts/benchmark.py` under plain python
+`benchmark speed` (both modes, each in its subprocess) and `BrainDiffSeg/SlicerScripts/benchmark.py` under plain python
 (the classifier methods through the Slicer Logic must score what the engine scores)."""
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from BrainDiffSegBench import merge, propagation, report
-from BrainDiffSegLib.classifier import ClassifierOptions
+from BrainDiffSegLib.propagation.classifier import ClassifierOptions
 from BrainDiffSegLib.errors import InputError
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegBench.metrics import hd95, region_hd95
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
-from BrainDiffSegLib.propagate import PropagationOptions
+from BrainDiffSegLib.propagation.propagate import PropagationOptions
 from conftest import REPO, write_case, write_tumour_case
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -313,7 +313,7 @@ def test_speed_smoke(tmp_path):
 def test_slicer_benchmark_script_under_plain_python(tmp_path):
     pytest.importorskip("slicer")
     folder, _, _ = write_tumour_case(tmp_path / "cases" / "BraTS2021_83001", seed=4)
-    script = REPO / "BrainDiffSeg" / "Scripts" / "benchmark.py"
+    script = REPO / "BrainDiffSeg" / "SlicerScripts" / "benchmark.py"
     args = ["propagation", "--k", "2", "--methods", "raw-mlp", "--ensemble", "1", "--device", "cpu",
             "--data", str(folder)]
     via_logic = subprocess.run([sys.executable, str(script)] + args + ["--out", str(tmp_path / "logic")],

@@ -1,4 +1,4 @@
-"""BrainDiffSegLib.cache: re-propagation of one volume reuses its preparation and backbone activations, gives the
+"""BrainDiffSegLib.propagation.cache: re-propagation of one volume reuses its preparation and backbone activations, gives the
 result of a from-scratch run, and recomputes when the images or the features change. On a crop of a real case with
 the bundled backbone."""
 from __future__ import annotations
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from BrainDiffSegLib import cache as C
-from BrainDiffSegLib.features import FeatureExtractor
-from BrainDiffSegLib.options import FeatureSpec, preset
-from BrainDiffSegLib.propagate import propagate
-from BrainDiffSegLib.protocol import protocol_slices, region_dice, simulate_annotation
+from BrainDiffSegLib.propagation import cache as C
+from BrainDiffSegLib.propagation.features import FeatureExtractor
+from BrainDiffSegLib.options import preset
+from BrainDiffSegLib.propagation.propagate import propagate
+from BrainDiffSegLib.protocol import protocol_slices, region_dice
 from test_propagate import _reduced_real_case
 
 OPTIONS = replace(preset("quick"), method="diffusion", device="cpu", batch_size=8)
@@ -50,14 +50,14 @@ def test_second_run_reuses_everything_and_equals_a_from_scratch_run(real, count_
     zs1 = protocol_slices(label, 1)
     zs2 = sorted(set(zs1) | set(protocol_slices(label, 3)))
     cache = C.VolumeCache()
-    first = propagate(images, _annotation(label, zs1), OPTIONS, cache=cache)
+    first = propagate(images, _annotation(label, zs1), OPTIONS, features=cache)
     head_slices = int(np.count_nonzero(cache.volume(images).foreground.reshape(-1, label.shape[-1]).any(0)))
     assert count_forward["slices"] == head_slices  # each head slice through the backbone once
     assert cache.describe()["slices"] == head_slices and cache.nbytes > 0
-    update = propagate(images, _annotation(label, zs2), OPTIONS, cache=cache)
+    update = propagate(images, _annotation(label, zs2), OPTIONS, features=cache)
     assert count_forward["slices"] == head_slices  # the update ran no backbone pass
     assert update.annotated_slices == zs2 and first.annotated_slices == zs1
-    fresh = propagate(images, _annotation(label, zs2), OPTIONS, cache=C.VolumeCache())
+    fresh = propagate(images, _annotation(label, zs2), OPTIONS, features=C.VolumeCache())
     assert np.array_equal(update.labels, fresh.labels)
     assert np.array_equal(update.entropy, fresh.entropy)
     # the cached features are the uncached ones to float16 rounding: the results agree
@@ -71,27 +71,27 @@ def test_changed_images_or_features_invalidate(real, count_forward):
     images, label = real
     ann = _annotation(label, protocol_slices(label, 2))
     cache = C.VolumeCache()
-    propagate(images, ann, OPTIONS, cache=cache)
+    propagate(images, ann, OPTIONS, features=cache)
     n = count_forward["slices"]
     other = {r: v.copy() for r, v in images.items()}
     other["flair"][0, 0, 0] += 1.0  # one voxel differs: another volume
-    propagate(other, ann, OPTIONS, cache=cache)
+    propagate(other, ann, OPTIONS, features=cache)
     assert count_forward["slices"] == 2 * n and cache.misses == 2
     blocks = replace(OPTIONS, features=replace(OPTIONS.features, blocks=(1,)))
-    propagate(other, ann, blocks, cache=cache)
+    propagate(other, ann, blocks, features=cache)
     assert count_forward["slices"] == 3 * n
     assert cache.describe()["slices"] == n  # only the current features are kept
     raw = replace(OPTIONS, method="raw")
-    propagate(other, ann, raw, cache=cache)
+    propagate(other, ann, raw, features=cache)
     assert count_forward["slices"] == 3 * n  # intensity features need no backbone
 
 
 def test_memory_bound_is_respected_and_results_stay_right(real):
     images, label = real
     ann = _annotation(label, protocol_slices(label, 2))
-    unbounded = propagate(images, ann, OPTIONS, cache=C.VolumeCache())
+    unbounded = propagate(images, ann, OPTIONS, features=C.VolumeCache())
     small = C.VolumeCache(max_bytes=10 * 1024 ** 2)
-    bounded = propagate(images, ann, OPTIONS, cache=small)
+    bounded = propagate(images, ann, OPTIONS, features=small)
     assert small.nbytes <= small.max_bytes and 0 < small.describe()["slices"]
     assert np.array_equal(bounded.labels, unbounded.labels)
 

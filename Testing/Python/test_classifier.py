@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from BrainDiffSegLib.classifier import ClassifierOptions, PixelEnsemble, _stratified_subset, make_mlp
+from BrainDiffSegLib.propagation.classifier import ClassifierOptions, PixelEnsemble, _stratified_subset, make_mlp
 from BrainDiffSegLib.errors import CancelledError
+from BrainDiffSegBench.gridfeatures import ensemble_predict
 
 DIM = 10
 COUNTS = (20000, 2000, 500, 100)  # strongly unbalanced, like background / edema / core / enhancing
@@ -66,7 +67,7 @@ def test_separable_unbalanced_problem_is_learned(trained):
     ens, history = trained
     assert len(ens.members) == 3 and len(history) == 3
     x, y = _blobs((2000, 2000, 2000, 2000), seed=1)  # held out, balanced
-    p, _, _ = ens.predict(x)
+    p, _, _ = ensemble_predict(ens, x)
     bacc, recalls = _balanced_accuracy(p.argmax(1), y)
     assert bacc > 0.95, recalls
     assert min(recalls) > 0.95, recalls  # including the smallest class (100 training samples)
@@ -79,7 +80,7 @@ def test_loss_is_class_balanced(trained):
     c = _centres()
     g = torch.Generator().manual_seed(4)
     mid = (c[0] + c[3]) / 2 + 0.1 * torch.randn((300, DIM), generator=g)
-    p, _, _ = ens.predict(mid)
+    p, _, _ = ensemble_predict(ens, mid)
     p3 = float(p[:, 3].mean())
     assert 0.1 < p3 < 0.9, p3
     assert float(p[:, [0, 3]].sum(1).mean()) > 0.85
@@ -90,14 +91,14 @@ def test_probabilities_and_uncertainty(trained):
     centres = _centres()
     mid = _midpoints()
     for pts in (centres, mid):
-        p, e, d = ens.predict(pts)
+        p, e, d = ensemble_predict(ens, pts)
         assert p.shape == (len(pts), 4) and p.dtype == torch.float32
         torch.testing.assert_close(p.sum(1), torch.ones(len(pts)))
         assert torch.all(p >= 0)
         assert e.shape == d.shape == (len(pts),)
         assert torch.all((e >= 0) & (e <= 1 + 1e-6)) and torch.all((d >= 0) & (d <= 1))
-    p_c, e_c, d_c = ens.predict(centres)
-    p_m, e_m, d_m = ens.predict(mid)
+    p_c, e_c, d_c = ensemble_predict(ens, centres)
+    p_m, e_m, d_m = ensemble_predict(ens, mid)
     assert torch.equal(p_c.argmax(1), torch.arange(4))
     assert float(e_c.max()) < 0.35
     assert float(e_m.mean()) > float(e_c.max())  # uncertain between the blobs, confident at their centres
@@ -110,8 +111,8 @@ def test_probabilities_and_uncertainty(trained):
 def test_predict_in_chunks_matches_one_chunk(trained):
     ens, _ = trained
     x, _ = _blobs((50, 50, 50, 50), seed=5)
-    a = ens.predict(x)
-    b = ens.predict(x, chunk=7)
+    a = ensemble_predict(ens, x)
+    b = ensemble_predict(ens, x, chunk=7)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v)
 
@@ -124,7 +125,7 @@ def test_training_is_deterministic_for_a_seed():
     def run(seed):
         ens = PixelEnsemble(DIM, 4, ClassifierOptions(seed=seed, **opt))
         hist = ens.fit(x, y)
-        return ens.predict(probe)[0], hist
+        return ensemble_predict(ens, probe)[0], hist
 
     p1, h1 = run(0)
     torch.manual_seed(123)  # global RNG state must not matter
@@ -193,7 +194,7 @@ def test_shape_mismatch_and_untrained_use():
     with pytest.raises(ValueError, match="do not match"):
         ens.fit(torch.zeros((10, DIM + 1)), torch.zeros(10, dtype=torch.long))
     with pytest.raises(RuntimeError, match="not trained"):
-        ens.predict(torch.zeros((3, DIM)))
+        ensemble_predict(ens, torch.zeros((3, DIM)))
 
 
 def test_stratified_subset_keeps_every_class():
@@ -236,7 +237,7 @@ def test_classify_equals_predict_in_fp32():
     passes (`predict`): standardisation and BatchNorm folded into the weights, members stacked."""
     ens, x = _fitted("fp32")
     assert not ens.bf16
-    p1, e1, d1 = ens.predict(x)
+    p1, e1, d1 = ensemble_predict(ens, x)
     p2, e2, d2 = ens.classify(x, ens.folded(), chunk=1000)  # several chunks
     assert torch.allclose(p1, p2, atol=1e-5) and torch.allclose(e1, e2, atol=1e-5)
     assert torch.equal(d1, d2)
@@ -247,7 +248,7 @@ def test_classify_in_bf16_stays_close_to_fp32():
     agreement above 99 % against the fp32 forward pass."""
     ens, x = _fitted("bf16")
     assert ens.bf16
-    p1, _, _ = ens.predict(x)
+    p1, _, _ = ensemble_predict(ens, x)
     p2, _, _ = ens.classify(x, ens.folded())
     assert (p1 - p2).abs().max() < 0.02
     assert (p1.argmax(1) == p2.argmax(1)).float().mean() > 0.99
@@ -269,9 +270,9 @@ def test_merged_ensemble_is_the_weighted_mix_of_both():
     last.fit(x[:, -3:].half(), y)
     merged = full.merged_with(last, 0.3)
     assert len(merged.members) == 5 and torch.isclose(merged.member_weights.sum(), torch.tensor(1.0))
-    pa, _, _ = full.predict(x)
-    pb, _, _ = last.predict(x[:, -3:])
-    pm, em, dm = merged.predict(x)
+    pa, _, _ = ensemble_predict(full, x)
+    pb, _, _ = ensemble_predict(last, x[:, -3:])
+    pm, em, dm = ensemble_predict(merged, x)
     assert torch.allclose(pm, 0.7 * pa + 0.3 * pb, atol=1e-6)
     assert not torch.allclose(pm, pa, atol=1e-3)  # the second ensemble counts
     with torch.no_grad():

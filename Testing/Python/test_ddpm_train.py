@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -15,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from BrainDiffSegLib import ddpm_train
-from BrainDiffSegLib.ddpm_train import STATE, TrainOptions, _hide_sequences, train_ddpm
+from BrainDiffSegLib.training import ddpm as ddpm_train
+from BrainDiffSegLib.training.ddpm import STATE, TrainOptions, _hide_sequences, train_ddpm
 from BrainDiffSegLib.errors import CheckpointError
 from BrainDiffSegLib.model import load_backbone, read_config
 
@@ -155,7 +154,7 @@ def test_hide_sequences_probability_bounds():
 
 def test_slice_set_and_cache(tmp_path, dataset):
     from BrainDiffSegLib.io import find_cases
-    from BrainDiffSegLib.slices import build_slice_set
+    from BrainDiffSegLib.training.slices import build_slice_set
 
     cases = find_cases(dataset)
     images, present = build_slice_set(cases, size=32, cache_dir=tmp_path / "cache")
@@ -176,7 +175,7 @@ def test_slice_set_and_cache(tmp_path, dataset):
 
 
 def test_interrupted_cache_write_leaves_no_corrupt_cache(tmp_path, dataset, monkeypatch):
-    from BrainDiffSegLib import slices
+    from BrainDiffSegLib.training import slices
     from BrainDiffSegLib.io import find_cases
 
     cases = find_cases(dataset)
@@ -207,7 +206,7 @@ DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {lib!r})
     import torch
     torch.set_num_threads(1)
-    from BrainDiffSegLib import ddpm_train
+    from BrainDiffSegLib.training import ddpm as ddpm_train
     from BrainDiffSegLib.model import BackboneConfig
 
     rank = int(os.environ["RANK"])

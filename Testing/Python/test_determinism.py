@@ -23,9 +23,9 @@ import sys
 sys.path.insert(0, sys.argv[3])
 import numpy as np, torch
 torch.set_num_threads(1)
-from BrainDiffSegLib.classifier import ClassifierOptions
+from BrainDiffSegLib.propagation.classifier import ClassifierOptions
 from BrainDiffSegLib.io import load_case
-from BrainDiffSegLib.propagate import PropagationOptions, propagate
+from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
 from BrainDiffSegLib.protocol import simulate_annotation
 case = load_case(sys.argv[1])
 annotation, _ = simulate_annotation(case.label, 2)
@@ -45,9 +45,9 @@ def case_dir(data_root) -> Path:
 
 
 def _propagate(case_dir: Path, method: str = "diffusion") -> dict[str, np.ndarray]:
-    from BrainDiffSegLib.classifier import ClassifierOptions
+    from BrainDiffSegLib.propagation.classifier import ClassifierOptions
     from BrainDiffSegLib.io import load_case
-    from BrainDiffSegLib.propagate import PropagationOptions, propagate
+    from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
     from BrainDiffSegLib.protocol import simulate_annotation
 
     case = load_case(case_dir)

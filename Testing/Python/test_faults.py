@@ -15,7 +15,7 @@ import torch
 from BrainDiffSegCLI import main
 from BrainDiffSegLib.errors import EngineError
 from BrainDiffSegLib.options import preset
-from BrainDiffSegLib.propagate import propagate
+from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import simulate_annotation
 
 
@@ -53,7 +53,7 @@ def test_damaged_inpainting_weights_write_no_nan(repo_root, tumour_case_writer, 
 
 
 def test_non_finite_features_stop_the_propagation(tumour_case, monkeypatch):
-    from BrainDiffSegLib.features import FeatureExtractor
+    from BrainDiffSegLib.propagation.features import FeatureExtractor
 
     images, label, _ = tumour_case()
     ann, _ = simulate_annotation(label, 2)
@@ -70,7 +70,7 @@ def test_non_finite_features_stop_the_propagation(tumour_case, monkeypatch):
 
 
 def test_a_classifier_that_cannot_train_is_an_error_not_an_empty_segmentation():
-    from BrainDiffSegLib.classifier import ClassifierOptions, PixelEnsemble
+    from BrainDiffSegLib.propagation.classifier import ClassifierOptions, PixelEnsemble
 
     x = torch.randn(400, 6)
     x[:, 2] = float("inf")  # standardised to NaN: every loss is NaN
@@ -80,7 +80,7 @@ def test_a_classifier_that_cannot_train_is_an_error_not_an_empty_segmentation():
 
 
 def test_a_non_finite_prediction_is_an_error(tumour_case, monkeypatch):
-    import BrainDiffSegLib.propagate as P
+    import BrainDiffSegLib.propagation.propagate as P
 
     images, label, _ = tumour_case()
     ann, _ = simulate_annotation(label, 2)
@@ -97,7 +97,7 @@ def test_a_non_finite_prediction_is_an_error(tumour_case, monkeypatch):
 
 
 def test_a_non_finite_inpainting_is_an_error(tumour_case, monkeypatch):
-    import BrainDiffSegLib.inpaint as I
+    import BrainDiffSegLib.inpainting.inpaint as I
 
     images, label, _ = tumour_case()
     monkeypatch.setattr(I, "sample", lambda *a, **k: torch.full_like(a[2], float("nan")))
@@ -138,7 +138,7 @@ def test_out_without_an_extension_is_refused_and_overwrites_nothing(case, tmp_pa
     (lambda t, f: ["--out", str(t / "a-file" / "x.nii.gz")], "cannot write into"),  # (a read-only folder, as root)
 ])
 def test_outputs_are_checked_before_any_work(case, tmp_path, caplog, monkeypatch, outputs, words):
-    import BrainDiffSegLib.propagate as P
+    import BrainDiffSegLib.propagation.propagate as P
 
     folder, _ = case
     (tmp_path / "a-file").write_text("not a folder")
@@ -215,7 +215,7 @@ def test_ctrl_c_prints_one_sentence_and_leaves_no_partial_output(case, tmp_path,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("BrainDiffSegLib.propagate.propagate", interrupted)
+    monkeypatch.setattr("BrainDiffSegLib.propagation.propagate.propagate", interrupted)
     out = tmp_path / "o.nii.gz"
     assert main(["propagate", "--case", str(folder), "--simulate-annotation", "2", "--out", str(out), *QUICK]) == 130
     assert not list(tmp_path.glob("*o.*")) and "Cancelled (Ctrl-C)" in caplog.text and "Traceback" not in caplog.text

@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from BrainDiffSegLib.features import FeatureExtractor, FeatureSpec, _gaussian_blur, decoder_activations, \
+from BrainDiffSegLib.propagation.features import FeatureExtractor, FeatureSpec, gaussian_blur, decoder_activations, \
     feature_channels
 from BrainDiffSegLib.io import ROLES
 from BrainDiffSegLib.model import BackboneConfig, build_unet, model_input
 from BrainDiffSegLib.preprocess import ModelGrid, normalize_case, stack_roles
+from BrainDiffSegBench.gridfeatures import grid_features, grid_maps
 
 SHAPE = (40, 36, 8)
 
@@ -116,9 +117,9 @@ def test_number_of_channels(unet, cfg, case, spec, present, expected):
     assert ex.n_channels == expected
     assert feature_channels(unet, spec, int(present.sum())) == expected
     zs = [1, 4, 6]
-    maps = ex.maps(zs)
+    maps = grid_maps(ex, zs)
     assert maps.shape == (3, expected, 32, 32)
-    feats = ex.features(zs, _masks(3))
+    feats = grid_features(ex, zs, _masks(3))
     assert feats.shape[1] == expected
 
 
@@ -127,34 +128,34 @@ def test_features_are_the_masked_map_pixels_in_float16(unet, cfg, case):
     zs = [0, 2, 3, 5, 7]
     masks = _masks(len(zs), seed=4)
     ex = _extractor(unet, cfg, case, spec, batch_size=2)  # several batches
-    feats = ex.features(zs, masks)
+    feats = grid_features(ex, zs, masks)
     assert feats.dtype == torch.float16
     assert feats.shape == (int(masks.sum()), ex.n_channels)
-    ref = ex.maps(zs).permute(0, 2, 3, 1)[torch.from_numpy(masks)].to(torch.float16)  # slice-major order
+    ref = grid_maps(ex, zs).permute(0, 2, 3, 1)[torch.from_numpy(masks)].to(torch.float16)  # slice-major order
     torch.testing.assert_close(feats, ref, atol=2e-3, rtol=2e-3)
     # a torch mask works too, and an empty mask gives no rows
-    assert ex.features(zs, torch.from_numpy(masks)).shape == feats.shape
-    assert ex.features(zs, np.zeros_like(masks)).shape == (0, ex.n_channels)
-    assert ex.features([], np.zeros((0, 32, 32), bool)).shape == (0, ex.n_channels)
+    assert grid_features(ex, zs, torch.from_numpy(masks)).shape == feats.shape
+    assert grid_features(ex, zs, np.zeros_like(masks)).shape == (0, ex.n_channels)
+    assert grid_features(ex, [], np.zeros((0, 32, 32), bool)).shape == (0, ex.n_channels)
 
 
 def test_features_of_a_slice_do_not_depend_on_its_batch(unet, cfg, case):
     ex = _extractor(unet, cfg, case, FeatureSpec(blocks=(1, 2), timesteps=(50,)))
     m = np.ones((1, 32, 32), bool)
-    alone = ex.features([4], m)
-    together = ex.features([1, 4, 6], np.concatenate([np.zeros_like(m), m, np.zeros_like(m)]))
+    alone = grid_features(ex, [4], m)
+    together = grid_features(ex, [1, 4, 6], np.concatenate([np.zeros_like(m), m, np.zeros_like(m)]))
     torch.testing.assert_close(alone.float(), together.float(), atol=2e-3, rtol=2e-3)
 
 
 def test_features_are_deterministic_and_depend_on_the_noise_seed(unet, cfg, case):
     zs, masks = [2, 5], _masks(2, seed=1)
     spec = FeatureSpec(blocks=(1, 2), timesteps=(200, 600), noise_seed=7)
-    a = _extractor(unet, cfg, case, spec).features(zs, masks)
-    b = _extractor(unet, cfg, case, FeatureSpec(blocks=(1, 2), timesteps=(200, 600), noise_seed=7)).features(
-        zs, masks)
+    a = grid_features(_extractor(unet, cfg, case, spec), zs, masks)
+    b = grid_features(_extractor(unet, cfg, case, FeatureSpec(blocks=(1, 2), timesteps=(200, 600), noise_seed=7)),
+                      zs, masks)
     assert torch.equal(a, b)
-    c = _extractor(unet, cfg, case, FeatureSpec(blocks=(1, 2), timesteps=(200, 600), noise_seed=8)).features(
-        zs, masks)
+    c = grid_features(_extractor(unet, cfg, case, FeatureSpec(blocks=(1, 2), timesteps=(200, 600), noise_seed=8)),
+                      zs, masks)
     n_diff = (16 + 8) * 2
     assert not torch.allclose(a[:, :n_diff].float(), c[:, :n_diff].float(), atol=1e-2)
     # the appended intensities do not depend on the noise
@@ -166,18 +167,18 @@ def test_absent_sequences_do_not_influence_the_features(unet, cfg, case):
     present = np.array([True, False, True, True])
     spec = FeatureSpec(blocks=(1, 2), timesteps=(50, 300), smoothing=(1.0,))
     zs, masks = [1, 3, 6], _masks(3, seed=2, frac=0.5)
-    ref = _extractor(unet, cfg, case, spec, present=present).features(zs, masks)
+    ref = grid_features(_extractor(unet, cfg, case, spec, present=present), zs, masks)
     other = stack.copy()
     other[1] = np.random.default_rng(5).uniform(-1, 1, size=other[1].shape).astype(np.float32)
-    changed = _extractor(unet, cfg, case, spec, present=present, stack=other).features(zs, masks)
+    changed = grid_features(_extractor(unet, cfg, case, spec, present=present, stack=other), zs, masks)
     assert torch.equal(ref, changed)
     # the same change in a present sequence does change them (so the comparison above can fail)
     other = stack.copy()
     other[2] = np.random.default_rng(5).uniform(-1, 1, size=other[2].shape).astype(np.float32)
-    changed = _extractor(unet, cfg, case, spec, present=present, stack=other).features(zs, masks)
+    changed = grid_features(_extractor(unet, cfg, case, spec, present=present, stack=other), zs, masks)
     assert not torch.allclose(ref.float(), changed.float(), atol=1e-2)
     # ... and marking the sequence present changes them as well
-    all_present = _extractor(unet, cfg, case, spec, present=np.ones(4, bool)).features(zs, masks)
+    all_present = grid_features(_extractor(unet, cfg, case, spec, present=np.ones(4, bool)), zs, masks)
     assert all_present.shape[1] == ref.shape[1] + 2
     assert not torch.allclose(ref[:, :48].float(), all_present[:, :48].float(), atol=1e-2)
 
@@ -189,29 +190,29 @@ def test_raw_mode_gives_intensities_and_smoothed_intensities_only(case):
     ex = FeatureExtractor(None, None, spec, stack, present, grid)
     assert ex.n_channels == 3 * 3
     zs = [0, 4]
-    maps = ex.maps(zs)
+    maps = grid_maps(ex, zs)
     assert maps.shape == (2, 9, 32, 32)
     x = grid.to_model(np.moveaxis(stack[..., zs], -1, 0))[:, [0, 1, 3]]
     torch.testing.assert_close(maps[:, :3], x)
-    torch.testing.assert_close(maps[:, 3:6], _gaussian_blur(x, 1.0))
-    torch.testing.assert_close(maps[:, 6:9], _gaussian_blur(x, 3.0))
+    torch.testing.assert_close(maps[:, 3:6], gaussian_blur(x, 1.0))
+    torch.testing.assert_close(maps[:, 6:9], gaussian_blur(x, 3.0))
     # the blur really smooths (lower variance) and keeps the mean roughly
     assert maps[:, 6:9].var() < maps[:, :3].var()
     masks = _masks(2, seed=3)
-    feats = ex.features(zs, masks)
+    feats = grid_features(ex, zs, masks)
     assert feats.shape == (int(masks.sum()), 9) and feats.dtype == torch.float16
     # without smoothing only the intensities of the present sequences
     ex = FeatureExtractor(None, None, FeatureSpec(smoothing=()), stack, present, grid)
     assert ex.n_channels == 3
-    torch.testing.assert_close(ex.maps(zs), x)
+    torch.testing.assert_close(grid_maps(ex, zs), x)
 
 
-def test_gaussian_blur_preserves_constants_and_mass():
+def testgaussian_blur_preserves_constants_and_mass():
     x = torch.full((1, 2, 16, 16), 0.7)
-    torch.testing.assert_close(_gaussian_blur(x, 2.0), x)
+    torch.testing.assert_close(gaussian_blur(x, 2.0), x)
     d = torch.zeros((1, 1, 21, 21))
     d[0, 0, 10, 10] = 1.0
-    b = _gaussian_blur(d, 1.5)
+    b = gaussian_blur(d, 1.5)
     assert float(b.sum()) == pytest.approx(1.0, abs=1e-5)
     assert float(b[0, 0, 10, 10]) == float(b.max()) < 1.0
     torch.testing.assert_close(b, b.flip(-1))
@@ -241,7 +242,7 @@ def test_diffusion_maps_are_upsampled_block_outputs(unet, cfg, case):
         ref = _hooked_up_block_outputs(unet, model_input(xt, pres), torch.tensor([100, 100]))[0]
     assert ref.shape[-2:] == (16, 16)
     ref = F.interpolate(ref, size=(32, 32), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(ex.maps(zs), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grid_maps(ex, zs), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_feature_experiment_candidates_are_distinct():

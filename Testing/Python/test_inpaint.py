@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from BrainDiffSegLib.errors import CancelledError, InputError
-from BrainDiffSegLib.inpaint import check_inputs, inpaint_volume, prepare
-from BrainDiffSegLib.inpaint_model import InpaintConfig, InpaintNet, load_inpaint_model, weights_from_2d
+from BrainDiffSegLib.inpainting.inpaint import check_inputs, inpaint_volume, prepare
+from BrainDiffSegLib.inpainting.model import InpaintConfig, InpaintNet, load_inpaint_model, weights_from_2d
 
 
 @pytest.fixture(scope="module")
 def case_and_mask(data_root):
     from inpaint_support import lgg_t1_cases
 
-    from BrainDiffSegLib.inpaint_masks import healthy_masks
-    from BrainDiffSegLib.inpaint_train import load_t1_cases
+    from BrainDiffSegLib.inpainting.masks import healthy_masks
+    from BrainDiffSegLib.training.inpaint import load_t1_cases
 
     cases = load_t1_cases(lgg_t1_cases(data_root, 3))
     mask, _ = healthy_masks(cases, seed=0)[0]
@@ -112,7 +112,7 @@ def test_pseudo3d_starts_as_the_2d_model(tiny_model):
 
 def test_samples_are_averaged(case_and_mask, tiny_model):
     """samples=2 is the mean of two independent single samples (the same noise drawn for the slices twice over)."""
-    from BrainDiffSegLib.inpaint import sample
+    from BrainDiffSegLib.inpainting.inpaint import sample
 
     case, mask = case_and_mask
     net, cfg = load_inpaint_model(tiny_model)
@@ -137,7 +137,7 @@ def test_context_normalisation_round_trip(case_and_mask, tmp_path):
     prediction (the shifted clean window) gives back the image inside the mask up to the model grid's rounding."""
     from dataclasses import replace
 
-    from BrainDiffSegLib.inpaint import context_mean, paste
+    from BrainDiffSegLib.inpainting.inpaint import context_mean, paste
     from inpaint_support import tiny_inpaint_model
 
     case, mask = case_and_mask
@@ -168,8 +168,8 @@ def test_sampling_from_the_distance_weighted_fill(case_and_mask, tiny_model):
     """strength < 1 runs only the last fraction of the DDIM steps, from the distance-weighted fill noised to that
     level: at a tiny strength (one step from the least noisy level) the result is the fill itself, at strength 1 it
     is the (untrained) model's own sample; the outside is exact either way."""
-    from BrainDiffSegLib.inpaint import intensity_range
-    from BrainDiffSegLib.inpaint_fill import fill_distance_weighted
+    from BrainDiffSegLib.inpainting.inpaint import intensity_range
+    from BrainDiffSegLib.inpainting.fill import fill_distance_weighted
 
     case, mask = case_and_mask
     t1 = case.images["t1"]
@@ -199,8 +199,8 @@ def test_bundled_models_on_a_real_case(case_and_mask, which):
     claim, keep the outside of the mask exactly and, with the defaults (from the distance-weighted fill, mean of 4),
     come closer to the truth inside the mask than the mean-of-tissue fill on a real LGG case (challenge MSE)."""
     from BrainDiffSegBench.inpaint_metrics import challenge_metrics
-    from BrainDiffSegLib.inpaint import default_inpaint3d_model, default_inpaint_model
-    from BrainDiffSegLib.inpaint_fill import fill_mean
+    from BrainDiffSegLib.inpainting.inpaint import default_inpaint3d_model, default_inpaint_model
+    from BrainDiffSegLib.inpainting.fill import fill_mean
 
     folder = default_inpaint_model() if which == "inpaint" else default_inpaint3d_model()
     net, cfg = load_inpaint_model(folder)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from BrainDiffSegCLI import main
-from BrainDiffSegLib.inpaint_model import InpaintConfig
+from BrainDiffSegLib.inpainting.model import InpaintConfig
 from BrainDiffSegLib.model import read_config
 
 
@@ -16,8 +16,8 @@ from BrainDiffSegLib.model import read_config
 def setup(data_root, tmp_path_factory):
     from inpaint_support import lgg_t1_cases, tiny_inpaint_model
 
-    from BrainDiffSegLib.inpaint_masks import healthy_masks
-    from BrainDiffSegLib.inpaint_train import load_t1_cases
+    from BrainDiffSegLib.inpainting.masks import healthy_masks
+    from BrainDiffSegLib.training.inpaint import load_t1_cases
 
     dirs = lgg_t1_cases(data_root, 2)
     cases = load_t1_cases(dirs)

@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from BrainDiffSegLib.errors import InputError
-from BrainDiffSegLib.inpaint_masks import (MaskRules, brain_of, healthy_masks, mask_from_record, place_healthy_mask,
+from BrainDiffSegLib.inpainting.masks import (MaskRules, brain_of, healthy_masks, mask_from_record, place_healthy_mask,
                                            source_shape, transform_shape)
 
 
@@ -14,7 +14,7 @@ from BrainDiffSegLib.inpaint_masks import (MaskRules, brain_of, healthy_masks, m
 def cases(data_root):
     from inpaint_support import lgg_t1_cases
 
-    from BrainDiffSegLib.inpaint_train import load_t1_cases
+    from BrainDiffSegLib.training.inpaint import load_t1_cases
 
     return load_t1_cases(lgg_t1_cases(data_root, 3))
 

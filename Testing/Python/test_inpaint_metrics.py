@@ -61,8 +61,8 @@ def test_ssim_planes_are_the_last_two_axes():
 def lgg_case(data_root):
     from inpaint_support import lgg_t1_cases
 
-    from BrainDiffSegLib.inpaint_masks import healthy_masks
-    from BrainDiffSegLib.inpaint_train import load_t1_cases
+    from BrainDiffSegLib.inpainting.masks import healthy_masks
+    from BrainDiffSegLib.training.inpaint import load_t1_cases
 
     cases = load_t1_cases(lgg_t1_cases(data_root, 3))
     mask, _ = healthy_masks(cases, seed=0)[0]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from BrainDiffSegLib.ddpm_train import STATE
-from BrainDiffSegLib.inpaint_model import InpaintConfig, load_inpaint_model
-from BrainDiffSegLib.inpaint_train import InpaintTrainOptions, train_inpaint
+from BrainDiffSegLib.training.ddpm import STATE
+from BrainDiffSegLib.inpainting.model import InpaintConfig, load_inpaint_model
+from BrainDiffSegLib.training.inpaint import InpaintTrainOptions, train_inpaint
 from BrainDiffSegLib.model import read_config
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from BrainDiffSegLib.classifier import ClassifierOptions
+from BrainDiffSegLib.propagation.classifier import ClassifierOptions
 from BrainDiffSegLib.errors import CancelledError, CheckpointError, InputError
-from BrainDiffSegLib.features import FeatureSpec
-from BrainDiffSegLib.propagate import PropagationOptions, PropagationResult, keep_connected_to_annotation, propagate
+from BrainDiffSegLib.propagation.features import FeatureSpec
+from BrainDiffSegLib.propagation.propagate import PropagationOptions, PropagationResult, keep_connected_to_annotation, propagate
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 from conftest import TUMOUR_CONTRAST, TUMOUR_SHAPE, synthetic_tumour_case
 

@@ -1,4 +1,4 @@
-"""3D refinement of the class probabilities (`BrainDiffSegLib.refine`) and its use in `propagate`."""
+"""3D refinement of the class probabilities (`BrainDiffSegLib.propagation.refine`) and its use in `propagate`."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,11 +6,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from BrainDiffSegLib.classifier import ClassifierOptions
+from BrainDiffSegLib.propagation.classifier import ClassifierOptions
 from BrainDiffSegLib.errors import InputError
-from BrainDiffSegLib.propagate import PropagationOptions, propagate
+from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
-from BrainDiffSegLib.refine import check_refine, decide, refine_labels, smooth_probabilities
+from BrainDiffSegLib.propagation.refine import check_refine, decide, refine_labels, smooth_probabilities
 from conftest import synthetic_tumour_case
 
 VALUES = [0, 1, 2, 4]
@@ -93,7 +93,8 @@ def test_propagate_with_refinement(synth):
     np.testing.assert_array_equal(refined.labels[..., zs], ann[..., zs])
     assert not np.array_equal(refined.labels, plain.labels)
     # the refinement of the kept probabilities is what propagate returns (then the same post-processing)
-    from BrainDiffSegLib.propagate import keep_connected_to_annotation, normalize_volume
+    from BrainDiffSegLib.propagation.propagate import keep_connected_to_annotation
+    from BrainDiffSegLib.propagation.volume import normalize_volume
 
     fg = normalize_volume(images).foreground
     again = keep_connected_to_annotation(refine_labels(p, ann, zs, plain.label_values, fg, opt), ann)

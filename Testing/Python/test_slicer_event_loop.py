@@ -18,7 +18,6 @@ interval the job controller asks for.
 from __future__ import annotations
 
 import ctypes
-import threading
 import time
 import types
 from dataclasses import replace
@@ -93,7 +92,7 @@ def test_a_real_propagation_in_a_thread_of_the_panels_process_does_not_finish(cr
     times its unhindered time under the loop, has not finished."""
     from BrainDiffSegLib.background import BackgroundTask
     from BrainDiffSegLib.protocol import simulate_annotation
-    from BrainDiffSegLib.propagate import propagate
+    from BrainDiffSegLib.propagation.propagate import propagate
 
     images = {r: crop["arrays"][r].astype(np.float32) for r in ("flair", "t1ce")}
     truth = crop["arrays"]["seg"]

@@ -65,7 +65,7 @@ def annotated(node):
 def test_feature_cache_is_hit_on_a_rerun_and_cleared(mrml_scene, crop, M, monkeypatch):
     """Second propagation of the same volume: no new backbone pass; the update equals a from-scratch propagation
     with a fresh Logic exactly; clearCache forgets the features."""
-    from BrainDiffSegLib.features import FeatureExtractor
+    from BrainDiffSegLib.propagation.features import FeatureExtractor
 
     calls = []
     real = FeatureExtractor._activations

@@ -22,9 +22,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from BrainDiffSegLib.classifier import ClassifierOptions
+from BrainDiffSegLib.propagation.classifier import ClassifierOptions
 from BrainDiffSegLib.errors import CancelledError, InputError, OutputExistsError
-from BrainDiffSegLib.propagate import PropagationOptions
+from BrainDiffSegLib.propagation.propagate import PropagationOptions
 from BrainDiffSegLib.protocol import protocol_slices, region_dice
 from BrainDiffSegLib.resources import default_checkpoint
 from conftest import REPO, slicer_scene_context
@@ -634,7 +634,7 @@ def test_multi_component_volume(mrml_scene, crop, M):
 def test_gpu_out_of_memory_falls_back_to_the_cpu(mrml_scene, crop, M, monkeypatch):
     import torch
 
-    import BrainDiffSegLib.propagate as engine
+    import BrainDiffSegLib.propagation.propagate as engine
 
     volumes = add_volumes(mrml_scene, crop, roles=("flair",))
     painted = paint(mrml_scene, volumes["flair"], painted_truth(crop, M)[0])
@@ -658,7 +658,7 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu(mrml_scene, crop, M, monkeypatc
 
 
 def test_parameter_node_defaults_and_options(mrml_scene, M, tmp_path):
-    from BrainDiffSegLib.features import FeatureSpec
+    from BrainDiffSegLib.propagation.features import FeatureSpec
     from BrainDiffSegSlicer import parameters
 
     logic = M.BrainDiffSegLogic(mrml_scene)

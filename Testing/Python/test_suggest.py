@@ -1,4 +1,4 @@
-"""'Paint this slice next': the engine's ranking (`BrainDiffSegLib.suggest`) on a real crop, and a smoke test of
+"""'Paint this slice next': the engine's ranking (`BrainDiffSegLib.propagation.suggest`) on a real crop, and a smoke test of
 `braindiffseg benchmark suggest` on a small synthetic case."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from conftest import write_tumour_case
 from test_propagate import _reduced_real_case
 
 from BrainDiffSegLib.options import preset
-from BrainDiffSegLib.propagate import PropagationResult, propagate
+from BrainDiffSegLib.propagation.propagate import PropagationResult, propagate
 from BrainDiffSegLib.protocol import simulate_annotation
-from BrainDiffSegLib.suggest import DEFAULT_STRATEGY, STRATEGIES, next_slice, rank_slices
+from BrainDiffSegLib.propagation.suggest import DEFAULT_STRATEGY, STRATEGIES, next_slice, rank_slices
 
 
 @pytest.fixture(scope="module")

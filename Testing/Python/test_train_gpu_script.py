@@ -39,7 +39,7 @@ def single_process(monkeypatch):
 
 
 def test_packed_slices_match_the_slice_set(lgg_cases, packed):
-    from BrainDiffSegLib.slices import build_slice_set, load_packed_slices
+    from BrainDiffSegLib.training.slices import build_slice_set, load_packed_slices
 
     images, present = build_slice_set(lgg_cases, 128)
     got, got_present, info = load_packed_slices(packed)

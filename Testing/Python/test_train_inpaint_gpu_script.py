@@ -18,8 +18,8 @@ import pytest
 
 from BrainDiffSegCLI import main
 from BrainDiffSegLib.errors import InputError
-from BrainDiffSegLib.inpaint_model import InpaintConfig
-from BrainDiffSegLib.inpaint_train import build_crops, load_packed_crops, packed_crop_info
+from BrainDiffSegLib.inpainting.model import InpaintConfig
+from BrainDiffSegLib.training.inpaint import build_crops, load_packed_crops, packed_crop_info
 
 CROP = 32  # small crops keep the CPU runs short; the bundled architecture takes them (it is fully convolutional)
 
@@ -103,8 +103,8 @@ def test_train_inpaint_from_pack_without_nibabel(packed, tmp_path, single_proces
 def test_pseudo3d_from_pack(packed, tmp_path, single_process):
     from inpaint_support import TINY_INPAINT, tiny_inpaint_model
 
-    from BrainDiffSegLib.inpaint_model import load_inpaint_model
-    from BrainDiffSegLib.inpaint_train import InpaintTrainOptions, train_inpaint
+    from BrainDiffSegLib.inpainting.model import load_inpaint_model
+    from BrainDiffSegLib.training.inpaint import InpaintTrainOptions, train_inpaint
 
     two_d = tiny_inpaint_model(tmp_path / "2d", context_norm=True)
     cfg = replace(InpaintConfig(**TINY_INPAINT), crop=CROP, context_norm=True, pseudo3d=True, depth=3)

@@ -16,7 +16,7 @@ import torch
 from BrainDiffSegLib.errors import InputError
 from BrainDiffSegLib.jobs import Workspace, run_request
 from BrainDiffSegLib.options import preset, to_strings
-from BrainDiffSegLib.propagate import propagate
+from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import simulate_annotation
 from BrainDiffSegLib.transfer import (Decoder, Encoder, EngineRequest, FormatError, decode, digest_steps, encode,
                                       images_digest)
@@ -120,7 +120,7 @@ def test_digest_sees_values_dtype_roles_and_steps_give_the_same_digest(tumour_ca
 def test_a_request_gives_the_engines_result_and_leaves_global_state_alone(tumour_case):
     """run_request == propagate (same seeds), in any dtype the images come in; no global seed, flag or generator
     of torch, NumPy or Python changes (the engine service and the in-process Logic both rely on it)."""
-    from BrainDiffSegLib.cache import VolumeCache
+    from BrainDiffSegLib.propagation.cache import VolumeCache
 
     images, label, _ = tumour_case()
     ann, _ = simulate_annotation(label, 2)
@@ -138,7 +138,7 @@ def test_a_request_gives_the_engines_result_and_leaves_global_state_alone(tumour
     assert not torch.are_deterministic_algorithms_enabled()
     np.testing.assert_array_equal(response.arrays["labels"], again.arrays["labels"])  # int16 == float32 input
     # the engine's own call through a feature cache (features kept in float16), as the workspace runs it
-    expected = propagate({r: a.astype(np.float32) for r, a in as_int.items()}, ann, options, cache=VolumeCache())
+    expected = propagate({r: a.astype(np.float32) for r, a in as_int.items()}, ann, options, features=VolumeCache())
     for name in ("labels", "entropy", "disagreement"):
         np.testing.assert_array_equal(response.arrays[name], getattr(expected, name))
     assert response.meta["annotated_slices"] == expected.annotated_slices

@@ -72,7 +72,7 @@ def slice_scores(result, strategy: str = DEFAULT_STRATEGY) -> dict[int, float]:
 def rank_slices(result, n: int = 5, strategy: str = DEFAULT_STRATEGY) -> list[tuple[int, float]]:
     """The n best slices to annotate next as (axial index, score), best first; never an annotated slice.
 
-    `result`: a `BrainDiffSegLib.propagate.PropagationResult` (labels, entropy, disagreement, annotated_slices)."""
+    `result`: a `BrainDiffSegLib.propagation.propagate.PropagationResult` (labels, entropy, disagreement, annotated_slices)."""
     scores = slice_scores(result, strategy)
     return sorted(scores.items(), key=lambda s: (-s[1], s[0]))[:max(0, int(n))]
 

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from ..device import pick_device
+from ..errors import CancelledError, EngineError, InputError
+from ..options import PropagationOptions
+from ..results import PropagationResult
 from .classifier import PixelEnsemble
-from .device import pick_device
-from .errors import CancelledError, EngineError, InputError
 from .features import FeatureExtractor
-from .constants import ROLES
-from .model import load_backbone
-from .options import FeatureSpec, PropagationOptions
 from .predict import predict_slices
-from .preprocess import ModelGrid, normalize_case, stack_roles
 from .refine import check_refine, needs_probabilities, refine_labels
-from .resources import default_checkpoint
-from .results import PropagationResult
+from .sources import FeatureSource, FreshFeatures
+from .volume import check_images
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -72,71 +69,18 @@ def with_intensity_ensemble(ens: PixelEnsemble, x: torch.Tensor, y: torch.Tensor
     return ens.merged_with(raw, w)
 
 
-@dataclass
-class NormalizedVolume:
-    """The images of one case ready for feature extraction: (R, X, Y, Z) stack in role order, presence (R,), head
-    mask (X, Y, Z)."""
-
-    stack: np.ndarray
-    present: np.ndarray
-    foreground: np.ndarray
-
-
-def check_images(images: dict[str, np.ndarray]) -> tuple:
-    """The common shape of the sequences; InputError for unknown roles, other shapes, NaN or constant images."""
-    unknown = set(images) - set(ROLES)
-    if unknown or not images:
-        raise InputError(f"images must map roles {ROLES} to arrays; got {sorted(images)}")
-    shapes = {r: v.shape for r, v in images.items()}
-    if len(set(shapes.values())) != 1:
-        raise InputError(f"The sequences have different shapes {shapes}: they must share one grid.")
-    for r, v in images.items():
-        if not np.all(np.isfinite(v)):
-            raise InputError(f"Sequence '{r}' contains NaN or infinite values.")
-        if float(v.max()) == float(v.min()):
-            raise InputError(f"Sequence '{r}' is constant: it carries no information.")
-    return next(iter(shapes.values()))
-
-
-def normalize_volume(images: dict[str, np.ndarray]) -> NormalizedVolume:
-    norm, fg = normalize_case(images)
-    stack, present = stack_roles(norm)
-    return NormalizedVolume(stack, present, fg)
-
-
-def feature_spec_of(opt: PropagationOptions) -> FeatureSpec:
-    """The features a method uses: 'raw' keeps only the (smoothed) intensities."""
-    if opt.method == "raw":
-        return FeatureSpec(blocks=(), timesteps=(), intensities=True,
-                           smoothing=opt.features.smoothing or (1.0, 2.0, 4.0))
-    if opt.method != "diffusion":
-        raise InputError(f"Unknown propagation method {opt.method!r}; use 'diffusion' or 'raw'.")
-    return opt.features
-
-
-def make_extractor(volume: NormalizedVolume, opt: PropagationOptions, device: torch.device, backbone=None,
-                   extractor_class=FeatureExtractor) -> FeatureExtractor:
-    """The feature extractor of a case; `backbone`: an already loaded (unet, cfg), else loaded from options."""
-    spec = feature_spec_of(opt)
-    unet, cfg = None, None
-    if opt.method == "diffusion":
-        unet, cfg = backbone or load_backbone(opt.checkpoint or default_checkpoint(), device=device)
-    grid = ModelGrid.from_mask(volume.foreground, cfg.sample_size if cfg else 128)
-    return extractor_class(unet, cfg, spec, volume.stack, volume.present, grid, device, opt.precision,
-                           opt.batch_size)
-
-
 def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: PropagationOptions | None = None,
               progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
-              extractor: FeatureExtractor | None = None, cache=None,
-              keep_probabilities: bool = False, images_key: str | None = None) -> PropagationResult:
+              features: FeatureSource | None = None, keep_probabilities: bool = False,
+              images_key: str | None = None) -> PropagationResult:
     """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid. The
-    classifier's labels are refined in 3D (`BrainDiffSegLib.refine`; by default the watershed gate) and cleaned up
+    classifier's labels are refined in 3D (`BrainDiffSegLib.propagation.refine`; by default the watershed gate) and cleaned up
     (tumour connected to the annotated tumour) before they are returned.
 
-    `extractor` replaces the feature extractor built from `options` (experiments pass one with cached features).
-    `cache`: a `BrainDiffSegLib.cache.VolumeCache` kept between runs on one volume (interactive use): the
-    normalised images, the backbone and the decoder activations of every slice computed so far are reused.
+    `features`: where the features come from (`sources`): `FreshFeatures()` by default; a
+    `BrainDiffSegLib.propagation.cache.VolumeCache` kept between runs on one volume (interactive use: the normalised
+    images, the backbone and the decoder activations of every slice computed so far are reused); a `GivenExtractor`
+    (experiments that serve features from their own store).
     `images_key`: the images' digest when the caller knows it (`transfer.images_digest`; saves hashing them again).
     Nothing process-global is changed (no global seed, no torch flag): every random draw comes from generators
     seeded by `options` (the classifier's `classifier.seed`, the features' `noise_seed`).
@@ -153,7 +97,8 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
             raise CancelledError("propagation cancelled")
 
     shape = check_images(images)
-    volume = cache.volume(images, images_key) if cache is not None else normalize_volume(images)
+    source = features if features is not None else FreshFeatures()
+    volume = source.volume(images, images_key)
     fg = volume.foreground
     zs_ann, values = check_annotation(annotation, shape, fg)
     refine = check_refine(opt)  # bad settings fail before any work
@@ -161,16 +106,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         raise InputError(f"intensity_weight must be in [0, 1), got {opt.intensity_weight}")
     device = pick_device(opt.device)
     report("preparing", 0.0)
-    if extractor is not None:
-        feature_spec_of(opt)  # the method must be known
-        grid = ModelGrid.from_mask(fg, extractor.cfg.sample_size if extractor.cfg else 128)
-        if extractor.grid != grid:
-            raise ValueError("the given extractor was built for another case")
-    elif cache is not None:
-        extractor = cache.extractor(volume, opt, device)
-    else:
-        extractor = make_extractor(volume, opt, device)
-    grid = extractor.grid
+    extractor = source.extractor(volume, opt, device)
     timings["load"] = time.perf_counter() - t0
 
     # 1. training pixels: every head pixel (and every labelled pixel) of the annotated slices, native grid

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .inpaint_masks import brain_of
+from .masks import brain_of
 
 
 def tissue_outside(t1: np.ndarray, mask: np.ndarray, brain: np.ndarray | None) -> np.ndarray:

@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .ddpm_train import STATE, TrainOptions, _randn, run_loop, setup_distributed
-from .device import autocast
-from .errors import CheckpointError, InputError
-from .inpaint import prepare
-from .inpaint_masks import MaskRules, healthy_masks
-from .inpaint_model import (InpaintConfig, build_inpaint_net, load_inpaint_model, model_input, sample_range,
+from .ddpm import STATE, TrainOptions, _randn, run_loop, setup_distributed
+from ..device import autocast
+from ..errors import CheckpointError, InputError
+from ..inpainting.inpaint import prepare
+from ..inpainting.masks import MaskRules, healthy_masks
+from ..inpainting.model import (InpaintConfig, build_inpaint_net, load_inpaint_model, model_input, sample_range,
                             train_scheduler, weights_from_2d)
-from .io import find_cases, load_case
-from .model import read_config
+from ..io import find_cases, load_case
+from ..model import read_config
 
 log = logging.getLogger(__name__)
 

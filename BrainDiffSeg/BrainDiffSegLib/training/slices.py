@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import ROLES, load_case
-from .preprocess import ModelGrid, normalize_case, stack_roles
+from ..io import ROLES, load_case
+from ..preprocess import ModelGrid, normalize_case, stack_roles
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 
-from .model import CheckpointConfig, load_checkpoint
+from ..model import CheckpointConfig, load_checkpoint
 
 
 @dataclass

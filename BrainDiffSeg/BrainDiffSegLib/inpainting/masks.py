@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
-from .preprocess import foreground_mask
+from ..errors import InputError
+from ..preprocess import foreground_mask
 
 log = logging.getLogger(__name__)
 

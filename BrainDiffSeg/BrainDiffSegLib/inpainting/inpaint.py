@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import CancelledError, EngineError, InputError
-from .inpaint_fill import fill_distance_weighted
-from .inpaint_masks import brain_of
-from .inpaint_model import (InpaintConfig, InpaintNet, load_inpaint_model, model_input, sample_range,
+from ..errors import CancelledError, EngineError, InputError
+from .fill import fill_distance_weighted
+from .masks import brain_of
+from .model import (InpaintConfig, InpaintNet, load_inpaint_model, model_input, sample_range,
                             sampling_scheduler)
-from .resources import resources_dir
+from ..resources import resources_dir
 
 log = logging.getLogger(__name__)
 MAX_BRAIN_FRACTION = 0.5  # a mask covering more of the brain than this leaves too little context

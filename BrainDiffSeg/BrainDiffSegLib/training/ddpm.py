@@ -15,10 +15,10 @@ import torch
 import torch.distributed as dist
 from diffusers.training_utils import EMAModel
 
-from .device import autocast, pick_device, seed_everything
-from .errors import CheckpointError, InputError
-from .io import find_cases
-from .model import BackboneConfig, build_scheduler, build_unet, load_backbone, model_input, read_config, save_backbone
+from ..device import autocast, pick_device, seed_everything
+from ..errors import CheckpointError, InputError
+from ..io import find_cases
+from ..model import BackboneConfig, build_scheduler, build_unet, load_backbone, model_input, read_config, save_backbone
 from .slices import build_slice_set, load_packed_slices
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 
-from .device import autocast
-from .options import FeatureSpec
-from .model import BackboneConfig, build_scheduler, model_input
-from .preprocess import ModelGrid
+from ..device import autocast
+from ..options import FeatureSpec
+from ..model import BackboneConfig, build_scheduler, model_input
+from ..preprocess import ModelGrid
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def feature_channels(unet: UNet2DModel, spec: FeatureSpec, n_sequences: int) -> 
     return n
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     r = max(1, int(round(3 * sigma)))
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
     k = (k / k.sum()).to(x.device)
@@ -73,7 +73,8 @@ class FeatureExtractor:
     """Computes features of axial slices of one case.
 
     `stack` is the (R, X, Y, Z) normalised image stack in role order, `present` the (R,) presence vector, `grid`
-    the case's model grid. Call `features(zs, masks)` for the pixels `masks` (len(zs), X, Y) of slices `zs`.
+    the case's model grid. `native_features(zs, masks)` gives the features of the pixels `masks` (len(zs), X, Y)
+    of slices `zs`; `diffusion_parts` and `intensity_maps` the maps the prediction samples (`predict`).
     """
 
     unet: UNet2DModel | None
@@ -85,15 +86,19 @@ class FeatureExtractor:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
     batch_size: int = 16
-    _noise: torch.Tensor | None = None
+    noise: torch.Tensor | None = None  # (T, R, S, S) fixed noise per noise level; None: drawn from spec.noise_seed
 
     def __post_init__(self):
         if self.unet is not None:
             sched = build_scheduler(self.cfg)
             self._alphas = sched.alphas_cumprod
-            g = torch.Generator().manual_seed(self.spec.noise_seed)
             size = self.cfg.sample_size
-            self._noise = torch.randn((len(self.spec.timesteps), len(self.cfg.roles), size, size), generator=g)
+            shape = (len(self.spec.timesteps), len(self.cfg.roles), size, size)
+            if self.noise is None:
+                g = torch.Generator().manual_seed(self.spec.noise_seed)
+                self.noise = torch.randn(shape, generator=g)
+            elif tuple(self.noise.shape) != shape:
+                raise ValueError(f"the noise has shape {tuple(self.noise.shape)}; these features need {shape}")
             for t in self.spec.timesteps:
                 if not 0 <= t < self.cfg.num_train_timesteps:
                     raise ValueError(f"timestep {t} outside 0..{self.cfg.num_train_timesteps - 1}")
@@ -114,7 +119,7 @@ class FeatureExtractor:
         out = []
         for i, t in enumerate(self.spec.timesteps):
             a = float(self._alphas[t])
-            xt = a ** 0.5 * x0 + (1 - a) ** 0.5 * self._noise[i].to(self.device)
+            xt = a ** 0.5 * x0 + (1 - a) ** 0.5 * self.noise[i].to(self.device)
             tt = torch.full((len(zs),), t, device=self.device, dtype=torch.long)
             with autocast(self.device, self.precision):
                 out += decoder_activations(self.unet, model_input(xt, present), tt, self.spec.blocks)
@@ -123,10 +128,6 @@ class FeatureExtractor:
     @staticmethod
     def _upsampled(acts: list[torch.Tensor], size) -> list[torch.Tensor]:
         return [F.interpolate(a.float(), size=size, mode="bilinear", align_corners=False) for a in acts]
-
-    def _diffusion_maps(self, zs: list[int], x0: torch.Tensor) -> list[torch.Tensor]:
-        """Decoder activations for model-grid inputs x0 (B, R, S, S), each upsampled to S x S."""
-        return self._upsampled(self._activations(zs, x0), x0.shape[-2:])
 
     @property
     def n_diffusion_channels(self) -> int:
@@ -154,7 +155,7 @@ class FeatureExtractor:
         if not self.spec.intensities:
             return None
         x = torch.from_numpy(np.moveaxis(self.stack[self.present][..., zs], -1, 0).copy()).to(self.device)
-        return torch.cat([x] + [_gaussian_blur(x, s) for s in self.spec.smoothing], dim=1)
+        return torch.cat([x] + [gaussian_blur(x, s) for s in self.spec.smoothing], dim=1)
 
     def native_features(self, zs: list[int], masks: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Features (P, C) float16 of the True pixels of native `masks` (len(zs), X, Y): diffusion features
@@ -173,25 +174,4 @@ class FeatureExtractor:
             if i is not None:
                 parts.append(i.permute(0, 2, 3, 1)[m])
             out.append(torch.cat(parts, dim=1).to(torch.float16))
-        return torch.cat(out) if out else torch.zeros((0, self.n_channels), dtype=torch.float16)
-
-    @torch.no_grad()
-    def maps(self, zs: list[int]) -> torch.Tensor:
-        """(len(zs), C, S, S) feature maps of slices zs on the model grid (float32, on the device)."""
-        x0 = self.grid.to_model(np.moveaxis(self.stack[..., zs], -1, 0)).to(self.device)
-        parts = self._diffusion_maps(zs, x0) if self.unet is not None else []
-        if self.spec.intensities:
-            x = x0[:, torch.from_numpy(self.present).to(self.device)]
-            parts += [x] + [_gaussian_blur(x, s) for s in self.spec.smoothing]
-        return torch.cat(parts, dim=1)
-
-    def features(self, zs: list[int], masks: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Features (P, C) float16 of the True pixels of model-grid `masks` (len(zs), S, S), slice-major."""
-        out = []
-        masks = torch.as_tensor(masks, dtype=torch.bool)
-        for s in range(0, len(zs), self.batch_size):
-            zb = list(zs[s:s + self.batch_size])
-            maps = self.maps(zb)
-            m = masks[s:s + len(zb)].to(maps.device)
-            out.append(maps.permute(0, 2, 3, 1)[m].to(torch.float16))
         return torch.cat(out) if out else torch.zeros((0, self.n_channels), dtype=torch.float16)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from BrainDiffSegLib.io import find_cases
+from .io import find_cases
 
 
 def data_split(root: Path) -> dict[str, list[Path]]:

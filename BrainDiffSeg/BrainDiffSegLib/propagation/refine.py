@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from ..errors import InputError
 
 DECISIONS = ("argmax", "regions")
 GATES = ("none", "watershed")

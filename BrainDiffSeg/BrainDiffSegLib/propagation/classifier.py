@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import CancelledError, EngineError
-from .options import ClassifierOptions
+from ..errors import CancelledError, EngineError
+from ..options import ClassifierOptions
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return False
 
 
-def _adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
+def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW with the fused kernel where torch has one for the device (one kernel for all parameters instead of
     a loop over them), else the for-each implementation."""
     params = list(params)
@@ -161,7 +161,7 @@ class PixelEnsemble:
         self.bf16 = use_bf16(self.opt.precision, self.device)
         self.member_weights: torch.Tensor | None = None  # (M,) summing to 1; None: the plain mean
 
-    def _standardise(self, x: torch.Tensor) -> torch.Tensor:
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.device, torch.float32) - self.mean) / self.std
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, progress: Callable[[float], None] | None = None,
@@ -195,14 +195,14 @@ class PixelEnsemble:
             init = torch.Generator().manual_seed(self.opt.seed * 1000 + m)  # the member's initial weights
             nets.append(make_mlp(self.n_features, self.n_classes, self.opt.hidden, init))
             gens.append(gen)
-        xs = self._standardise(x)  # (P, C), gathered per member and step
+        xs = self.standardise(x)  # (P, C), gathered per member and step
         y = y.to(self.device)
         tr, val = torch.stack(trs).to(self.device), torch.stack(vals).to(self.device)  # (M, n) each
         xva, yva = xs[val], y[val]
         if self.bf16:  # the training steps read bf16 (autocast computes in it anyway): half the memory traffic
             xs = xs.to(torch.bfloat16)
         stacked = _StackedMLPs(nets).to(self.device)
-        optim = _adamw(stacked.parameters(), self.opt.lr, self.opt.weight_decay, self.device)
+        optim = _adamw(stacked.parameters(), self.opt.lr, self.opt.weight_decay)
         n_train = tr.shape[1]
         batch = int(min(self.opt.batch_size, max(64, n_train // 40)))
         best = [math.inf] * n_models
@@ -289,7 +289,7 @@ class PixelEnsemble:
         `PropagationOptions.intensity_weight`: `other` sees only the intensity columns). `other`'s members get first
         layers over all the features (zero weights on the columns it does not see) with its own standardisation
         re-expressed in this one's, so the merged ensemble computes exactly both ensembles' outputs and is used like
-        any other (`folded`, `classify`, `predict`)."""
+        any other (`folded`, `classify`)."""
         if not self.members or not other.members:
             raise RuntimeError("the ensemble is not trained")
         if other.n_features > self.n_features or other.n_classes != self.n_classes or not 0 < weight < 1:
@@ -316,7 +316,7 @@ class PixelEnsemble:
 
     def head(self, h: torch.Tensor, folded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """From first-layer pre-activations h (P, M*h) (bias included) of all members: mean probabilities (P, K),
-        normalised entropy (P,) and disagreement (P,) (as `predict`). `h` is overwritten (in-place ReLU: a fresh
+        normalised entropy (P,) and disagreement (P,) (`combine`). `h` is overwritten (in-place ReLU: a fresh
         output tensor per activation costs more than the activation itself, its pages are faulted in each time)."""
         n = h.shape[0]
         r = h.relu_().view(n, len(self.members), -1).transpose(0, 1)  # (M, P, h)
@@ -325,7 +325,7 @@ class PixelEnsemble:
             r = torch.baddbmm(b, r, w.transpose(1, 2))
             if i < len(rest) - 1:
                 r.relu_()
-        return self._combine(F.softmax(r, dim=2))
+        return self.combine(F.softmax(r, dim=2))
 
     def classify(self, x: torch.Tensor, folded, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`head` of the folded first layer applied to features x (P, C), `chunk` pixels at a time: the temporaries
@@ -346,7 +346,7 @@ class PixelEnsemble:
         outs = [self.head(first(x[s:s + chunk]), folded) for s in range(0, len(x), chunk)]
         return tuple(torch.cat(v) for v in zip(*outs))
 
-    def _combine(self, member_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def combine(self, member_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Members' probabilities (M, P, K) -> mean (P, K), normalised entropy (P,), disagreement (P,), on the CPU."""
         if self.member_weights is None:
             p = member_p.mean(0)
@@ -357,16 +357,3 @@ class PixelEnsemble:
             dis = torch.einsum("m,mp->p", w, (member_p.argmax(2) != p.argmax(1)).float())
         ent = -(p * p.clamp_min(1e-8).log()).sum(1) / math.log(self.n_classes)
         return p.cpu(), ent.cpu(), dis.cpu()
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean probabilities (P, K) float32, normalised entropy (P,) and member disagreement (P,) in [0, 1]."""
-        if not self.members:
-            raise RuntimeError("the ensemble is not trained")
-        probs, ent, dis = [], [], []
-        for s in range(0, len(x), chunk):
-            xb = self._standardise(x[s:s + chunk])
-            member_p = torch.stack([F.softmax(net(xb), dim=1) for net in self.members])  # (M, B, K)
-            for out, value in zip((probs, ent, dis), self._combine(member_p)):
-                out.append(value)
-        return torch.cat(probs), torch.cat(ent), torch.cat(dis)

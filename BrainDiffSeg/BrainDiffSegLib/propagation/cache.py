@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..model import load_backbone
+from ..options import PropagationOptions
+from ..transfer import images_digest
 from .features import FeatureExtractor
-from .model import load_backbone
-from .options import PropagationOptions
-from .propagate import NormalizedVolume, feature_spec_of, make_extractor, normalize_volume
-from .resources import default_checkpoint
-from .transfer import images_digest
+from .volume import NormalizedVolume, build_extractor, checkpoint_of, feature_spec_of, normalize_volume
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 2 * 1024 ** 3
@@ -98,7 +97,8 @@ class CachingFeatureExtractor(FeatureExtractor):
 
 
 class VolumeCache:
-    """Cache of one volume's preparation and features across propagations (see the module docstring).
+    """Cache of one volume's preparation and features across propagations (see the module docstring); a feature
+    source of `propagate` (`sources.FeatureSource`).
 
     Not thread-safe: one propagation at a time per cache (each front end runs one at a time per volume)."""
 
@@ -152,12 +152,14 @@ class VolumeCache:
         spec = feature_spec_of(opt)
         backbone, bkey = None, None
         if opt.method == "diffusion":
-            bkey = (backbone_key(opt.checkpoint or default_checkpoint()), str(device))
+            checkpoint = checkpoint_of(opt)
+            bkey = (backbone_key(checkpoint), str(device))
             backbone = self._backbones.get(bkey)
             if backbone is None:
-                backbone = load_backbone(opt.checkpoint or default_checkpoint(), device=device)
+                backbone = load_backbone(checkpoint, device=device)
                 self._backbones = {bkey: backbone}
-        extractor = make_extractor(volume, opt, device, backbone=backbone, extractor_class=CachingFeatureExtractor)
+        extractor = build_extractor(volume, opt, device, backbone=backbone,
+                                    extractor_class=CachingFeatureExtractor)
         key = (bkey, spec.blocks, spec.timesteps, spec.noise_seed, opt.precision, extractor.grid, spec.intensities,
                spec.smoothing)
         store = self._stores.get(key)

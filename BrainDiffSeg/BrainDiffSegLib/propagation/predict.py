@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .classifier import PixelEnsemble
 from .features import FeatureExtractor
-from .preprocess import bilinear_at
+from ..preprocess import bilinear_at
 
 log = logging.getLogger(__name__)
 
