@@ -8,6 +8,15 @@ reference approach of the original implementations (Baranchuk et al.; Alshenoudy
   every processed slice and kept in memory as one float32 matrix (pixels x channels), the ensemble trained on the
   annotated slices' head pixels of it, prediction of every pixel from the matrix (no factoring).
 
+- `growcut`: ITK's Grow from seeds (`baselines.growcut_brats`: FLAIR for the whole tumour, T1ce for the core, as
+  the propagation benchmark's growcut method) given the same annotation: the tool a Slicer user would otherwise
+  use, timed in the same run on the same volume. `ours` also times a first result from scratch (`first`: a fresh
+  `propagate` with the product default, the backbone read from disk), and the ratio first / growcut is reported:
+  absolute times drift on shared machines, the ratio much less.
+
+With `load` > 0 the modes run beside that many CPU-bound processes (`busy_processes`), as on a clinician's
+workstation that is not idle.
+
 Each mode runs in its own subprocess, so its peak memory is its own: the process's maximum resident set size
 (`resource.getrusage`), plus the peak RSS during each stage (a thread sampling /proc/self/statm every 10 ms; torch
 CPU allocations are invisible to tracemalloc). The reference mode on a whole 240 x 240 x 155 volume needs
@@ -103,12 +112,56 @@ def _prepare(case_dir: str, k: int, device: str):
     return case, ann, zs, fg, stack, present, unet, cfg, grid
 
 
+def run_first(case_dir: str, k: int, device: str) -> dict:
+    """A first result from scratch with the product default: the case read, the backbone loaded, features,
+    classifier, gate, prediction (what `braindiffseg propagate` does), in seconds, and its Dice."""
+    from BrainDiffSegLib.io import load_case
+    from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
+    from BrainDiffSegLib.protocol import region_dice, simulate_annotation
+
+    t = time.perf_counter()
+    case = load_case(case_dir)
+    ann, zs = simulate_annotation(case.label, k)
+    res = propagate(case.images, ann, PropagationOptions(device=device))
+    return {"seconds": round(time.perf_counter() - t, 2), "threads": torch.get_num_threads(), "timings": {k_: round(v, 2) for k_, v in res.timings.items()},
+            "dice": {r: round(v, 4) for r, v in region_dice(res.labels, case.label, zs).items()}}
+
+
+def run_growcut(case_dir: str, k: int) -> dict:
+    """ITK Grow from seeds (`growcut_brats`) on the same case and annotation: seconds (the case read included, as in
+    `run_first`) and Dice."""
+    from BrainDiffSegLib.io import load_case
+    from BrainDiffSegLib.protocol import region_dice, simulate_annotation
+
+    from .baselines import growcut_brats
+
+    t = time.perf_counter()
+    case = load_case(case_dir)
+    ann, zs = simulate_annotation(case.label, k)
+    labels = growcut_brats(case.images, ann)
+    return {"mode": "growcut", "seconds": round(time.perf_counter() - t, 2),
+            "dice": {r: round(v, 4) for r, v in region_dice(labels, case.label, zs).items()}}
+
+
+@contextmanager
+def busy_processes(n: int):
+    """`n` CPU-bound processes (a Python loop each) running while the block runs, stopped after it."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(0, n))]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def run_ours(case_dir: str, k: int, device: str) -> dict:
     from BrainDiffSegLib.propagation.features import FeatureExtractor, FeatureSpec
     from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
     from BrainDiffSegLib.protocol import region_dice
 
     times: dict = {}
+    first = run_first(case_dir, k, device)
     with RssSampler() as s:
         with s.measure("load", times):
             case, ann, zs, fg, stack, present, unet, cfg, grid = _prepare(case_dir, k, device)
@@ -131,7 +184,7 @@ def run_ours(case_dir: str, k: int, device: str) -> dict:
     stages = {"features": times["features"], "train": res.timings["features_annotated"]
               + res.timings["train_classifier"], "predict": res.timings["predict"],
               "propagate_total": res.timings["total"]}
-    return {"mode": "ours", "device": device, "slices": len(head), "channels": ex.n_channels,
+    return {"mode": "ours", "device": device, "first": first, "slices": len(head), "channels": ex.n_channels,
             "feature_memory_gb": round(feature_bytes / GB, 4),
             "seconds": {k_: round(v, 2) for k_, v in stages.items()},
             "peak_rss_gb": {k_: round(v / GB, 3) for k_, v in s.peaks.items()},
@@ -191,6 +244,7 @@ def extrapolate(ref: dict) -> dict:
 
 
 def _child(mode: str, case: str, k: int, device: str, n_slices: int, timeout: float) -> dict:
+    """Run one mode in a subprocess of its own (its peak memory its own); its result."""
     env = dict(os.environ)
     lib_parent = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = lib_parent + os.pathsep + env.get("PYTHONPATH", "")
@@ -204,65 +258,99 @@ def _child(mode: str, case: str, k: int, device: str, n_slices: int, timeout: fl
 
 
 def benchmark_speed(case: str, out: Path, k: int = 3, devices: list[str] | None = None,
-                    reference_slices: int = 16, timeout: float = 3000) -> dict:
+                    reference_slices: int = 16, timeout: float = 3000,
+                    modes: tuple[str, ...] = ("ours", "growcut", "reference"), load: int = 0) -> dict:
+    """Time and memory of `modes` on one case (see the module docstring), beside `load` busy processes. Mode
+    `first` times only ours' first result (`ours` includes it)."""
     from .report import machine
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     devices = devices or ["cpu", "cuda"]
-    result = {"machine": machine(), "case": str(case), "k": k, "runs": [], "notes": []}
-    for device in devices:
-        if device == "cuda" and not torch.cuda.is_available():
-            result["notes"].append("cuda: skipped, torch sees no CUDA device on this machine")
-            continue
-        ours = _child("ours", case, k, device, reference_slices, timeout)
-        ref = _child("reference", case, k, device, reference_slices, timeout)
-        full = extrapolate(ref)
-        ours_time = ours["seconds"]["propagate_total"]
-        result["runs"].append({"device": device, "ours": ours, "reference": ref, "reference_full": full,
-                               "ratio_time": round(full["seconds"] / ours_time, 2),
-                               "ratio_memory": round(full["peak_memory_gb"] / ours["max_rss_gb"], 2)})
-        log.info("%s: ours %.1f s %.2f GB; reference (extrapolated) %.1f s %.2f GB", device, ours_time,
-                 ours["max_rss_gb"], full["seconds"], full["peak_memory_gb"])
+    result = {"machine": machine(), "case": str(case), "k": k, "load": load, "runs": [], "notes": []}
+    with busy_processes(load):
+        growcut = _child("growcut", case, k, "cpu", reference_slices, timeout) if "growcut" in modes else None
+        for device in devices:
+            if device == "cuda" and not torch.cuda.is_available():
+                result["notes"].append("cuda: skipped, torch sees no CUDA device on this machine")
+                continue
+            run = {"device": device, "growcut": growcut}
+            if "ours" in modes or "first" in modes:
+                mode = "ours" if "ours" in modes else "first"
+                run[mode] = _child(mode, case, k, device, reference_slices, timeout)
+                run["first"] = run[mode]["first"]
+                first = run["first"]["seconds"]
+                if growcut:
+                    run["ratio_first_to_growcut"] = round(first / growcut["seconds"], 2)
+                log.info("%s: first result %.1f s, growcut %s s", device, first, growcut and growcut["seconds"])
+            if "reference" in modes:
+                ref = _child("reference", case, k, device, reference_slices, timeout)
+                full = extrapolate(ref)
+                run.update(reference=ref, reference_full=full)
+                if "ours" in run:
+                    ours_time = run["ours"]["seconds"]["propagate_total"]
+                    run.update(ratio_time=round(full["seconds"] / ours_time, 2),
+                               ratio_memory=round(full["peak_memory_gb"] / run["ours"]["max_rss_gb"], 2))
+                log.info("%s: reference (extrapolated) %.1f s %.2f GB", device, full["seconds"],
+                         full["peak_memory_gb"])
+            result["runs"].append(run)
     (out / "speed.json").write_text(json.dumps(result, indent=1))
     write_speed_table(result, out / "speed.md")
     return result
 
 
 def write_speed_table(result: dict, path: Path) -> None:
-    lines = [f"Case {Path(result['case']).name}, k = {result['k']}; {result['machine']}\n"]
+    load = f"; beside {result['load']} CPU-bound processes" if result.get("load") else "; no other load"
+    lines = [f"Case {Path(result['case']).name}, k = {result['k']}; {result['machine']}{load}\n"]
     for r in result["runs"]:
-        o, ref, full = r["ours"], r["reference"], r["reference_full"]
-        lines += [f"### {r['device']}\n",
-                  "| | slices | channels | features (s) | training (s) | prediction (s) | total (s) | peak RSS (GB) |",
-                  "|---|---|---|---|---|---|---|---|",
-                  f"| ours (propagate) | {o['slices']} head | {o['channels']} | {o['seconds']['features']} "
-                  f"(alone; fused into prediction) | {o['seconds']['train']} | {o['seconds']['predict']} | "
-                  f"{o['seconds']['propagate_total']} | {o['max_rss_gb']} |",
-                  f"| reference, measured | {ref['slices']} of {ref['slices_in_volume']} | {ref['channels']} | "
-                  f"{ref['seconds']['features']} | {ref['seconds']['train']} | {ref['seconds']['predict']} | "
-                  f"{round(sum(ref['seconds'].values()), 1)} | {ref['max_rss_gb']} |",
-                  f"| reference, extrapolated to the volume | {ref['slices_in_volume']} | {ref['channels']} | | | | "
-                  f"{full['seconds']} | {full['peak_memory_gb']} (feature matrix {full['feature_matrix_gb']}) |",
-                  "", f"Ratios reference / ours: time **{r['ratio_time']}x**, peak memory **{r['ratio_memory']}x**.",
-                  f"Feature tensors held at once: ours at most {o.get('feature_memory_gb', '?')} GB (annotated slices' "
-                  f"features + one batch of maps), the reference {full['feature_matrix_gb']} GB (every pixel, "
-                  "float32).",
-                  f"Peak RSS per stage, ours: {o['peak_rss_gb']}; reference: {ref['peak_rss_gb']}.", ""]
+        lines.append(f"### {r['device']}\n")
+        o, g, f = r.get("ours"), r.get("growcut"), r.get("first")
+        if f:
+            lines += ["| first result from scratch | seconds | stages (s) | Dice |", "|---|---|---|---|",
+                      f"| ours (product default, {f.get('threads', '?')} torch thread(s)) | **{f['seconds']}** | "
+                      f"{f['timings']} | {f['dice']} |"]
+            if g:
+                lines += [f"| ITK Grow from seeds (FLAIR + T1ce) | **{g['seconds']}** | | {g['dice']} |", "",
+                          f"Ratio ours / Grow from seeds: **{r['ratio_first_to_growcut']}x**.", ""]
+        if o and "reference" in r:
+            ref, full = r["reference"], r["reference_full"]
+            lines += ["| | slices | channels | features (s) | training (s) | prediction (s) | total (s) | peak RSS (GB) |",
+                      "|---|---|---|---|---|---|---|---|",
+                      f"| ours (propagate) | {o['slices']} head | {o['channels']} | {o['seconds']['features']} "
+                      f"(alone; fused into prediction) | {o['seconds']['train']} | {o['seconds']['predict']} | "
+                      f"{o['seconds']['propagate_total']} | {o['max_rss_gb']} |",
+                      f"| reference, measured | {ref['slices']} of {ref['slices_in_volume']} | {ref['channels']} | "
+                      f"{ref['seconds']['features']} | {ref['seconds']['train']} | {ref['seconds']['predict']} | "
+                      f"{round(sum(ref['seconds'].values()), 1)} | {ref['max_rss_gb']} |",
+                      f"| reference, extrapolated to the volume | {ref['slices_in_volume']} | {ref['channels']} | | | | "
+                      f"{full['seconds']} | {full['peak_memory_gb']} (feature matrix {full['feature_matrix_gb']}) |",
+                      "", f"Ratios reference / ours: time **{r['ratio_time']}x**, peak memory **{r['ratio_memory']}x**.",
+                      f"Feature tensors held at once: ours at most {o.get('feature_memory_gb', '?')} GB (annotated "
+                      f"slices' features + one batch of maps), the reference {full['feature_matrix_gb']} GB (every "
+                      "pixel, float32).",
+                      f"Peak RSS per stage, ours: {o['peak_rss_gb']}; reference: {ref['peak_rss_gb']}.", ""]
     lines += [f"- {n}" for n in result["notes"]]
     path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":  # the per-mode subprocess
     ap = argparse.ArgumentParser()
-    ap.add_argument("--child", choices=["ours", "reference"], required=True)
+    ap.add_argument("--child", choices=["ours", "first", "reference", "growcut"], required=True)
     ap.add_argument("--case", required=True)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reference-slices", type=int, default=16)
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
-    r = run_ours(a.case, a.k, a.device) if a.child == "ours" else run_reference(a.case, a.k, a.device,
-                                                                                   a.reference_slices)
+    from BrainDiffSegLib.device import adaptive_threads
+
+    # $OMP_NUM_THREADS, else what `braindiffseg propagate` uses: torch's choice, fewer on a busy machine
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or adaptive_threads())
+    if a.child == "growcut":
+        r = run_growcut(a.case, a.k)
+    elif a.child == "first":
+        r = {"mode": "first", "first": run_first(a.case, a.k, a.device)}
+    else:
+        r = run_ours(a.case, a.k, a.device) if a.child == "ours" else run_reference(a.case, a.k, a.device,
+                                                                                       a.reference_slices)
     print(json.dumps(r))

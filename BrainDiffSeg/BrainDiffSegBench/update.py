@@ -3,7 +3,9 @@ protocol slice), propagates, then paints one more slice (those of the k = 3 prot
 again, with one per-volume feature cache (`BrainDiffSegLib.propagation.cache.VolumeCache`) kept across the runs. Reported per
 run: wall time, the engine's stage times, Dice on the non-annotated slices and the cache's memory; then, for the last
 annotation, a run without a cache (today's first run) and a run through a fresh cache (which the update must equal
-exactly).
+exactly). ITK's Grow from seeds (`baselines.growcut_brats`) on the first run's and the last update's annotation is
+timed in the same process, and each run's ratio to it reported (absolute times drift on shared machines); with
+`load` > 0 everything runs beside that many CPU-bound processes (`speed.busy_processes`).
 
 With `service` (`--service local` or an engine service's URL), the same first run and updates also go through an
 engine service (`BrainDiffSegService`: the Slicer panel's path, the images sent once, in their file's type) and,
@@ -48,12 +50,35 @@ def _run(case, zs, options, cache) -> tuple[dict, object]:
             "dice": {k: round(v, 4) for k, v in region_dice(res.labels, case.label, res.annotated_slices).items()}}, res
 
 
-def benchmark_update(case_dir: str | Path, out: Path, options: PropagationOptions, service: str | None = None) -> dict:
+def benchmark_update(case_dir: str | Path, out: Path, options: PropagationOptions, service: str | None = None,
+                     load: int = 0) -> dict:
+    from .speed import busy_processes
+
+    with busy_processes(load):
+        result = _benchmark_update(case_dir, options, service)
+    result["load"] = load
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "update.json").write_text(json.dumps(result, indent=2))
+    write_update_table(result, out / "update.md")
+    return result
+
+
+def _growcut(case, zs) -> dict:
+    from .baselines import growcut_brats
+
+    t = time.perf_counter()
+    labels = growcut_brats(case.images, _annotation(case.label, zs))
+    return {"annotated": list(zs), "seconds": round(time.perf_counter() - t, 2),
+            "dice": {k: round(v, 4) for k, v in region_dice(labels, case.label, zs).items()}}
+
+
+def _benchmark_update(case_dir, options: PropagationOptions, service: str | None) -> dict:
     case = load_case(case_dir)
     if case.label is None:
         raise ValueError(f"{case_dir}: the benchmark needs the ground truth (*_seg.nii.gz)")
     first = protocol_slices(case.label, 1)
     order = first + [z for z in protocol_slices(case.label, 3) if z not in first]
+    growcut = [_growcut(case, sorted(first)), _growcut(case, sorted(order))]
     cache = VolumeCache()
     runs, last = [], None
     for i in range(len(order)):
@@ -68,12 +93,12 @@ def benchmark_update(case_dir: str | Path, out: Path, options: PropagationOption
                                                                     "device": options.device},
               "runs": runs, "without_cache": plain, "fresh_cache": fresh_row,
               "update_equals_fresh_cache": bool(np.array_equal(last.labels, fresh.labels)),
-              "peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2)}
+              "peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2),
+              "growcut": growcut}
+    for row in runs:  # growcut of the same number of slices (1 for the first run, 3 for the last update)
+        row["ratio_to_growcut"] = round(row["seconds"] / growcut[0 if row["run"] == "first" else 1]["seconds"], 2)
     if service:
         result["service"] = benchmark_service_path(case, order, options, service)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "update.json").write_text(json.dumps(result, indent=2))
-    write_update_table(result, out / "update.md")
     return result
 
 
@@ -162,6 +187,13 @@ def write_update_table(result: dict, path: Path) -> None:
                      f"{d.get('ET', float('nan')):.3f} | {r.get('cache_gb', '')} |")
     lines += ["", f"Last update equals a from-scratch run through a fresh cache: "
               f"{'yes' if result['update_equals_fresh_cache'] else 'NO'}. Peak memory {result['peak_memory_gb']} GB."]
+    if result.get("growcut"):
+        g1, g3 = result["growcut"]
+        ratios = ", ".join(f"{r['run']} {r['ratio_to_growcut']}x" for r in result["runs"])
+        lines += ["", f"ITK Grow from seeds (FLAIR + T1ce) on the same volume in the same run: {g1['seconds']} s from "
+                  f"{len(g1['annotated'])} slice(s), {g3['seconds']} s from {len(g3['annotated'])} (Dice {g3['dice']}). "
+                  f"Ratio ours / Grow from seeds: {ratios}. "
+                  + (f"Beside {result['load']} CPU-bound processes." if result.get("load") else "No other load.")]
     service = result.get("service")
     if service:
         lines += ["", f"## Through the engine service ({service['service']}; {service['service_device']}, "

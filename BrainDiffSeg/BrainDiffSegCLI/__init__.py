@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 log = logging.getLogger("braindiffseg")
@@ -57,9 +58,12 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
     if a.command in ("propagate", "demo", "benchmark"):
         # this process is the engine's own (the engine itself never changes process-global settings): reproducible
         # kernels where torch has them (CPU results do not depend on it; GPU ones may)
-        from BrainDiffSegLib.device import use_deterministic_algorithms
+        from BrainDiffSegLib.device import adaptive_threads, set_threads, use_deterministic_algorithms
 
         use_deterministic_algorithms()
+        if a.command in ("propagate", "demo") and not os.environ.get("OMP_NUM_THREADS"):
+            # torch's choice on an idle machine, fewer while other work keeps the cores busy (results section 14)
+            log.debug("%d torch thread(s)", set_threads(adaptive_threads()))
     try:
         if a.command in ("train-ddpm", "pack-slices"):
             return train.run(a)

@@ -53,6 +53,7 @@ def add_parser(sub) -> None:
     b.add_argument("--service", metavar="local|URL", help="also through an engine service: 'local' (a private one "
                    "started here, with this process's torch threads) or a running one's URL (token: "
                    "$BRAINDIFFSEG_TOKEN), against the same requests in process; overhead per call")
+    b.add_argument("--load", type=int, default=0, help="run beside this many CPU-bound processes")
     add_arguments(b)
 
     b = bsub.add_parser("suggest", help="'paint this slice next': simulated users adding the suggested slice each "
@@ -128,6 +129,11 @@ def _add_speed_args(b) -> None:
     b.add_argument("--devices", nargs="+", default=["cpu", "cuda"], help="cuda is skipped where there is none")
     b.add_argument("--reference-slices", type=int, default=16,
                    help="slices on which the reference mode is measured (then extrapolated)")
+    b.add_argument("--modes", nargs="+", choices=["ours", "first", "growcut", "reference"],
+                   default=["ours", "growcut", "reference"], help="what to time (first: only ours' first result from "
+                   "scratch, which ours includes; growcut: ITK Grow from seeds on the same annotation, for the ratio "
+                   "ours / growcut)")
+    b.add_argument("--load", type=int, default=0, help="run beside this many CPU-bound processes")
     b.add_argument("--out", required=True)
 
 
@@ -226,7 +232,7 @@ def run_speed(a) -> int:
     bad = [d for d in a.devices if d not in ("cpu", "cuda")]
     if bad:
         raise InputError(f"unknown device(s) {bad}; use cpu and/or cuda")
-    benchmark_speed(case, Path(a.out), a.k, a.devices, a.reference_slices)
+    benchmark_speed(case, Path(a.out), a.k, a.devices, a.reference_slices, modes=tuple(a.modes), load=a.load)
     print((Path(a.out) / "speed.md").read_text())
     return 0
 
@@ -239,7 +245,7 @@ def run_update(a) -> int:
     case = a.case or str(data_root() / "brats2021" / "BraTS2021_00006")
     if not Path(case).is_dir():
         raise InputError(f"case folder not found: {case}")
-    benchmark_update(case, Path(a.out), options_from_arguments(a), service=a.service)
+    benchmark_update(case, Path(a.out), options_from_arguments(a), service=a.service, load=a.load)
     print((Path(a.out) / "update.md").read_text())
     return 0
 

@@ -34,8 +34,36 @@ def pick_device(name: str = "auto") -> torch.device:
         raise InputError(f"Unknown device '{name}'; use 'auto', 'cpu' or 'cuda'.") from exc
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether bfloat16 is used for `precision` ("auto", "fp32", "bf16"), e.g. the classifier's matrix products: "bf16", or "auto" on a device that has
+    native bf16 arithmetic (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX, where oneDNN runs bf16
+    products about twice as fast as fp32; elsewhere bf16 is emulated and slower). The backbone's "auto" precision
+    follows the same rule (`resolve_precision`)."""
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> "bf16" where the device computes bfloat16 natively (`use_bf16`), else "fp32"; other values as
+    given."""
+    if precision == "auto":
+        return "bf16" if use_bf16("auto", device) else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str = "fp32"):
-    """Autocast context for 'bf16' / 'fp16' (GPU) or a no-op for 'fp32'."""
+    """Autocast context for 'bf16' / 'fp16' (GPU) or a no-op for 'fp32' ('auto': `resolve_precision`)."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -51,6 +79,46 @@ def use_deterministic_algorithms() -> None:
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+
+
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (physical cores or $OMP_NUM_THREADS), at import
+
+
+def busy_cpus(samples: int = 5, interval: float = 0.02, read=None) -> int | None:
+    """How many threads of other work are running on the machine now: Linux's count of runnable threads
+    (/proc/loadavg, 4th field) less the one reading it, the median of `samples` reads `interval` s apart (an
+    instant count, not the load average, which lags a minute behind). None where there is no such count."""
+    import statistics
+    import time
+
+    def read_loadavg() -> str:
+        with open("/proc/loadavg") as f:
+            return f.read()
+
+    read = read or read_loadavg
+    counts = []
+    for i in range(samples):
+        try:
+            counts.append(int(read().split()[3].split("/")[0]) - 1)
+        except (OSError, IndexError, ValueError):
+            return None
+        if i < samples - 1:
+            time.sleep(interval)
+    return max(0, int(statistics.median(counts)))
+
+
+def adaptive_threads(busy: int | None = None, cores: int | None = None, default: int = DEFAULT_THREADS) -> int:
+    """Torch threads for a job of the engine's own process (the service, the command line) that the user did not
+    fix: torch's choice on an idle machine, fewer when other work keeps cores busy (`busy_cpus`), at least one.
+    Measured (results section 14, BraTS2021_00006 beside 2 CPU-bound processes on the 2-core machine): 2 threads
+    54.6 s, 1 thread 36.5 s: threads that wait for each other's turn on a shared core lose more than they gain."""
+    if busy is None:
+        busy = busy_cpus()
+    if busy is None:
+        return default
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(default, cores - busy))
 
 
 def set_threads(threads: int | None) -> int:

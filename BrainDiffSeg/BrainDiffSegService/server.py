@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from BrainDiffSegLib.device import adaptive_threads, set_threads
 from BrainDiffSegLib.errors import BrainDiffSegError, CancelledError, InputError
 from BrainDiffSegLib.jobs import KINDS, Workspace, run_request
 from BrainDiffSegLib.transfer import MEDIA_TYPE, Decoder, EngineRequest, TooLarge, encode, images_digest
@@ -76,8 +77,9 @@ class ServiceJob:
 class JobManager:
     """The queue: one worker thread runs the jobs in order; the workspace is shared by uploads and jobs."""
 
-    def __init__(self, workspace: Workspace):
+    def __init__(self, workspace: Workspace, threads: int | None = None):
         self.workspace = workspace
+        self.threads = threads  # None: leave torch's threads alone; 0: `adaptive_threads` per job; N: fixed at start
         self.lock = threading.Lock()
         self.jobs: dict[str, ServiceJob] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="BrainDiffSeg engine")
@@ -132,6 +134,8 @@ class JobManager:
             if job.volume is not None and job.volume not in self.workspace:  # evicted by uploads meanwhile
                 raise InputError("The volume was dropped from the service before its job ran (it keeps the last "
                                  f"{self.workspace.max_volumes}); send it again.")
+            if self.threads == 0:  # not fixed by --threads: as many as the machine's idle cores allow, per job
+                log.info("job %s: %d torch thread(s)", job.id[:8], set_threads(adaptive_threads()))
             job.response = run_request(job.request, self.workspace, progress, job.cancel.is_set)
             job.state, job.stage, job.fraction = "done", "done", 1.0
         except CancelledError:
@@ -356,7 +360,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-insecure-http", action="store_true",
                         help="serve plain http beyond this computer (only behind a TLS proxy: the token travels in "
                              "clear otherwise)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: chosen per job: torch's choice on an "
+                        "idle machine, fewer while other work keeps the cores busy)")
     parser.add_argument("--max-request-mb", type=int, default=2048, help="largest request body and arrays (MB)")
     parser.add_argument("--max-volumes", type=int, default=2, help="volumes (images + feature cache) kept between jobs")
     parser.add_argument("--cache-mb", type=int, default=0, help="feature cache per volume (MB; 0: the default 2048)")
@@ -381,7 +386,7 @@ def run(a: argparse.Namespace) -> int:
     """`braindiffseg serve` / `python -m BrainDiffSegService serve`."""
     import uvicorn
 
-    from BrainDiffSegLib.device import set_threads, use_deterministic_algorithms
+    from BrainDiffSegLib.device import use_deterministic_algorithms
 
     check_address(a.host, a.certfile, a.keyfile, a.allow_insecure_http)
     token = a.token or os.environ.get(TOKEN_ENV) or ""
@@ -390,7 +395,7 @@ def run(a: argparse.Namespace) -> int:
     set_threads(a.threads)
     use_deterministic_algorithms()  # this process is the engine's own: reproducible kernels on the GPU
     workspace = Workspace(a.max_volumes, (a.cache_mb << 20) or None)
-    manager = JobManager(workspace)
+    manager = JobManager(workspace, threads=a.threads)
     app = create_app(Settings(token, max(1, a.max_request_mb) << 20, a.allow_shutdown), manager)
     family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

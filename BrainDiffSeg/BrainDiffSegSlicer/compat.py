@@ -3,7 +3,6 @@ under the `slicer-core` wheel (MRML without Qt; used by the tests, the benchmark
 Also `tr` / `translate` (Slicer's i18n, identity functions where it is absent)."""
 from __future__ import annotations
 
-import os
 import sys
 import types
 import unittest

@@ -302,10 +302,24 @@ def test_speed_smoke(tmp_path):
     assert full["peak_memory_gb"] >= ref["max_rss_gb"] and full["seconds"] > 0
     assert run["ratio_time"] > 0 and run["ratio_memory"] > 0
     assert ours["dice"]["WT"] > 0.5
+    # a first result from scratch and ITK Grow from seeds on the same annotation, timed in the same run
+    first, growcut = ours["first"], run["growcut"]
+    assert first["seconds"] > 0 and first["dice"]["WT"] > 0.5 and "gate" in first["timings"]
+    assert growcut["seconds"] > 0 and growcut["dice"]["WT"] > 0.3
+    assert run["ratio_first_to_growcut"] == pytest.approx(first["seconds"] / growcut["seconds"], abs=0.01)
     if not torch.cuda.is_available():
         assert any("cuda: skipped" in n for n in res["notes"])
     text = (tmp_path / "speed" / "speed.md").read_text()
     assert "reference, extrapolated to the volume" in text and "Ratios reference / ours" in text
+    assert "Ratio ours / Grow from seeds" in text and "no other load" in text
+
+
+def test_busy_processes_run_during_the_block_and_stop_after():
+    from BrainDiffSegBench.speed import busy_processes
+
+    with busy_processes(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
 
 
 # ------------------------------------------------------------------------------------------ Slicer script

@@ -52,10 +52,10 @@ def test_second_run_reuses_everything_and_equals_a_from_scratch_run(real, count_
     cache = C.VolumeCache()
     first = propagate(images, _annotation(label, zs1), OPTIONS, features=cache)
     head_slices = int(np.count_nonzero(cache.volume(images).foreground.reshape(-1, label.shape[-1]).any(0)))
-    assert count_forward["slices"] == head_slices  # each head slice through the backbone once
-    assert cache.describe()["slices"] == head_slices and cache.nbytes > 0
+    # each slice the run needed (those the gate lets tumour reach, in their batches) through the backbone once
+    assert count_forward["slices"] == cache.describe()["slices"] <= head_slices and cache.nbytes > 0
     update = propagate(images, _annotation(label, zs2), OPTIONS, features=cache)
-    assert count_forward["slices"] == head_slices  # the update ran no backbone pass
+    assert count_forward["slices"] == cache.describe()["slices"]  # no slice of the cache went through it again
     assert update.annotated_slices == zs2 and first.annotated_slices == zs1
     fresh = propagate(images, _annotation(label, zs2), OPTIONS, features=C.VolumeCache())
     assert np.array_equal(update.labels, fresh.labels)
@@ -132,7 +132,13 @@ def test_benchmark_update_command(tmp_path, tiny_checkpoint):
     assert [len(r["annotated"]) for r in runs] == list(range(1, len(runs) + 1))
     assert result["update_equals_fresh_cache"] is True
     assert result["runs"][-1]["cache_gb"] > 0 and result["runs"][-1]["dice"]["WT"] > 0.5
-    assert "fresh cache" in (out / "update.md").read_text()
+    # ITK Grow from seeds timed in the same run on the first and the last annotation, each run's ratio to it
+    g1, g3 = result["growcut"]
+    assert g1["annotated"] == runs[0]["annotated"] and g3["annotated"] == runs[-1]["annotated"]
+    assert g3["seconds"] > 0 and g3["dice"]["WT"] > 0.3 and result["load"] == 0
+    assert runs[-1]["ratio_to_growcut"] == pytest.approx(runs[-1]["seconds"] / g3["seconds"], abs=0.01)
+    text = (out / "update.md").read_text()
+    assert "fresh cache" in text and "Ratio ours / Grow from seeds" in text
 
 
 def test_benchmark_update_through_the_service(tmp_path, tiny_checkpoint):
@@ -158,3 +164,20 @@ def test_benchmark_update_through_the_service(tmp_path, tiny_checkpoint):
         assert abs(r["overhead_seconds"] - (r["service_seconds"] - r["in_process_seconds"])) < 0.01
     text = (out / "update.md").read_text()
     assert "## Through the engine service" in text and "overhead per call" in text
+
+
+def test_predicting_only_inside_the_gate_gives_the_labels_of_predicting_everything(real, count_forward):
+    """The gate first (the default): only the slices and pixels where the watershed gate lets tumour stay are
+    predicted, the labels equal those of predicting every head slice and gating afterwards (the path taken when the
+    probabilities are kept), with fewer slices through the backbone on a case whose gate leaves slices out."""
+    images, label = real
+    zs = protocol_slices(label, 1)
+    ann = _annotation(label, zs)
+    gated = propagate(images, ann, OPTIONS, features=C.VolumeCache())
+    gated_slices = count_forward["slices"]
+    everything = propagate(images, ann, OPTIONS, features=C.VolumeCache(), keep_probabilities=True)
+    assert np.array_equal(gated.labels, everything.labels)
+    assert "gate" in gated.timings and "gate" not in everything.timings
+    assert gated_slices < count_forward["slices"] - gated_slices  # the gate kept slices out of the backbone
+    predicted = gated.entropy.reshape(-1, label.shape[-1]).any(0)
+    assert predicted.sum() < everything.entropy.reshape(-1, label.shape[-1]).any(0).sum()

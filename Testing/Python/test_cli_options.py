@@ -124,7 +124,7 @@ def test_web_fast_is_the_quick_preset(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--method", "magic"], "method: 'magic' is unknown; use one of diffusion, raw"),
-    (["--precision", "fp8"], "use one of fp32, bf16, fp16"),
+    (["--precision", "fp8"], "use one of auto, fp32, bf16, fp16"),
     (["--ensemble", "0"], "ensemble: '0' must be at least 1"),
     (["--blocks", "1,x"], "blocks: '1,x' is not a valid value"),
     (["--batch-size", "many"], "batch-size: 'many' is not a valid value"),

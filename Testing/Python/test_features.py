@@ -207,7 +207,7 @@ def test_raw_mode_gives_intensities_and_smoothed_intensities_only(case):
     torch.testing.assert_close(grid_maps(ex, zs), x)
 
 
-def testgaussian_blur_preserves_constants_and_mass():
+def test_gaussian_blur_preserves_constants_and_mass():
     x = torch.full((1, 2, 16, 16), 0.7)
     torch.testing.assert_close(gaussian_blur(x, 2.0), x)
     d = torch.zeros((1, 1, 21, 21))
@@ -255,3 +255,50 @@ def test_feature_experiment_candidates_are_distinct():
     cands = default_candidates()
     assert len({json.dumps(c.as_dict()) for c in cands}) == len(cands) == 12
     assert len({spec_name(c) for c in cands}) == len(cands)
+
+
+def test_channels_last_backbone_gives_the_contiguous_layouts_activations(unet, cfg, case):
+    """On the CPU the extractor runs the backbone in channels-last layout (`features.channels_last`, faster
+    convolutions): the activations equal those of the contiguous layout up to float rounding."""
+    import copy
+
+    spec = FeatureSpec(blocks=(1, 2), timesteps=(100,), intensities=False)
+    ex = _extractor(unet, cfg, case, spec)
+    assert ex.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    zs = [2, 5, 6]
+    fast = ex.diffusion_parts(zs)
+    plain = copy.deepcopy(unet).to(memory_format=torch.contiguous_format)
+    assert plain.conv_in.weight.is_contiguous()
+    stack, present, grid, _ = case
+    x0 = grid.to_model(np.moveaxis(stack[..., zs], -1, 0)) * torch.from_numpy(present).view(1, -1, 1, 1)
+    a = float(ex._alphas[100])
+    xt = a ** 0.5 * x0 + (1 - a) ** 0.5 * ex.noise[0]
+    with torch.no_grad():
+        ref = decoder_activations(plain, model_input(xt, torch.from_numpy(present)), torch.full((3,), 100), (1, 2))
+    for got, want in zip(fast, ref):
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively():
+    from BrainDiffSegLib.device import resolve_precision, use_bf16
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if use_bf16("auto", cpu) else "fp32")
+    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+
+
+def test_threads_follow_the_idle_cores():
+    """`adaptive_threads`: torch's choice on an idle machine, fewer while other work keeps cores busy, at least one;
+    `busy_cpus` reads Linux's instant count of runnable threads, less its own reader (median of the reads)."""
+    from BrainDiffSegLib.device import DEFAULT_THREADS, adaptive_threads, busy_cpus
+
+    assert adaptive_threads(busy=0, cores=2, default=2) == 2
+    assert adaptive_threads(busy=2, cores=2, default=2) == 1
+    assert adaptive_threads(busy=5, cores=16, default=8) == 8
+    assert adaptive_threads(busy=12, cores=16, default=8) == 4
+    reads = iter(["0.5 0.4 0.3 3/250 123", "0.5 0.4 0.3 1/250 123", "0.5 0.4 0.3 3/250 123"])
+    assert busy_cpus(samples=3, interval=0, read=lambda: next(reads)) == 2
+    assert busy_cpus(samples=1, read=lambda: "garbage") is None
+    assert adaptive_threads(busy=None, default=3) in range(1, 4)
+    assert 1 <= adaptive_threads() <= DEFAULT_THREADS

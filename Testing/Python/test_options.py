@@ -68,7 +68,7 @@ def test_every_field_changes_through_strings():
     ("noise-seed", "-1", "noise-seed: '-1' must be at least 0"),
     ("method", "magic", "method: 'magic' is unknown; use one of diffusion, raw"),
     ("postprocess", "maybe", "postprocess"),
-    ("precision", "fp8", "use one of fp32, bf16, fp16"),
+    ("precision", "fp8", "use one of auto, fp32, bf16, fp16"),
 ])
 def test_bad_strings_name_the_key(key, value, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(")):

@@ -172,3 +172,36 @@ def test_refinement_experiment_end_to_end(tmp_path):
     second = np.load(again / "Synth_001_k1.npz")
     for key in ("raw_probs", "raw_labels", "growcut", "seconds_growcut"):
         np.testing.assert_array_equal(second[key], cached[key])
+
+
+def test_margin_in_the_mask_box_equals_the_distance_transform_of_the_whole_volume():
+    """`within_margin` computes the distance transform in the mask's box only: the same voxels as on the whole
+    volume, for masks touching the border, several blobs, fractional margins and no mask at all."""
+    from scipy import ndimage
+
+    from BrainDiffSegLib.propagation.refine import within_margin
+
+    rng = np.random.default_rng(3)
+    for margin in (0.5, 1.0, 2.0, 2.7, 4.0):
+        mask = rng.random((30, 26, 20)) > 0.995
+        mask[0, 5, 3] = mask[29, 25, 19] = True  # on the border
+        np.testing.assert_array_equal(within_margin(mask, margin), ndimage.distance_transform_edt(~mask) <= margin)
+    assert not within_margin(np.zeros((5, 5, 5), bool), 2.0).any()
+
+
+def test_subsampled_watershed_gate_stays_close_to_the_full_one(synth):
+    """`gate_scale` 2 floods every other voxel in plane: the gate covers nearly the same voxels as the full-resolution
+    one, and a tumour marker smaller than a cell still seeds the tumour side."""
+    from BrainDiffSegLib.propagation.refine import watershed_gate, watershed_tumour
+
+    images, label, ann, zs = synth
+    full = watershed_gate(images, ann, zs, 2.0)
+    half = watershed_gate(images, ann, zs, 2.0, scale=2)
+    assert full.shape == half.shape and full.sum() > 0
+    assert (full & half).sum() / (full | half).sum() > 0.85  # intersection over union
+    one = np.zeros_like(ann)
+    z = zs[0]
+    x, y = np.argwhere(label[..., z] > 0)[0]
+    one[..., z] = 0
+    one[x, y, z] = 1  # a single painted tumour voxel; the rest of the slice background
+    assert watershed_tumour(images, one, [z], scale=2)[x, y, z]

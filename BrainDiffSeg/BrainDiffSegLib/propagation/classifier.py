@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..device import use_bf16
 from ..errors import CancelledError, EngineError
 from ..options import ClassifierOptions
 
@@ -57,24 +58,6 @@ def _stratified_subset(y: torch.Tensor, n: int, gen: torch.Generator) -> torch.T
     return out[torch.randperm(len(out), generator=gen)]
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether the classifier computes its matrix products in bfloat16: "bf16", or "auto" on a device that has
-    native bf16 arithmetic (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX, where oneDNN runs bf16
-    products about twice as fast as fp32; elsewhere bf16 is emulated and slower)."""
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
-
 def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW with the fused kernel where torch has one for the device (one kernel for all parameters instead of
     a loop over them), else the for-each implementation."""
@@ -93,22 +76,34 @@ def _member_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor)
 
 
 class _StackedMLPs(nn.Module):
-    """M members of `make_mlp`'s layout as one module, features (M, B, C) -> logits (M, K, B). Activations are kept
+    """Members of `make_mlp`'s layout as one module, features (M, B, C) -> logits (M, K, B). Activations are kept
     as (M, units, B): each Linear is one batched matrix product and each member's BatchNorm1d is one `batch_norm`
     over M * units channels (a view, no copy), so the members' statistics and running averages are exactly those of
-    their own BatchNorm1d. `member_state(m)` gives member m's state dict in `make_mlp`'s keys."""
+    their own BatchNorm1d. A member may read only the last columns of the features (`columns`, per member: the
+    hybrid's intensity members); the first layers of members reading the same columns are one batched product.
+    `member_state(m)` gives member m's state dict in `make_mlp`'s keys."""
 
-    def __init__(self, nets: list[nn.Sequential]):
+    def __init__(self, nets: list[nn.Sequential], columns: list[int]):
         super().__init__()
         self.n_hidden = (len(nets[0]) - 1) // 3
+        self.n_members = len(nets)
         bn = nets[0][2] if self.n_hidden else None
         self.eps, self.momentum = (bn.eps, bn.momentum) if bn is not None else (1e-5, 0.1)
 
-        def stack(get):
-            return torch.stack([get(net).detach() for net in nets]).clone()
+        def stack(get, members=nets):
+            return torch.stack([get(net).detach() for net in members]).clone()
 
-        lins = [3 * i for i in range(self.n_hidden)] + [3 * self.n_hidden]
-        self.weights = nn.ParameterList(nn.Parameter(stack(lambda n, i=i: n[i].weight)) for i in lins)  # (M,out,in)
+        self.groups = []  # (first member, end, columns read) of consecutive members reading the same columns
+        for m, k in enumerate(columns):
+            if self.groups and self.groups[-1][2] == k:
+                self.groups[-1] = (self.groups[-1][0], m + 1, k)
+            else:
+                self.groups.append((m, m + 1, k))
+        self.w0 = nn.ParameterList(nn.Parameter(stack(lambda n: n[0].weight, nets[s:e])) for s, e, _ in self.groups)
+        self.b0 = nn.ParameterList(nn.Parameter(stack(lambda n: n[0].bias, nets[s:e])[..., None])
+                                   for s, e, _ in self.groups)
+        lins = [3 * i for i in range(1, self.n_hidden + 1)]  # the later layers, (M, out, in)
+        self.weights = nn.ParameterList(nn.Parameter(stack(lambda n, i=i: n[i].weight)) for i in lins)
         self.biases = nn.ParameterList(nn.Parameter(stack(lambda n, i=i: n[i].bias)[..., None]) for i in lins)
         bns = [3 * i + 2 for i in range(self.n_hidden)]
         self.gammas = nn.ParameterList(nn.Parameter(stack(lambda n, i=i: n[i].weight).flatten()) for i in bns)
@@ -118,26 +113,37 @@ class _StackedMLPs(nn.Module):
             self.register_buffer(f"var{j}", stack(lambda n, i=i: n[i].running_var).flatten())
         self.batches = 0
 
+    def _first(self, h: torch.Tensor) -> torch.Tensor:
+        """The first layer of every member on features h (M, C, B), each group on its last columns."""
+        c = h.shape[1]
+        out = [torch.baddbmm(b, w, h[s:e, c - k:] if k == c else h[s:e, c - k:].contiguous()) for (s, e, k), w, b in zip(self.groups, self.w0, self.b0)]
+        return out[0] if len(out) == 1 else torch.cat(out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = x.shape[0]
         h = x.transpose(1, 2)  # (M, C, B)
         for i in range(self.n_hidden):
-            h = torch.baddbmm(self.biases[i], self.weights[i], h).relu_()  # (M, units, B)
+            h = (self._first(h) if i == 0 else torch.baddbmm(self.biases[i - 1], self.weights[i - 1], h)).relu_()
             units = h.shape[1]
             h = F.batch_norm(h.view(1, m * units, -1), getattr(self, f"mean{i}"), getattr(self, f"var{i}"),
                              self.gammas[i], self.betas[i], self.training, self.momentum, self.eps).view(m, units, -1)
         if self.training and self.n_hidden:
             self.batches += 1
+        if self.n_hidden == 0:
+            return self._first(h)
         return torch.baddbmm(self.biases[-1], self.weights[-1], h)
 
     @torch.no_grad()
     def member_state(self, m: int) -> dict[str, torch.Tensor]:
-        state: dict[str, torch.Tensor] = {}
-        for i in range(self.n_hidden + 1):
-            state[f"{3 * i}.weight"] = self.weights[i][m].clone()
-            state[f"{3 * i}.bias"] = self.biases[i][m, :, 0].clone()
+        g = next(j for j, (s, e, _) in enumerate(self.groups) if s <= m < e)
+        state: dict[str, torch.Tensor] = {"0.weight": self.w0[g][m - self.groups[g][0]].clone(),
+                                          "0.bias": self.b0[g][m - self.groups[g][0], :, 0].clone()}
+        for i in range(1, self.n_hidden + 1):
+            state[f"{3 * i}.weight"] = self.weights[i - 1][m].clone()
+            state[f"{3 * i}.bias"] = self.biases[i - 1][m, :, 0].clone()
         for i in range(self.n_hidden):
-            k, units = 3 * i + 2, self.weights[i].shape[1]
+            k = 3 * i + 2
+            units = self.gammas[i].numel() // self.n_members
             part = slice(m * units, (m + 1) * units)
             state[f"{k}.weight"] = self.gammas[i][part].clone()
             state[f"{k}.bias"] = self.betas[i][part].clone()
@@ -160,22 +166,35 @@ class PixelEnsemble:
         self.std = torch.ones(n_features)
         self.bf16 = use_bf16(self.opt.precision, self.device)
         self.member_weights: torch.Tensor | None = None  # (M,) summing to 1; None: the plain mean
+        self.columns: list[int] | None = None  # per member: how many of the last feature columns it reads
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.device, torch.float32) - self.mean) / self.std
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, progress: Callable[[float], None] | None = None,
-            cancelled: Callable[[], bool] | None = None) -> list[dict]:
+            cancelled: Callable[[], bool] | None = None, intensity_columns: int = 0,
+            intensity_weight: float = 0.0) -> list[dict]:
         """Train every member on features x (P, C) and class indices y (P,) in 0..n_classes-1.
 
         The members are trained together, as one stacked model (`_StackedMLPs`: batched matrix products), each on
         its own class-stratified subset, validation split, initialisation and batch order (seeded per member):
         the same updates as training them one after the other, up to float rounding, with a fifth of the steps'
         overhead (docs/results section 8). Each member keeps its best epoch on its validation split; training
-        stops when every member has gone `patience` epochs without improving (or after `max_epochs`)."""
+        stops when every member has gone `patience` epochs without improving (or after `max_epochs`).
+
+        The hybrid (`PropagationOptions.intensity_weight`): with `intensity_columns` > 0 and 0 < `intensity_weight`
+        < 1, a second set of `n_models` members reads the last `intensity_columns` features alone (the intensities)
+        and is trained in the same stacked model (formerly a second ensemble trained after the first: the same
+        members, seeds and updates, in half the steps); the ensemble's probabilities are the two sets' means mixed
+        with that weight. Those members get first layers over all the features with zero weights on the columns
+        they do not read, so the ensemble is used like any other (`folded`, `classify`)."""
         if x.shape[0] != y.shape[0] or x.shape[1] != self.n_features:
             raise ValueError(f"features {tuple(x.shape)} and labels {tuple(y.shape)} do not match "
                              f"{self.n_features} features")
+        hybrid = intensity_columns > 0 and intensity_weight > 0
+        if hybrid and not (intensity_columns < self.n_features and intensity_weight < 1):
+            raise ValueError(f"the intensity members must read fewer than the {self.n_features} features "
+                             f"(got {intensity_columns}) with a weight below 1 (got {intensity_weight})")
         xf = x.float()
         self.mean = xf.mean(0).to(self.device)
         self.std = xf.std(0).clamp_min(1e-3).to(self.device)
@@ -184,16 +203,19 @@ class PixelEnsemble:
         counts = torch.bincount(y, minlength=self.n_classes).float()
         weights = torch.where(counts > 0, counts.sum() / (counts.clamp_min(1) * (counts > 0).sum()), 0.0)
         weights = weights.to(self.device)
-        n_models = self.opt.n_models
+        n_set = self.opt.n_models
+        columns = [self.n_features] * n_set + ([intensity_columns] * n_set if hybrid else [])
+        n_models = len(columns)
         gens, nets, trs, vals = [], [], [], []
-        for m in range(n_models):
+        for j, k in enumerate(columns):
+            m = j % n_set  # a member of the second set has the seeds of the first set's member m
             gen = torch.Generator().manual_seed(self.opt.seed * 1000 + m)
             idx = _stratified_subset(y, self.opt.max_pixels, gen)
             n_val = max(1, int(len(idx) * self.opt.val_fraction))
             vals.append(idx[:n_val])
             trs.append(idx[n_val:])
             init = torch.Generator().manual_seed(self.opt.seed * 1000 + m)  # the member's initial weights
-            nets.append(make_mlp(self.n_features, self.n_classes, self.opt.hidden, init))
+            nets.append(make_mlp(k, self.n_classes, self.opt.hidden, init))
             gens.append(gen)
         xs = self.standardise(x)  # (P, C), gathered per member and step
         y = y.to(self.device)
@@ -201,7 +223,7 @@ class PixelEnsemble:
         xva, yva = xs[val], y[val]
         if self.bf16:  # the training steps read bf16 (autocast computes in it anyway): half the memory traffic
             xs = xs.to(torch.bfloat16)
-        stacked = _StackedMLPs(nets).to(self.device)
+        stacked = _StackedMLPs(nets, columns).to(self.device)
         optim = _adamw(stacked.parameters(), self.opt.lr, self.opt.weight_decay)
         n_train = tr.shape[1]
         batch = int(min(self.opt.batch_size, max(64, n_train // 40)))
@@ -247,8 +269,20 @@ class PixelEnsemble:
         self.members = []
         for m, net in enumerate(nets):
             net.load_state_dict(best_state[m])
+            if columns[m] < self.n_features:  # first layer over all the features, zero on those it does not read
+                lin = net[0]
+                padded = nn.utils.skip_init(nn.Linear, self.n_features, lin.out_features)  # no global draw
+                with torch.no_grad():
+                    padded.weight.zero_()
+                    padded.weight[:, self.n_features - columns[m]:] = lin.weight
+                    padded.bias.copy_(lin.bias)
+                net = nn.Sequential(padded, *list(net)[1:])
             net.to(self.device).eval()
             self.members.append(net)
+        self.member_weights, self.columns = None, list(columns)
+        if hybrid:
+            self.member_weights = torch.cat([torch.full((n_set,), (1 - intensity_weight) / n_set),
+                                             torch.full((n_set,), intensity_weight / n_set)])
         history = [{"member": m, "epochs": stopped[m] or epoch + 1, "val_loss": best[m]} for m in range(n_models)]
         log.info("trained %d MLPs on %d pixels (%s); val loss %s", len(self.members), len(y),
                  counts.long().tolist(), [round(h["val_loss"], 3) for h in history])
@@ -283,37 +317,6 @@ class PixelEnsemble:
             raise RuntimeError("the ensemble is not trained")
         return self._folded()
 
-    def merged_with(self, other: "PixelEnsemble", weight: float) -> "PixelEnsemble":
-        """One ensemble that averages this one's probabilities with weight 1 - `weight` and `other`'s, trained on
-        the *last* `other.n_features` of this ensemble's features, with weight `weight` (the hybrid of
-        `PropagationOptions.intensity_weight`: `other` sees only the intensity columns). `other`'s members get first
-        layers over all the features (zero weights on the columns it does not see) with its own standardisation
-        re-expressed in this one's, so the merged ensemble computes exactly both ensembles' outputs and is used like
-        any other (`folded`, `classify`)."""
-        if not self.members or not other.members:
-            raise RuntimeError("the ensemble is not trained")
-        if other.n_features > self.n_features or other.n_classes != self.n_classes or not 0 < weight < 1:
-            raise ValueError(f"cannot merge an ensemble of {other.n_features} features / {other.n_classes} classes "
-                             f"into one of {self.n_features} / {self.n_classes} with weight {weight}")
-        off = self.n_features - other.n_features
-        ms, ss = self.mean[off:], self.std[off:]
-        members = []
-        for net in other.members:
-            lin = net[0]
-            padded = nn.Linear(self.n_features, lin.out_features).to(self.device)
-            with torch.no_grad():
-                # W (x - m_o) / s_o + b = (W s_s / s_o) (x - m_s) / s_s + W (m_s - m_o) / s_o + b
-                padded.weight.zero_()
-                padded.weight[:, off:] = lin.weight * (ss / other.std)[None, :]
-                padded.bias.copy_(lin.bias + lin.weight @ ((ms - other.mean) / other.std))
-            members.append(nn.Sequential(padded, *list(net)[1:]).eval())
-        out = PixelEnsemble(self.n_features, self.n_classes, self.opt, self.device)
-        out.mean, out.std, out.bf16 = self.mean, self.std, self.bf16
-        out.members = list(self.members) + members
-        n, m = len(self.members), len(members)
-        out.member_weights = torch.cat([torch.full((n,), (1 - weight) / n), torch.full((m,), weight / m)])
-        return out
-
     def head(self, h: torch.Tensor, folded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """From first-layer pre-activations h (P, M*h) (bias included) of all members: mean probabilities (P, K),
         normalised entropy (P,) and disagreement (P,) (`combine`). `h` is overwritten (in-place ReLU: a fresh
@@ -333,14 +336,23 @@ class PixelEnsemble:
         being mapped and faulted in anew (measured: 1.5x faster than one large product on the 2-core CPU). With
         `self.bf16` the first layer runs in bfloat16 (see `use_bf16`)."""
         w0, b0 = folded[0], folded[1]
-        if self.bf16:  # the first layer (most of the work) in bf16, the rest in fp32
-            w0t, b0b = w0.T.to(torch.bfloat16), b0.to(torch.bfloat16)
+        # members that read only the last columns (the hybrid's intensity members) multiply only those: their other
+        # weights are zeros (half the first layer's work of the hybrid's prediction)
+        rows = w0.shape[0] // len(self.members)
+        groups, start = [], 0
+        for k in (self.columns or [self.n_features] * len(self.members)):
+            if groups and groups[-1][2] == k:
+                groups[-1][1] += rows
+            else:
+                groups.append([start, start + rows, k])
+            start += rows
+        dtype = torch.bfloat16 if self.bf16 else torch.float32  # the first layer (most of the work) in bf16
+        parts = [(w0[a:b, -k:].T.to(dtype).contiguous(), b0[a:b].to(dtype), k) for a, b, k in groups]
 
-            def first(v):
-                return torch.addmm(b0b, v.to(torch.bfloat16), w0t).float()
-        else:
-            def first(v):
-                return torch.addmm(b0, v, w0.T)
+        def first(v):
+            v = v.to(dtype)
+            out = [torch.addmm(b, v if k == v.shape[1] else v[:, -k:], w) for w, b, k in parts]
+            return (out[0] if len(out) == 1 else torch.cat(out, dim=1)).float()
         if len(x) <= chunk:
             return self.head(first(x), folded)
         outs = [self.head(first(x[s:s + chunk]), folded) for s in range(0, len(x), chunk)]

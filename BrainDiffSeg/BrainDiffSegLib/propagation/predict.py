@@ -90,8 +90,11 @@ def _upsample_into(out: torch.Tensor, parts: list[torch.Tensor]) -> None:
 @torch.no_grad()
 def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int], foreground: np.ndarray,
                    roi_threshold: float = 0.1, roi_margin: int = 2,
-                   check_cancel: Callable[[], None] | None = None, probabilities: bool = False) -> Prediction:
-    """Predict slices `zs` (a batch) of the case of `extractor`; `foreground` (X, Y, Z) is the head mask.
+                   check_cancel: Callable[[], None] | None = None, probabilities: bool = False,
+                   keep: np.ndarray | None = None) -> Prediction:
+    """Predict slices `zs` (a batch) of the case of `extractor`; `foreground` (X, Y, Z) is the head mask; `keep`
+    (X, Y, Z, optional): where a tumour label may stay (the 3D gate): native pixels elsewhere are not classified
+    (background, with their coarse cell's entropy and disagreement).
 
     `probabilities`: also return the ensemble's mean class probabilities (native ones in the region of interest,
     the coarse cell's elsewhere in the head, background 1 outside the head)."""
@@ -126,6 +129,8 @@ def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int
     n, xs, ys = torch.nonzero(fg, as_tuple=True)
     cx, cy = _cell_of(grid, c, xs, grid.x0), _cell_of(grid, c, ys, grid.y0)
     in_roi = tumour[n, cx, cy]
+    if keep is not None:
+        in_roi &= torch.from_numpy(np.ascontiguousarray(np.moveaxis(keep[..., zs], -1, 0)))[n, xs, ys]
     classes = torch.zeros(len(n), dtype=torch.int64)
     entropy, disagreement = coarse_ent[n, cx, cy], coarse_dis[n, cx, cy]
     probs = coarse_p[n, cx, cy] if probabilities else None
