@@ -97,9 +97,8 @@ def _cache_plan(candidates: list[FeatureSpec], unet, cfg, stack, present, grid
         plan.append(entries)
     blocks = tuple(sorted({b for c in candidates for b in c.blocks}))
     full = FeatureExtractor(unet if ts else None, cfg, FeatureSpec(blocks=blocks, timesteps=tuple(ts),
-                                                                   intensities=False), stack, present, grid)
-    if ts:
-        full.noise = torch.stack(noises)
+                                                                   intensities=False), stack, present, grid,
+                            noise=torch.stack(noises) if ts else None)
     return full, plan
 
 
