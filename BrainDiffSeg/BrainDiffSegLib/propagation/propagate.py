@@ -124,7 +124,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     t = time.perf_counter()
     report("training classifier", 0.1)
     ens = PixelEnsemble(x.shape[1], len(values), opt.classifier, device)
-    ens.fit(x, y, progress=lambda f: report("training classifier", 0.1 + 0.2 * f), cancelled=cancelled,
+    ens.fit(x, y, progress=lambda f: report("training classifier", round(0.1 + 0.2 * f, 6)), cancelled=cancelled,
             intensity_columns=intensity_columns(extractor, opt), intensity_weight=opt.intensity_weight)
     del x
     timings["train_classifier"] = time.perf_counter() - t
