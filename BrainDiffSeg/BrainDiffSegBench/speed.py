@@ -44,7 +44,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from BrainDiffSegLib.propagation.sources import GivenExtractor
+
 from .gridfeatures import ensemble_predict
 
 log = logging.getLogger(__name__)

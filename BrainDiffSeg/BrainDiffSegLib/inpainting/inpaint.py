@@ -24,7 +24,7 @@ from ..errors import CancelledError, EngineError, InputError
 from .fill import fill_distance_weighted
 from .masks import brain_of
 from .model import (InpaintConfig, InpaintNet, load_inpaint_model, model_input, sample_range,
-                            sampling_scheduler)
+                     sampling_scheduler)
 from ..resources import resources_dir
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from ..errors import CheckpointError, InputError
 from ..inpainting.inpaint import prepare
 from ..inpainting.masks import MaskRules, healthy_masks
 from ..inpainting.model import (InpaintConfig, build_inpaint_net, load_inpaint_model, model_input, sample_range,
-                            train_scheduler, weights_from_2d)
+                                train_scheduler, weights_from_2d)
 from ..io import find_cases, load_case
 from ..model import read_config
 
