@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from BrainDiffSegBench.stats import bootstrap_ci, seed_means, variant
+from BrainDiffSegBench.stats import paired_differences, seed_means, variant
 
 
 def _records(path: str, name: str, label: str) -> list[dict]:
@@ -37,8 +37,10 @@ def main() -> None:
     p.add_argument("--after-variant", required=True)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    before = {(r["case"], r["k"]): r for r in seed_means(_records(a.before, a.before_variant, "before"))}
-    after = {(r["case"], r["k"]): r for r in seed_means(_records(a.after, a.after_variant, "after"))}
+    before_records = _records(a.before, a.before_variant, "before")
+    after_records = _records(a.after, a.after_variant, "after")
+    before = {(r["case"], r["k"]): r for r in seed_means(before_records)}
+    after = {(r["case"], r["k"]): r for r in seed_means(after_records)}
     data = json.loads(Path(a.after).read_text())
     recs = data["records"] if isinstance(data, dict) else data
     growcut = {(r["case"], r["k"]): r["seconds"] for r in recs if r["method"] == "growcut"}
@@ -48,18 +50,14 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|---|"]
     keys = sorted(set(before) & set(after))
     for dataset, prefix in (("BraTS", ("Brats", "BraTS")), ("LGG", ("TCGA",))):
-        for k in sorted({k for _, k in keys}):
-            for region in ("WT", "TC", "ET"):
-                pairs = [(before[c]["dice"].get(region), after[c]["dice"].get(region)) for c in keys
-                         if c[1] == k and c[0].startswith(prefix)]
-                pairs = [(b, f) for b, f in pairs if b is not None and f is not None and b == b and f == f]
-                if not pairs:
-                    continue
-                d = [f - b for b, f in pairs]
-                m, lo, hi = bootstrap_ci(d)
-                wins = f"{sum(x > 0 for x in d)} / {sum(x < 0 for x in d)}"
-                lines.append(f"| {dataset} | {k} | {region} | {len(pairs)} | {np.mean([b for b, _ in pairs]):.3f} | "
-                             f"{np.mean([f for _, f in pairs]):.3f} | {m:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {wins} |")
+        subset = [r for r in before_records + after_records if r["case"].startswith(prefix)]
+        for d in paired_differences(subset, [("after", "before")]):
+            cases = [c for c in keys if c[1] == d["k"] and c[0].startswith(prefix)
+                     and d["region"] in before[c]["dice"] and d["region"] in after[c]["dice"]]
+            mean_before = np.mean([before[c]["dice"][d["region"]] for c in cases])
+            mean_after = np.mean([after[c]["dice"][d["region"]] for c in cases])
+            lines.append(f"| {dataset} | {d['k']} | {d['region']} | {d['n']} | {mean_before:.3f} | {mean_after:.3f} | "
+                         f"{d['mean']:+.4f} | [{d['lo']:+.4f}, {d['hi']:+.4f}] | {d['a_wins']} / {d['b_wins']} |")
     lines += ["", "| k | n | seconds per case before | after | growcut (same run as after) | after / growcut |",
               "|---|---|---|---|---|---|"]
     for k in sorted({k for _, k in keys}):

@@ -129,20 +129,29 @@ def run_first(case_dir: str, k: int, device: str) -> dict:
             "dice": {r: round(v, 4) for r, v in region_dice(res.labels, case.label, zs).items()}}
 
 
-def run_growcut(case_dir: str, k: int) -> dict:
-    """ITK Grow from seeds (`growcut_brats`) on the same case and annotation: seconds (the case read included, as in
-    `run_first`) and Dice."""
-    from BrainDiffSegLib.io import load_case
-    from BrainDiffSegLib.protocol import region_dice, simulate_annotation
+def timed_growcut(case, annotation: np.ndarray, zs: list[int]) -> dict:
+    """ITK Grow from seeds (`baselines.growcut_brats`, the tool a Slicer user would otherwise use) on `case` seeded
+    by `annotation` (painted slices `zs`): seconds and Dice on the other slices."""
+    from BrainDiffSegLib.protocol import region_dice
 
     from .baselines import growcut_brats
 
     t = time.perf_counter()
+    labels = growcut_brats(case.images, annotation)
+    return {"seconds": round(time.perf_counter() - t, 2),
+            "dice": {r: round(v, 4) for r, v in region_dice(labels, case.label, zs).items()}}
+
+
+def run_growcut(case_dir: str, k: int) -> dict:
+    """`timed_growcut` on the case's k protocol slices; its seconds include reading the case, as in `run_first`."""
+    from BrainDiffSegLib.io import load_case
+    from BrainDiffSegLib.protocol import simulate_annotation
+
+    t = time.perf_counter()
     case = load_case(case_dir)
     ann, zs = simulate_annotation(case.label, k)
-    labels = growcut_brats(case.images, ann)
-    return {"mode": "growcut", "seconds": round(time.perf_counter() - t, 2),
-            "dice": {r: round(v, 4) for r, v in region_dice(labels, case.label, zs).items()}}
+    result = timed_growcut(case, ann, zs)
+    return {"mode": "growcut", "seconds": round(time.perf_counter() - t, 2), "dice": result["dice"]}
 
 
 @contextmanager

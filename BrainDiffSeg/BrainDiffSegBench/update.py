@@ -30,6 +30,7 @@ from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import protocol_slices, region_dice
 
 from .report import machine
+from .speed import busy_processes, timed_growcut
 
 log = logging.getLogger(__name__)
 GB = 1024 ** 3
@@ -52,7 +53,6 @@ def _run(case, zs, options, cache) -> tuple[dict, object]:
 
 def benchmark_update(case_dir: str | Path, out: Path, options: PropagationOptions, service: str | None = None,
                      load: int = 0) -> dict:
-    from .speed import busy_processes
 
     with busy_processes(load):
         result = _benchmark_update(case_dir, options, service)
@@ -63,22 +63,14 @@ def benchmark_update(case_dir: str | Path, out: Path, options: PropagationOption
     return result
 
 
-def _growcut(case, zs) -> dict:
-    from .baselines import growcut_brats
-
-    t = time.perf_counter()
-    labels = growcut_brats(case.images, _annotation(case.label, zs))
-    return {"annotated": list(zs), "seconds": round(time.perf_counter() - t, 2),
-            "dice": {k: round(v, 4) for k, v in region_dice(labels, case.label, zs).items()}}
-
-
 def _benchmark_update(case_dir, options: PropagationOptions, service: str | None) -> dict:
     case = load_case(case_dir)
     if case.label is None:
         raise ValueError(f"{case_dir}: the benchmark needs the ground truth (*_seg.nii.gz)")
     first = protocol_slices(case.label, 1)
     order = first + [z for z in protocol_slices(case.label, 3) if z not in first]
-    growcut = [_growcut(case, sorted(first)), _growcut(case, sorted(order))]
+    growcut = [dict(annotated=zs, **timed_growcut(case, _annotation(case.label, zs), zs))
+               for zs in (sorted(first), sorted(order))]
     cache = VolumeCache()
     runs, last = [], None
     for i in range(len(order)):

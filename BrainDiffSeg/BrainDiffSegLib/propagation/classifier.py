@@ -75,6 +75,17 @@ def _member_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor)
     return nll.sum(1) / weights[y].sum(1)
 
 
+def _column_groups(columns: list[int]) -> list[tuple[int, int, int]]:
+    """(first member, end, columns read) of each run of consecutive members reading the same last columns."""
+    groups: list[tuple[int, int, int]] = []
+    for m, k in enumerate(columns):
+        if groups and groups[-1][2] == k:
+            groups[-1] = (groups[-1][0], m + 1, k)
+        else:
+            groups.append((m, m + 1, k))
+    return groups
+
+
 class _StackedMLPs(nn.Module):
     """Members of `make_mlp`'s layout as one module, features (M, B, C) -> logits (M, K, B). Activations are kept
     as (M, units, B): each Linear is one batched matrix product and each member's BatchNorm1d is one `batch_norm`
@@ -93,12 +104,7 @@ class _StackedMLPs(nn.Module):
         def stack(get, members=nets):
             return torch.stack([get(net).detach() for net in members]).clone()
 
-        self.groups = []  # (first member, end, columns read) of consecutive members reading the same columns
-        for m, k in enumerate(columns):
-            if self.groups and self.groups[-1][2] == k:
-                self.groups[-1] = (self.groups[-1][0], m + 1, k)
-            else:
-                self.groups.append((m, m + 1, k))
+        self.groups = _column_groups(columns)
         self.w0 = nn.ParameterList(nn.Parameter(stack(lambda n: n[0].weight, nets[s:e])) for s, e, _ in self.groups)
         self.b0 = nn.ParameterList(nn.Parameter(stack(lambda n: n[0].bias, nets[s:e])[..., None])
                                    for s, e, _ in self.groups)
@@ -338,16 +344,10 @@ class PixelEnsemble:
         w0, b0 = folded[0], folded[1]
         # members that read only the last columns (the hybrid's intensity members) multiply only those: their other
         # weights are zeros (half the first layer's work of the hybrid's prediction)
-        rows = w0.shape[0] // len(self.members)
-        groups, start = [], 0
-        for k in (self.columns or [self.n_features] * len(self.members)):
-            if groups and groups[-1][2] == k:
-                groups[-1][1] += rows
-            else:
-                groups.append([start, start + rows, k])
-            start += rows
+        rows = w0.shape[0] // len(self.members)  # first-layer units per member
         dtype = torch.bfloat16 if self.bf16 else torch.float32  # the first layer (most of the work) in bf16
-        parts = [(w0[a:b, -k:].T.to(dtype).contiguous(), b0[a:b].to(dtype), k) for a, b, k in groups]
+        parts = [(w0[a * rows:b * rows, -k:].T.to(dtype).contiguous(), b0[a * rows:b * rows].to(dtype), k)
+                 for a, b, k in _column_groups(self.columns or [self.n_features] * len(self.members))]
 
         def first(v):
             v = v.to(dtype)

@@ -70,8 +70,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def channels_last(unet: UNet2DModel) -> UNet2DModel:
     """The backbone's convolution weights in channels-last layout (in place; the same values), for the CPU: oneDNN's
-    convolutions run a third faster on channels-last inputs (a BraTS slice batch: 88 -> 60 ms a slice through
-    decoder block 2 on the 2-core CPU, 2 threads; `scripts/backbone_speed.py`). The results equal the contiguous
+    convolutions run faster on channels-last inputs (batches of 16: 81 -> 58 ms a slice through decoder block 2 on
+    the 2-core CPU, 2 threads; `scripts/backbone_speed.py`, docs/results/speed/backbone_speed.md). The results equal the contiguous
     layout's up to float rounding."""
     return unet.to(memory_format=torch.channels_last)
 
