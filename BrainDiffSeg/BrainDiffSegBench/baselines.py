@@ -4,6 +4,10 @@
 * `grow_from_seeds`: "Grow from seeds" - ITK's FastGrowCut seeded with every label of the annotated slices.
 * `growcut_brats`: the benchmark's growcut method for BraTS labels (whole tumour on FLAIR, core on T1ce).
 
+The growcut functions also take a seeds-mode annotation (issue 23; `BrainDiffSegLib.propagation.annotation`): with
+`background_label` given, only the painted voxels are seeds (0 unknown, `background_label` background), exactly
+the seeds our seeds mode gets, and they are returned unchanged.
+
 Arrays have the axial axis last. As everywhere in this project, slices of the annotation that contain any nonzero
 label are the annotated slices; they keep all their labels (background 0 included) and are returned unchanged.
 ITK (`itk`, `itk-growcut`, `itk-morphologicalcontourinterpolation`: the `baselines` extra) is imported only when a
@@ -133,7 +137,32 @@ def fast_growcut(image: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return itk.GetArrayFromImage(gc.GetOutput()).astype(np.int64)
 
 
-def grow_from_seeds(image: np.ndarray, annotation: np.ndarray) -> np.ndarray:
+def _seed_volume(annotation: np.ndarray, background_label: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FastGrowCut's seeds (uint8: 0 none, 1 background, 2..K the labels), the label values (sorted, 0 first) and
+    the known voxels: the annotated slices entirely, or (`background_label` given) the painted voxels."""
+    if background_label is None:
+        zs = annotated_slices(annotation)
+        known = np.zeros(annotation.shape, bool)
+        known[..., zs] = True
+        if not np.any(annotation[..., zs] == 0):
+            raise InputError("The annotated slices contain no background: paint only the tumour.")
+        labels = annotation
+    else:
+        known = annotation != 0
+        if not np.any(annotation == background_label):
+            raise InputError(f"The seeds have no Background (label {background_label}): paint some Background.")
+        labels = np.where(annotation == background_label, 0, annotation)
+        if not np.any(labels > 0):
+            raise InputError("The seeds are all Background: paint at least one tumour class too.")
+    values = np.union1d(np.unique(labels[known]), [0])
+    if len(values) > 255:
+        raise InputError(f"The annotation has {len(values) - 1} labels; at most 254 are supported.")
+    seeds = np.zeros(annotation.shape, np.uint8)
+    seeds[known] = _compact(values, labels[known]) + 1  # background -> 1, labels -> 2..K
+    return seeds, values, known
+
+
+def grow_from_seeds(image: np.ndarray, annotation: np.ndarray, background_label: int | None = None) -> np.ndarray:
     """Slicer's "Grow from seeds": `itk.FastGrowCut` on one sequence, seeded by the annotated slices.
 
     Seeds: every label of the annotation, and the background (0) of the annotated slices as a label of its own;
@@ -146,22 +175,15 @@ def grow_from_seeds(image: np.ndarray, annotation: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape != annotation.shape:
         raise InputError(f"The annotation has shape {annotation.shape} but the image has {image.shape}: "
                          "they must share one 3D grid.")
-    zs = annotated_slices(annotation)
     _check_labels(annotation)
     if not np.all(np.isfinite(image)):
         raise InputError("The image contains NaN or infinite values.")
-    values = np.union1d(np.unique(annotation[..., zs]), [0])
-    if len(values) > 255:
-        raise InputError(f"The annotation has {len(values) - 1} labels; at most 254 are supported.")
-    if not np.any(annotation[..., zs] == 0):
-        raise InputError("The annotated slices contain no background: paint only the tumour.")
-    seeds = np.zeros(annotation.shape, np.uint8)
-    seeds[..., zs] = _compact(values, annotation[..., zs]) + 1  # background -> 1, labels -> 2..K
+    seeds, values, known = _seed_volume(annotation, background_label)
 
     out = fast_growcut(image, seeds)
     # every voxel connected to a seed gets a seed label; anything left unlabelled (0) is background
     result = values[np.clip(out - 1, 0, len(values) - 1)].astype(annotation.dtype)
-    result[..., zs] = annotation[..., zs]
+    result[known] = values[seeds[known] - 1]
     return result
 
 
@@ -172,7 +194,8 @@ def _first(images: dict[str, np.ndarray], roles: tuple[str, ...], what: str) -> 
     raise InputError(f"The {what} growcut run needs one of the sequences {roles}; got {sorted(images)}.")
 
 
-def growcut_brats(images: dict[str, np.ndarray], annotation: np.ndarray) -> np.ndarray:
+def growcut_brats(images: dict[str, np.ndarray], annotation: np.ndarray,
+                  background_label: int | None = None) -> np.ndarray:
     """The benchmark's growcut method: `grow_from_seeds` on the sequences where each region is visible.
 
     For BraTS labels (nonzero values within {1, 2, 4}, with 2 or 4 present):
@@ -194,17 +217,16 @@ def growcut_brats(images: dict[str, np.ndarray], annotation: np.ndarray) -> np.n
         if np.shape(v) != annotation.shape:
             raise InputError(f"The annotation has shape {annotation.shape} but sequence '{r}' has {np.shape(v)}: "
                              "they must share one grid.")
-    zs = annotated_slices(annotation)
-    values = np.unique(annotation[..., zs])
+    seeds, values, known = _seed_volume(annotation, background_label)
     wt_image = _first(images, WT_ROLES, "whole-tumour")
     if not is_brats_labels(values):
-        return grow_from_seeds(wt_image, annotation)
-    wt_run = grow_from_seeds(wt_image, annotation)
+        return grow_from_seeds(wt_image, annotation, background_label)
+    wt_run = grow_from_seeds(wt_image, annotation, background_label)
     wt = wt_run > 0
-    core = grow_from_seeds(_first(images, CORE_ROLES, "tumour-core"), annotation)
+    core = grow_from_seeds(_first(images, CORE_ROLES, "tumour-core"), annotation, background_label)
     result = np.zeros_like(annotation)
     result[wt] = 2 if 2 in values else wt_run[wt]
     core_in_wt = wt & np.isin(core, (1, 4))
     result[core_in_wt] = core[core_in_wt]
-    result[..., zs] = annotation[..., zs]
+    result[known] = values[seeds[known] - 1]
     return result

@@ -8,6 +8,12 @@ method x backbone x classifier seed, Dice and HD95 per region), a Markdown table
 Dimensions beyond the method: `backbones` (hybrid-mlp and diffusion-mlp only; `backbones.resolve_backbones`:
 'bundled', 'random', a checkpoint folder) and classifier `seeds` (the classifier methods hybrid-mlp, diffusion-mlp
 and raw-mlp; the other methods run once, with the first seed). Each record names its `backbone` (None for methods without one) and `seed`.
+
+The annotation (`annotation`): `slices`, the protocol's complete axial slices (scores on the other slices), or
+`seeds` (issue 23), the strokes of the seed simulator (`BrainDiffSegLib.strokes`) on k slices of `orientation`,
+given identically to every method (ours in seeds mode, Grow from seeds seeded with them); scores over the whole
+volume (the seeds are a few hundred voxels, the same for every method). `growcut-<sequence>`: Grow from seeds on
+that one sequence (`growcut` uses FLAIR for the whole tumour and T1ce for the core).
 """
 from __future__ import annotations
 
@@ -25,14 +31,19 @@ import numpy as np
 from BrainDiffSegLib.errors import InputError
 from BrainDiffSegLib.io import Case, load_case
 from BrainDiffSegLib.propagation.propagate import PropagationOptions, propagate
+from BrainDiffSegLib.constants import ROLES
+from BrainDiffSegLib.preprocess import foreground_mask
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
+from BrainDiffSegLib.strokes import ORIENTATIONS, simulate_strokes
 
 from .backbones import Backbone, resolve_backbones
 from .metrics import region_hd95
 from .report import machine, plot_dice_vs_k, round_nan, write_table
 
 log = logging.getLogger(__name__)
-METHODS = ("hybrid-mlp", "diffusion-mlp", "raw-mlp", "unet-patient", "growcut", "fill-between")
+GROWCUT_SINGLE = {f"growcut-{r}": r for r in ROLES}  # Grow from seeds on one sequence
+METHODS = ("hybrid-mlp", "diffusion-mlp", "raw-mlp", "unet-patient", "growcut", "fill-between", *GROWCUT_SINGLE)
+SLICES_ONLY = ("unet-patient", "fill-between")  # methods that need complete slices
 # the classifier methods and their engine method: hybrid-mlp is the product's default (diffusion features, plus an
 # ensemble on the intensities alone mixed in with `intensity_weight`), diffusion-mlp the diffusion features alone
 CLASSIFIER_METHODS = {"hybrid-mlp": "diffusion", "diffusion-mlp": "diffusion", "raw-mlp": "raw"}
@@ -66,8 +77,14 @@ def run_method(case: Case, annotation: np.ndarray, method: str, options: Propaga
         return propagate_unet_patient(case.images, annotation, unet_options)
     from . import baselines
 
+    background = options.background_label if options.annotation_mode == "seeds" else None
     if method == "growcut":
-        return baselines.growcut_brats(case.images, annotation)
+        return baselines.growcut_brats(case.images, annotation, background)
+    if method in GROWCUT_SINGLE:
+        role = GROWCUT_SINGLE[method]
+        if role not in case.images:
+            raise InputError(f"{method} needs the {role} sequence; {case.name} has {sorted(case.images)}.")
+        return baselines.grow_from_seeds(case.images[role], annotation, background)
     if method == "fill-between":
         return baselines.fill_between(annotation)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -76,7 +93,7 @@ def run_method(case: Case, annotation: np.ndarray, method: str, options: Propaga
 def _warm_up_baselines(methods: list[str]) -> None:
     """Run the ITK baselines once on a tiny volume, untimed: ITK loads its wrapped filters lazily on first use
     (seconds), which would otherwise be counted in the first case's time."""
-    if not {"growcut", "fill-between"} & set(methods):
+    if not {"growcut", "fill-between", *GROWCUT_SINGLE} & set(methods):
         return
     from . import baselines
 
@@ -84,7 +101,7 @@ def _warm_up_baselines(methods: list[str]) -> None:
     ann[3:5, 3:5, [0, 2]] = 2
     if "fill-between" in methods:
         baselines.fill_between(ann)
-    if "growcut" in methods:
+    if "growcut" in methods or set(GROWCUT_SINGLE) & set(methods):
         baselines.grow_from_seeds(np.random.default_rng(0).random(ann.shape).astype(np.float32), ann)
 
 
@@ -104,19 +121,33 @@ def variant_options(options: PropagationOptions, backbone: Backbone | None, seed
 def benchmark_propagation(case_dirs: list[Path], ks: list[int], methods: list[str], out: Path,
                           options: PropagationOptions | None = None, overlays: int = 3,
                           propagator: Propagator | None = None, unet_options=None,
-                          backbones: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
+                          backbones: list[str] | None = None, seeds: list[int] | None = None,
+                          annotation: str = "slices", orientation: str = "axial") -> list[dict]:
     """Every method on every case with ground truth at every k (and per backbone / classifier seed, see the module's
-    docstring); `unet_options`: unet_patient.PatientUNetOptions."""
+    docstring); `unet_options`: unet_patient.PatientUNetOptions; `annotation`, `orientation`: see the module's
+    docstring."""
     options = options or PropagationOptions()
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"unknown propagation method(s) {unknown}; choose from {list(METHODS)}")
+    if annotation not in ("slices", "seeds"):
+        raise InputError(f"Unknown annotation {annotation!r}; use slices or seeds.")
+    if annotation == "seeds":
+        if orientation not in ORIENTATIONS:
+            raise InputError(f"Unknown orientation {orientation!r}; use one of {', '.join(ORIENTATIONS)}.")
+        unfit = [m for m in methods if m in SLICES_ONLY]
+        if unfit:
+            raise InputError(f"{', '.join(unfit)} need complete slices: run them with --annotation slices.")
+    elif orientation != "axial":
+        raise InputError("Complete slices are axial: --orientation needs --annotation seeds.")
+    options = replace(options, annotation_mode=annotation)
     seeds = list(seeds or [options.seed])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="braindiffseg-backbones-") as tmp:
         chosen = resolve_backbones(backbones, Path(tmp), options.checkpoint)
-        header = {"machine": machine(), "backbones": {b.name: b.describe() for b in chosen}, "seeds": seeds}
+        header = {"machine": machine(), "backbones": {b.name: b.describe() for b in chosen}, "seeds": seeds,
+                  "annotation": annotation, "orientation": orientation}
         return _run_cases(case_dirs, ks, methods, out, options, overlays, propagator, unet_options, chosen, seeds,
                           header)
 
@@ -132,9 +163,21 @@ def _run_cases(case_dirs, ks, methods, out, options, overlays, propagator, unet_
             log.warning("%s has no ground truth; skipped", cdir)
             continue
         for k in ks:
-            annotation, zs = simulate_annotation(case.label, k)
+            extra = {}
+            if options.annotation_mode == "seeds":  # strokes; scores over the whole volume
+                annotation, painted = simulate_strokes(case.label, foreground_mask(case.images), k,
+                                                       header["orientation"], seed=options.seed,
+                                                       background_label=options.background_label)
+                zs = []
+                extra = {"annotation": "seeds", "orientation": header["orientation"], "planes": painted,
+                         "seed_voxels": int((annotation != 0).sum())}
+            else:
+                annotation, zs = simulate_annotation(case.label, k)
             preds = {}
             for method in methods:
+                if method in GROWCUT_SINGLE and GROWCUT_SINGLE[method] not in case.images:
+                    log.info("%s: no %s sequence, %s skipped", case.name, GROWCUT_SINGLE[method], method)
+                    continue
                 for backbone, seed in variants(method, chosen, seeds):
                     t = time.perf_counter()
                     pred = run_method(case, annotation, method, variant_options(options, backbone, seed),
@@ -148,7 +191,7 @@ def _run_cases(case_dirs, ks, methods, out, options, overlays, propagator, unet_
                            "dice": {r: round(v, 4) for r, v in region_dice(pred, case.label, zs).items()},
                            "hd95": {r: round_nan(v)
                                     for r, v in region_hd95(pred, case.label, zs, case.spacing).items()},
-                           "spacing": list(case.spacing)}
+                           "spacing": list(case.spacing), **extra}
                     records.append(rec)
                     log.info("[%d/%d] %s k=%d %-14s %s seed %d Dice %s HD95 %s (%.1f s)", ci + 1, len(case_dirs),
                              case.name, k, method, name or "", seed,

@@ -129,17 +129,19 @@ def run_first(case_dir: str, k: int, device: str) -> dict:
             "dice": {r: round(v, 4) for r, v in region_dice(res.labels, case.label, zs).items()}}
 
 
-def timed_growcut(case, annotation: np.ndarray, zs: list[int]) -> dict:
+def timed_growcut(case, annotation: np.ndarray, zs: list[int], background_label: int | None = None) -> dict:
     """ITK Grow from seeds (`baselines.growcut_brats`, the tool a Slicer user would otherwise use) on `case` seeded
-    by `annotation` (painted slices `zs`): seconds and Dice on the other slices."""
+    by `annotation` (painted slices `zs`; seeds with `background_label`): seconds and Dice on the other slices
+    (over the whole volume for seeds)."""
     from BrainDiffSegLib.protocol import region_dice
 
     from .baselines import growcut_brats
 
     t = time.perf_counter()
-    labels = growcut_brats(case.images, annotation)
+    labels = growcut_brats(case.images, annotation, background_label)
+    scored = zs if background_label is None else []
     return {"seconds": round(time.perf_counter() - t, 2),
-            "dice": {r: round(v, 4) for r, v in region_dice(labels, case.label, zs).items()}}
+            "dice": {r: round(v, 4) for r, v in region_dice(labels, case.label, scored).items()}}
 
 
 def run_growcut(case_dir: str, k: int) -> dict:

@@ -59,14 +59,17 @@ def seed_means(records: list[dict]) -> list[dict]:
 def default_pairs(variants: list[str]) -> list[tuple[str, str]]:
     """The comparisons of the report, A - B: every two backbones of hybrid-mlp, then of diffusion-mlp (in their
     order), each hybrid-mlp variant minus diffusion-mlp with the same backbone, then every variant of the two minus
-    raw-mlp."""
+    raw-mlp, then each hybrid-mlp variant minus Grow from seeds (`growcut`, `growcut-<sequence>`)."""
     def of(method):
         return [v for v in variants if v.split(" (")[0] == method]
 
     pairs = [(a, b) for m in ("hybrid-mlp", "diffusion-mlp") for i, a in enumerate(of(m)) for b in of(m)[i + 1:]]
     pairs += [(h, "diffusion-mlp" + h[len("hybrid-mlp"):]) for h in of("hybrid-mlp")
               if "diffusion-mlp" + h[len("hybrid-mlp"):] in variants]
-    return pairs + ([(a, "raw-mlp") for a in of("hybrid-mlp") + of("diffusion-mlp")] if "raw-mlp" in variants else [])
+    pairs += [(a, "raw-mlp") for a in of("hybrid-mlp") + of("diffusion-mlp")] if "raw-mlp" in variants else []
+    # Grow from seeds (issue 23: the same seeds), and on each single sequence
+    growcuts = [v for v in variants if v == "growcut" or v.startswith("growcut-")]
+    return pairs + [(a, g) for a in of("hybrid-mlp") for g in growcuts]
 
 
 def paired_differences(records: list[dict], pairs: list[tuple[str, str]] | None = None,

@@ -10,8 +10,11 @@ slices as painted (the segmentation the user ends up with; the same volume for e
 - `correction`: the k = 1 protocol slice, then each round the non-annotated slice with ground-truth tumour that has
   the most wrongly labelled voxels repainted from the ground truth (an oracle: an upper reference for a user who sees
   the errors).
-A suggested slice without ground-truth tumour cannot be painted (the engine takes only slices with a label as
-annotated): the round is spent, the annotation is unchanged, and the slice is not suggested again to that user.
+A suggested slice without ground-truth tumour cannot be painted in the complete-slice mode (the engine takes only
+slices with a label as annotated): the round is spent, the annotation is unchanged, and the slice is not suggested
+again to that user. In the seeds mode (`--annotation-mode seeds`, issue 23) the user answers such a slice "no tumour
+here": every painted slice is given as seeds - its tumour classes from the ground truth and Background over the
+rest of its head - so a tumour-free slice is Background alone, an annotation like any other.
 
 One `VolumeCache` per case serves all its propagations (backbone activations once per case), and identical slice
 sets are propagated once (the engine is deterministic for a given annotation and seed). Paired differences vs even
@@ -57,12 +60,23 @@ class CaseRunner:
         self.cache = VolumeCache()
         self.memo: dict[tuple, dict] = {}
         self.runs = 0
+        self.head = None  # the head mask, for the seeds mode
 
     def run(self, zs) -> dict:
-        key = tuple(sorted({int(z) for z in zs if self.case.label[..., z].any()}))
+        seeds = self.options.annotation_mode == "seeds"
+        key = tuple(sorted({int(z) for z in zs if seeds or self.case.label[..., z].any()}))
         if key not in self.memo:
             ann = np.zeros_like(self.case.label)
             ann[..., list(key)] = self.case.label[..., list(key)]
+            if seeds:  # complete slices as seeds: Background over the rest of the head ("no tumour here")
+                if self.head is None:
+                    from BrainDiffSegLib.preprocess import foreground_mask
+
+                    self.head = foreground_mask(self.case.images)
+                ann = ann.astype(np.int16)
+                sl = ann[..., list(key)]
+                ann[..., list(key)] = np.where((sl == 0) & self.head[..., list(key)], self.options.background_label,
+                                               sl)
             t = time.perf_counter()
             res = propagate(self.case.images, ann, self.options, features=self.cache)
             seconds = time.perf_counter() - t

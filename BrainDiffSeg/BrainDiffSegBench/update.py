@@ -12,7 +12,11 @@ engine service (`BrainDiffSegService`: the Slicer panel's path, the images sent 
 for comparison, through the engine in this process by the same request path (`InProcessEngine`, what the Logic runs
 in scripts): per call, the wall time from the request to the response on both paths, the engine's own time on the
 service, and the overhead per call (service minus in process); the service's labels must equal the in-process ones
-(same options, same torch threads)."""
+(same options, same torch threads).
+
+In seeds mode (`--annotation-mode seeds`, issue 23) the user paints strokes instead of whole slices: on each of the
+same slices, the seed simulator's strokes (`BrainDiffSegLib.strokes`: a few strokes per class and a loop of
+Background), one slice's strokes more per update; Grow from seeds gets the same seeds."""
 from __future__ import annotations
 
 import json
@@ -42,9 +46,29 @@ def _annotation(label: np.ndarray, zs: list[int]) -> np.ndarray:
     return ann
 
 
-def _run(case, zs, options, cache) -> tuple[dict, object]:
+def painter(case, options: PropagationOptions, planes: list[int]):
+    """zs -> the annotation a user has painted on axial slices zs (of `planes`): the complete slices, or in seeds
+    mode the seed simulator's strokes on them (each slice's strokes drawn once, seeded by the slice)."""
+    if options.annotation_mode != "seeds":
+        return lambda zs: _annotation(case.label, zs)
+    from BrainDiffSegLib.preprocess import foreground_mask
+    from BrainDiffSegLib.strokes import StrokeStyle, paint_plane
+
+    head = foreground_mask(case.images)
+    strokes = {z: paint_plane(case.label[..., z], head[..., z], StrokeStyle(),
+                              np.random.default_rng([options.seed, z]), options.background_label) for z in planes}
+
+    def paint(zs):
+        ann = np.zeros(case.label.shape, np.int16)
+        for z in zs:
+            ann[..., z] = strokes[z]
+        return ann
+    return paint
+
+
+def _run(case, zs, options, cache, paint) -> tuple[dict, object]:
     t = time.perf_counter()
-    res = propagate(case.images, _annotation(case.label, zs), options, features=cache)
+    res = propagate(case.images, paint(zs), options, features=cache)
     seconds = time.perf_counter() - t
     return {"annotated": list(zs), "seconds": round(seconds, 2),
             "timings": {k: round(v, 2) for k, v in res.timings.items()},
@@ -69,20 +93,23 @@ def _benchmark_update(case_dir, options: PropagationOptions, service: str | None
         raise ValueError(f"{case_dir}: the benchmark needs the ground truth (*_seg.nii.gz)")
     first = protocol_slices(case.label, 1)
     order = first + [z for z in protocol_slices(case.label, 3) if z not in first]
-    growcut = [dict(annotated=zs, **timed_growcut(case, _annotation(case.label, zs), zs))
+    paint = painter(case, options, order)
+    background = options.background_label if options.annotation_mode == "seeds" else None
+    growcut = [dict(annotated=zs, **timed_growcut(case, paint(zs), zs, background))
                for zs in (sorted(first), sorted(order))]
     cache = VolumeCache()
     runs, last = [], None
     for i in range(len(order)):
-        row, last = _run(case, sorted(order[:i + 1]), options, cache)
+        row, last = _run(case, sorted(order[:i + 1]), options, cache, paint)
         row.update(run="first" if i == 0 else "update", cache_gb=round(cache.nbytes / GB, 3))
         runs.append(row)
         log.info("%s with %d slices: %.1f s", row["run"], i + 1, row["seconds"])
-    plain, _ = _run(case, sorted(order), options, None)
-    fresh_row, fresh = _run(case, sorted(order), options, VolumeCache())
+    plain, _ = _run(case, sorted(order), options, None, paint)
+    fresh_row, fresh = _run(case, sorted(order), options, VolumeCache(), paint)
     result = {"case": case.name, "machine": machine(), "options": {"method": options.method,
                                                                     "ensemble": options.classifier.n_models,
-                                                                    "device": options.device},
+                                                                    "device": options.device,
+                                                                    "annotation_mode": options.annotation_mode},
               "runs": runs, "without_cache": plain, "fresh_cache": fresh_row,
               "update_equals_fresh_cache": bool(np.array_equal(last.labels, fresh.labels)),
               "peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2),
@@ -117,6 +144,7 @@ def benchmark_service_path(case, order: list[int], options: PropagationOptions, 
     from BrainDiffSegService.engines import InProcessEngine, ServiceEngine
 
     images = _native(case.images)
+    paint = painter(case, options, order)
     if service == "local":
         engine = ServiceEngine.local(threads=torch.get_num_threads())
     else:
@@ -128,7 +156,7 @@ def benchmark_service_path(case, order: list[int], options: PropagationOptions, 
     # both engines warm (the first diffusion pass of a process pays for its kernels; this process ran it already)
     t = time.perf_counter()
     warm = EngineRequest("propagate", {"options": to_strings(options)},
-                         {"annotation": np.ascontiguousarray(_annotation(case.label, order[:1])[::4, ::4])},
+                         {"annotation": np.ascontiguousarray(paint(order[:1])[::4, ::4])},
                          volume={r: a[::4, ::4] for r, a in images.items()})
     engine.run(warm)
     warmup_seconds = time.perf_counter() - t
@@ -136,7 +164,7 @@ def benchmark_service_path(case, order: list[int], options: PropagationOptions, 
     try:
         for i in range(len(order)):
             zs = sorted(order[:i + 1])
-            annotation = np.ascontiguousarray(_annotation(case.label, zs))
+            annotation = np.ascontiguousarray(paint(zs))
             row = {"run": "first" if i == 0 else "update", "annotated": zs}
             labels = {}
             for name, eng in (("service", engine), ("in_process", local)):

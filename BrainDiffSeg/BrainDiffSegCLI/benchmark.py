@@ -28,6 +28,11 @@ def add_parser(sub) -> None:
     b.add_argument("--classifier-seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="run diffusion-mlp and raw-mlp once per seed (e.g. 0 1 2) and report the spread "
                    "(default: --seed only)")
+    b.add_argument("--annotation", choices=["slices", "seeds"], default=None,
+                   help="slices: the protocol's complete axial slices; seeds: simulated strokes on k slices of "
+                   "--orientation, the same seeds for every method (default: --annotation-mode)")
+    b.add_argument("--orientation", choices=["axial", "sagittal", "coronal", "mixed"], default="axial",
+                   help="seeds: the orientation of the painted slices (mixed: sagittal, coronal, axial in turn)")
     _add_backbone_args(b)
     b.add_argument("--out", required=True)
     add_arguments(b)
@@ -179,7 +184,8 @@ def run_propagation(a, propagator=None) -> int:
 
     log.info("%d torch thread(s)", set_threads(a.threads))
     records = benchmark_propagation(cases, a.k, a.methods, Path(a.out), options, propagator=propagator,
-                                    unet_options=unet, backbones=a.backbones, seeds=a.classifier_seeds)
+                                    unet_options=unet, backbones=a.backbones, seeds=a.classifier_seeds,
+                                    annotation=a.annotation or options.annotation_mode, orientation=a.orientation)
     print((Path(a.out) / "table.md").read_text())
     return 0 if records else 1
 
@@ -265,7 +271,7 @@ def run_suggest(a) -> int:
     cases = cases[:a.max_cases] if a.max_cases else cases
     settings = (f"method {options.method}, {options.classifier.n_models} MLPs, device {options.device}, seed "
                 f"{options.seed}, {torch.get_num_threads()} torch thread(s), strategies {' '.join(a.strategies)}, "
-                f"up to {a.max_slices} slices")
+                f"up to {a.max_slices} slices, annotation {options.annotation_mode}")
     log.info("%s", settings)
     missing = [j for j in a.join if not Path(j).is_file()]
     if missing:

@@ -16,9 +16,14 @@ DEMO_CASE = "brats2021/BraTS2021_00006"
 def add_parsers(sub) -> None:
     p = sub.add_parser("propagate", help="segment a case from a few annotated axial slices")
     p.add_argument("--case", required=True, help="case folder (BraTS, BraTS 2023 or LGG layout)")
-    p.add_argument("--annotation", help="label volume on the case's grid; slices with any label are annotated")
+    p.add_argument("--annotation", help="label volume on the case's grid: complete axial slices (slices with any "
+                   "label are annotated), or seeds with --annotation-mode seeds (0 unknown, --background-label "
+                   "background)")
     p.add_argument("--simulate-annotation", type=int, metavar="K",
-                   help="take K slices from the case's ground truth by the benchmark protocol")
+                   help="take K slices from the case's ground truth by the benchmark protocol (with "
+                   "--annotation-mode seeds: the seed simulator's strokes on K slices of --orientation)")
+    p.add_argument("--orientation", choices=["axial", "sagittal", "coronal", "mixed"], default="axial",
+                   help="--simulate-annotation in seeds mode: the orientation of the painted slices")
     p.add_argument("--out", required=True, help="output label volume (.nii.gz)")
     p.add_argument("--uncertainty", help="output entropy volume (.nii.gz)")
     p.add_argument("--overlay", help="output PNG with a few predicted slices")
@@ -62,7 +67,16 @@ def run_propagate(a) -> dict:
     if a.simulate_annotation:
         if case.label is None:
             raise BrainDiffSegError(f"--simulate-annotation needs the case's ground truth (*_seg.nii.gz) in {a.case}")
-        annotation, _ = simulate_annotation(case.label, a.simulate_annotation)
+        options = options_from_arguments(a)
+        if options.annotation_mode == "seeds":
+            from BrainDiffSegLib.preprocess import foreground_mask
+            from BrainDiffSegLib.strokes import simulate_strokes
+
+            annotation, _ = simulate_strokes(case.label, foreground_mask(case.images), a.simulate_annotation,
+                                             a.orientation, seed=options.seed,
+                                             background_label=options.background_label)
+        else:
+            annotation, _ = simulate_annotation(case.label, a.simulate_annotation)
     elif a.annotation:
         annotation = load_label(a.annotation, case.native(next(iter(case.images.values()))).shape, case.affine,
                                 case.axial_axis)
@@ -74,14 +88,15 @@ def run_propagate(a) -> dict:
     if warning:  # before a long run, what to expect
         log.warning("%s", warning)
     t = time.perf_counter()
-    res = propagate(case.images, annotation, options_from_arguments(a), progress=_progress())
+    res = propagate(case.images, annotation, options_from_arguments(a), progress=_progress())  # (warnings logged)
     seconds = time.perf_counter() - t
     save_volume(case, res.labels, a.out, force=a.force)  # labels in a type that holds their values
     if a.uncertainty:
         save_volume(case, res.entropy, a.uncertainty, force=a.force, dtype=np.float32)
     summary = {"case": case.name, "sequences": list(case.roles), "annotated_slices": res.annotated_slices,
                "seconds": round(seconds, 2), "timings": {k: round(v, 2) for k, v in res.timings.items()},
-               "device": res.device, "least_certain_slices": [z for z, _ in res.least_certain_slices()]}
+               "device": res.device, "least_certain_slices": [z for z, _ in res.least_certain_slices()],
+               "annotation_mode": res.annotation_mode, "seeded_slices": res.seeded_slices, "warnings": res.warnings}
     import resource
 
     summary["peak_memory_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2)

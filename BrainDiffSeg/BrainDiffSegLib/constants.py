@@ -11,6 +11,9 @@ BRATS_CLASSES = {
     4: ("Enhancing tumour", (1.00, 0.85, 0.00)),
 }
 BRATS_VALUES = (0, 1, 2, 4)
+# seeds mode (issue 23): the label value of the Background segment (0 is "unknown" there); no BraTS class uses it
+BACKGROUND_LABEL = 9
+BACKGROUND_NAME, BACKGROUND_COLOR = "Background", (0.35, 0.55, 0.95)
 REGIONS_BRATS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}  # evaluation regions (BraTS convention)
 
 AFFINE_TOLERANCE_MM = 1e-3  # two images are on one grid when their affines agree to this (origin, spacing, axes)

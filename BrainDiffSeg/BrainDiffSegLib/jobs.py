@@ -152,7 +152,9 @@ def _propagate(request, workspace, progress, cancelled) -> EngineResponse:
     meta = {"annotated_slices": [int(z) for z in result.annotated_slices],
             "label_values": [int(v) for v in result.label_values],
             "timings": {k: float(v) for k, v in result.timings.items()}, "device": result.device,
-            "messages": messages, "cache": cache.describe()}
+            "messages": messages + list(result.warnings), "cache": cache.describe(),
+            "warnings": list(result.warnings), "annotation_mode": result.annotation_mode,
+            "seeded_slices": [int(z) for z in (result.seeded_slices or result.annotated_slices)]}
     arrays = {"labels": result.labels, "entropy": result.entropy, "disagreement": result.disagreement}
     wanted = request.meta.get("return") or list(arrays)  # what the caller uses (less to send back)
     unknown = [name for name in wanted if name not in arrays]

@@ -2,7 +2,7 @@
 engine service computed)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,6 +17,9 @@ class PropagationResult:
     timings: dict[str, float]
     device: str
     probabilities: np.ndarray | None = None  # (X, Y, Z, C) ensemble mean, only with keep_probabilities=True
+    warnings: list[str] = field(default_factory=list)  # for the user (e.g. seeds outside the head were ignored)
+    seeded_slices: list[int] | None = None  # axial slices with a known voxel (None: the annotated slices)
+    annotation_mode: str = "slices"  # how the annotation was read (`propagation.annotation`)
 
     def least_certain_slices(self, n: int = 5) -> list[tuple[int, float]]:
         """Predicted slices ranked by mean uncertainty over their tumour-or-uncertain pixels (`suggest`)."""
@@ -27,6 +30,9 @@ class PropagationResult:
     def from_response(cls, response) -> "PropagationResult":
         """The result of a propagation job's `transfer.EngineResponse` (`jobs.run_request`)."""
         m, a = response.meta, response.arrays
+        seeded = m.get("seeded_slices")
         return cls(a["labels"], a["entropy"], a.get("disagreement"), [int(z) for z in m["annotated_slices"]],
                    [int(v) for v in m["label_values"]], {k: float(v) for k, v in m["timings"].items()},
-                   str(m["device"]))
+                   str(m["device"]), warnings=[str(w) for w in m.get("warnings", [])],
+                   seeded_slices=None if seeded is None else [int(z) for z in seeded],
+                   annotation_mode=str(m.get("annotation_mode", "slices")))

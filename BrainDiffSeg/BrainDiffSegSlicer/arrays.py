@@ -20,7 +20,8 @@ from BrainDiffSegLib.constants import AFFINE_TOLERANCE_MM, ROLES
 from BrainDiffSegLib.errors import InputError
 
 from .segments import (ANNOTATED_SLICES_ATTRIBUTE, BINARY_LABELMAP, BRATS_SEGMENTS, BRATS_TERMINOLOGY,
-                       LABEL_VALUE_TAG, LABEL_VALUES_ATTRIBUTE, PALETTE, SOURCE_REFERENCE_ROLE, labelValuesForSegments)
+                       LABEL_VALUE_TAG, LABEL_VALUES_ATTRIBUTE, PALETTE, SOURCE_REFERENCE_ROLE, isBackgroundName,
+                       labelValuesForSegments)
 
 
 # ---------------------------------------------------------------------------------------------- geometry and arrays
@@ -204,20 +205,57 @@ def segmentLabelInfo(segmentationNode) -> tuple[list[str], list[int], bool]:
     return ids, values, brats
 
 
-def labelArrayFromSegmentation(segmentationNode, referenceVolumeNode) -> tuple[np.ndarray, dict, bool]:
-    """The segments as one label array (KJI, on the reference volume's grid), label value -> segment id, and
-    whether the BraTS values are used. The segmentation node is only read: conversions, if any, are made on a
-    copy outside the scene."""
+def labelArrayFromSegmentation(segmentationNode, referenceVolumeNode,
+                               backgroundLabel: int | None = None) -> tuple[np.ndarray, dict, bool]:
+    """The segments as one label array (KJI, on the reference volume's grid), label value -> segment id (the
+    tumour classes), and whether the BraTS values are used. A segment named as background (`segments.
+    isBackgroundName`) is no class: its voxels stay 0, unless `backgroundLabel` is given (the seeds mode: 0 is
+    unknown there), when they get that value. The segmentation node is only read: conversions, if any, are made on
+    a copy outside the scene."""
     ids, values, brats = segmentLabelInfo(segmentationNode)
+    if backgroundLabel is not None:
+        clash = [segmentationNode.GetSegmentation().GetSegment(s).GetName() for s, v in zip(ids, values)
+                 if v == backgroundLabel]
+        if clash:
+            raise InputError(f"Segment '{clash[0]}' of '{segmentationNode.GetName()}' has the label value "
+                             f"{backgroundLabel}, which stands for Background in seeds mode: use fewer segments "
+                             "or another background label.")
     dims = referenceVolumeNode.GetImageData().GetDimensions()
     labels = np.zeros(tuple(reversed(dims)), dtype=np.int16)
     masks = segmentMasks(segmentationNode, referenceVolumeNode)
     segmentIdOfValue = {}
     for sid, value in zip(ids, values):
-        if sid in masks and value != 0:  # (a Background segment is no class: its voxels stay 0)
+        if sid in masks and value != 0:
             labels[masks[sid]] = value
             segmentIdOfValue[value] = sid
+        elif sid in masks and backgroundLabel is not None:  # a Background segment in seeds mode
+            labels[masks[sid]] = backgroundLabel
     return labels, segmentIdOfValue, brats
+
+
+def backgroundSegmentIds(segmentationNode, painted: bool = False) -> list[str]:
+    """The segments named as background (`segments.isBackgroundName`); with `painted`, only those with voxels."""
+    segmentation = segmentationNode.GetSegmentation()
+    ids = [sid for sid in segmentation.GetSegmentIDs()
+           if isBackgroundName(segmentation.GetSegment(sid).GetName() or "")]
+    return [sid for sid in ids if segmentHasVoxels(segmentationNode, sid)] if painted else ids
+
+
+def segmentHasVoxels(segmentationNode, segmentId: str) -> bool:
+    """Whether a segment has painted voxels, read from its source representation without conversion (cheap: the
+    panel asks on every change)."""
+    segmentation = segmentationNode.GetSegmentation()
+    segment = segmentation.GetSegment(segmentId)
+    data = segment.GetRepresentation(segmentation.GetSourceRepresentationName()) if segment is not None else None
+    if data is None:
+        return False
+    if data.IsA("vtkPolyData"):
+        return data.GetNumberOfPoints() > 0
+    scalars = data.GetPointData().GetScalars() if data.GetPointData() is not None else None
+    if scalars is None or data.GetNumberOfPoints() == 0:
+        return False
+    # a shared labelmap holds several segments, each with its own value
+    return bool(np.any(numpy_support.vtk_to_numpy(scalars) == segment.GetLabelValue()))
 
 
 def segmentMasks(segmentationNode, referenceVolumeNode) -> dict:

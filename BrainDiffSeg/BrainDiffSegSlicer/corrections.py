@@ -10,6 +10,11 @@ segmentation itself is never modified. After the scene is closed (`clearCache`) 
 what was written: then no corrections are taken, the result node is simply overwritten (minus its locked segments).
 A slice corrected to no tumour at all is no annotation for the engine: it is predicted again.
 
+In seeds mode (`PropagationJob.annotationMode`, issue 23) a correction is voxels, not slices: every voxel whose label
+in the result node now differs from the written one becomes a seed of the next run with its new value, on any slice
+of any view; a voxel where the user erased tumour becomes a Background seed (`job.backgroundLabel`). A voxel the
+painted segmentation seeds keeps its painted label.
+
 Locks: Slicer has no per-segment edit lock (the Segment Editor's `readOnly` locks the whole editor); its segments
 table has a per-segment "State" column (the tag `Segmentation.Status`, `vtkSlicerSegmentationsModuleLogic.
 GetSegmentStatus`). A segment whose state is "Completed" is locked: an update keeps a locked result segment exactly
@@ -134,6 +139,8 @@ def takeCorrections(job, written: np.ndarray | None) -> tuple[list[int], list[st
                         f"segment of '{job.segmentationNode.GetName()}'; their voxels are not taken as corrections.")
     if written.shape != current.shape:
         return [], messages
+    if job.annotationMode == "seeds":
+        return _takeSeeds(job, current, written, idOfValue, messages)
     depth = current.shape[-1]
     edited = np.flatnonzero((current != written).reshape(-1, depth).any(axis=0))
     painted = set(np.flatnonzero(job.annotation.reshape(-1, depth).any(axis=0)).tolist())
@@ -150,6 +157,24 @@ def takeCorrections(job, written: np.ndarray | None) -> tuple[list[int], list[st
     if taken:
         messages.append(f"Axial slices {', '.join(map(str, taken))} corrected in '{job.outputNode.GetName()}' "
                         "are annotated slices of this run.")
+    return taken, messages
+
+
+def _takeSeeds(job, current: np.ndarray, written: np.ndarray, idOfValue: dict, messages: list[str]):
+    """`takeCorrections` in seeds mode: the changed voxels as seeds (see the module docstring)."""
+    tumour = [v for v in idOfValue if v > 0]
+    seeds = (current != written) & (job.annotation == 0) & ((current == 0) | np.isin(current, tumour))
+    if not seeds.any():
+        return [], messages
+    values = current[seeds]
+    job.annotation[seeds] = np.where(values == 0, job.backgroundLabel, values)
+    for v in (int(v) for v in np.unique(values) if v != 0):
+        job.segmentIdOfValue.setdefault(v, idOfValue[v])
+    taken = [int(z) for z in np.flatnonzero(seeds.reshape(-1, seeds.shape[-1]).any(axis=0))]
+    n = int(seeds.sum())
+    where = ", ".join(map(str, taken)) if len(taken) <= 8 else f"{taken[0]} to {taken[-1]}"
+    messages.append(f"{n} voxel{'s' if n > 1 else ''} corrected in '{job.outputNode.GetName()}' (axial slices "
+                    f"{where}) {'are seeds' if n > 1 else 'is a seed'} of this run.")
     return taken, messages
 
 

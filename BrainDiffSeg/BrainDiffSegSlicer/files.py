@@ -58,13 +58,15 @@ def removeVolumeNode(node):
             scene.RemoveNode(n)
 
 
-def saveSegmentation(segmentationNode, path, referenceVolumeNode=None, force: bool = False) -> Path:
+def saveSegmentation(segmentationNode, path, referenceVolumeNode=None, force: bool = False,
+                     backgroundLabel: int | None = None) -> Path:
     """Write a segmentation with a storage node, never overwriting an existing file unless `force`.
 
     `.seg.nrrd` / `.nrrd` (and `.nhdr`): Slicer's segmentation file, segment names and colours included.
     `.nii` / `.nii.gz`: a label volume on the grid of `referenceVolumeNode` (default: the segmentation's
     reference geometry volume) with the label values of the segment rule (`segments`: BraTS 1/2/4 for BraTS
-    segments, as the engine and the command line write them).
+    segments, as the engine and the command line write them); with `backgroundLabel`, a Background segment's
+    voxels get that value (a seeds annotation: `braindiffseg propagate --annotation-mode seeds`).
     """
     path = Path(path)
     if path.exists() and not force:
@@ -77,7 +79,7 @@ def saveSegmentation(segmentationNode, path, referenceVolumeNode=None, force: bo
         if reference is None:
             raise InputError(f"Saving '{segmentationNode.GetName()}' as {path.name} needs a reference volume "
                              "(the grid of the label volume).")
-        labels, _, _ = arrays.labelArrayFromSegmentation(segmentationNode, reference)
+        labels, _, _ = arrays.labelArrayFromSegmentation(segmentationNode, reference, backgroundLabel)
         labelNode = slicer.vtkMRMLLabelMapVolumeNode()  # not added to the scene
         m = vtk.vtkMatrix4x4()
         reference.GetIJKToRASMatrix(m)

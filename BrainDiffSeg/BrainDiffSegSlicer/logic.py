@@ -18,7 +18,10 @@ GIL). Slicer's process never imports torch and no process-global setting of it c
 Axes: `slicer.util.arrayFromVolume` gives arrays in KJI order; the engine wants the IJK array with its axial
 (inferior-superior) axis moved last, which is what it gets from NIfTI files. The axial axis is the IJK axis whose
 direction in the IJK-to-RAS matrix is closest to superior-inferior; oblique volumes are refused. Segment names ->
-label values: see `segments`.
+label values: see `segments`. The annotation is complete axial slices or seeds (strokes in any view; the options'
+`annotation_mode`): in seeds mode the Background segment's voxels get the options' `background_label` and every
+unpainted voxel is unknown; `annotationModeFor` resolves the panel's choice (Automatic: seeds once Background is
+painted).
 
 Interactive use: the engine keeps each volume's normalised images, backbone and the features of the slices computed
 so far (`BrainDiffSegLib.propagation.cache.VolumeCache`; an engine service receives the images only once): a re-run on the same
@@ -43,12 +46,13 @@ import numpy as np
 import slicer
 import slicer.util
 
+from BrainDiffSegLib.constants import BACKGROUND_COLOR, BACKGROUND_LABEL, BACKGROUND_NAME
 from BrainDiffSegLib.errors import InputError
 
-from . import arrays, corrections, engine as engines, files, inpainting
+from . import arrays, corrections, engine as engines, files, inpainting, parameters
 from .compat import SLICER_APPLICATION, ScriptedLoadableModuleLogic
 from .segments import (ANNOTATED_SLICES_ATTRIBUTE, BRATS_SEGMENTS, LABEL_VALUES_ATTRIBUTE, SOURCE_REFERENCE_ROLE,
-                       UNCERTAINTY_REFERENCE_ROLE, bratsLabelOfName)
+                       UNCERTAINTY_REFERENCE_ROLE, bratsLabelOfName, isBackgroundName)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,9 @@ class PropagationJob:
     transformId: str | None
     outputNode: object = None  # an earlier result to update, or None for a new node
     createUncertainty: bool = False
-    correctedSlices: list = None  # slices corrected in outputNode, annotated slices of this run
+    correctedSlices: list = None  # slices corrected in outputNode, annotated slices (seeds) of this run
+    annotationMode: str = "slices"  # the engine's annotation_mode: complete axial slices, or seeds (strokes)
+    backgroundLabel: int = BACKGROUND_LABEL  # seeds mode: the annotation value of the Background segment
 
 
 class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
@@ -149,7 +155,8 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
 
     def propagate(self, volumeNodes, segmentationNode, options=None, progress=None, cancelled=None,
                   createUncertainty: bool = False, outputNode=None, componentRoles=None):
-        """Segment the whole volume from the painted axial slices; returns a NEW segmentation node (blocking).
+        """Segment the whole volume from the painted axial slices, or the painted seeds (strokes in any view, with
+        `options.annotation_mode` 'seeds'); returns a NEW segmentation node (blocking).
 
         volumeNodes: role ('t1', 't1ce', 't2', 'flair') -> vtkMRMLScalarVolumeNode, all on one grid (None values
         are ignored), or one multi-component volume (vtkMRMLVectorVolumeNode) whose components are the sequences
@@ -168,8 +175,9 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         self._refuseIfRunning()
         self._inForeground = "propagation"
         try:
+            options = self._options(options)
             job = self.preparePropagation(volumeNodes, segmentationNode, outputNode=outputNode,
-                                          componentRoles=componentRoles)
+                                          componentRoles=componentRoles, options=options)
             response = self.engine.run(self.propagationRequest(job, options), progress, cancelled)
             return self.addPropagationResponse(job, response, createUncertainty)
         finally:
@@ -183,10 +191,36 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         (`self.jobs.poll()`: state and progress; `cancel()`); the poll after the engine's result is in adds it to
         the scene, and `job.outcome()` (or `finishPropagation(job)`) is the result node."""
         self._refuseIfRunning()
+        options = self._options(options)
         job = self.preparePropagation(volumeNodes, segmentationNode, outputNode=outputNode,
-                                      componentRoles=componentRoles)
+                                      componentRoles=componentRoles, options=options)
         return self.jobs.start("propagation", self._backgroundEngine(), self.propagationRequest(job, options),
                                lambda response: self.propagationResponseSteps(job, response, createUncertainty))
+
+    @staticmethod
+    def _options(options):
+        from BrainDiffSegLib.options import preset
+
+        return options if options is not None else preset("default")
+
+    def annotationModeFor(self, segmentationNode, choice: str = parameters.AUTO) -> tuple[str, str]:
+        """The annotation mode ('slices' or 'seeds', the engine's `annotation_mode`) a propagation of
+        `segmentationNode` uses for the panel's choice, and why (a few words the panel shows). 'slices' / 'seeds':
+        as chosen. 'auto' (the panel's default): seeds when a segment named as background ('Background', which
+        `addTumourSegments` adds) has painted voxels, else complete slices: who paints strokes plus a background
+        works as with Grow from seeds, who paints complete slices never paints a Background segment."""
+        choice = parameters.annotationChoiceOf(choice)
+        if choice != parameters.AUTO:
+            return choice, "chosen"
+        if segmentationNode is None:
+            return "slices", "no segmentation"
+        painted = arrays.backgroundSegmentIds(segmentationNode, painted=True)
+        if painted:
+            return "seeds", f"{segmentationNode.GetSegmentation().GetSegment(painted[0]).GetName()} is painted"
+        ids = arrays.backgroundSegmentIds(segmentationNode)
+        if ids:
+            return "slices", f"{segmentationNode.GetSegmentation().GetSegment(ids[0]).GetName()} is not painted"
+        return "slices", f"no {BACKGROUND_NAME} segment"
 
     @property
     def running(self) -> bool:
@@ -245,8 +279,12 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
             self.jobs.job.wait(10)
         self.engine.close()
 
-    def preparePropagation(self, volumeNodes, segmentationNode, outputNode=None, componentRoles=None):
-        """Check the inputs and read them into arrays (a `PropagationJob`); the scene is not modified."""
+    def preparePropagation(self, volumeNodes, segmentationNode, outputNode=None, componentRoles=None, options=None):
+        """Check the inputs and read them into arrays (a `PropagationJob`) in the annotation mode of `options`
+        (default: complete slices): in seeds mode the Background segment's voxels get `options.background_label`
+        and every unpainted voxel is 0 (unknown); the scene is not modified."""
+        options = self._options(options)
+        seeds = options.annotation_mode == "seeds"
         self.lastResult = None
         self.lastUncertaintyNode = None
         self.lastMessages = []
@@ -269,7 +307,8 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
             raise InputError(f"Segmentation '{segmentationNode.GetName()}' has no segments: add one segment per "
                              "tumour class and paint the tumour on a few axial slices.")
-        labelsKJI, segmentIdOfValue, brats = self.labelArrayFromSegmentation(segmentationNode, reference)
+        labelsKJI, segmentIdOfValue, brats = self.labelArrayFromSegmentation(
+            segmentationNode, reference, options.background_label if seeds else None)
         core = brats and (1 in segmentIdOfValue or 4 in segmentIdOfValue)
         if core and "t1ce" not in (images if images is not None else volumes):  # what it costs (results section 4)
             self.lastMessages.append("Without a T1ce the tumour core and the enhancing tumour are much less accurate "
@@ -278,28 +317,40 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         ids, values, _ = self.segmentLabelInfo(segmentationNode)
         segmentation = segmentationNode.GetSegmentation()
         for sid in (s for s, v in zip(ids, values) if v == 0):
-            self.lastMessages.append(f"Segment '{segmentation.GetSegment(sid).GetName()}' is taken as background, not "
-                                     "as a tumour class: it is not propagated.")
+            name = segmentation.GetSegment(sid).GetName()
+            if not isBackgroundName(name):
+                self.lastMessages.append(f"Segment '{name}' is taken as background, not as a tumour class: it is not "
+                                         "propagated.")
+            elif not seeds and arrays.segmentHasVoxels(segmentationNode, sid):
+                self.lastMessages.append(f"Segment '{name}' is painted but the annotation is complete slices: its "
+                                         "strokes are not used (choose Seeds to use them).")
         if not segmentIdOfValue:
+            if seeds and np.any(labelsKJI):
+                raise InputError(f"Only {BACKGROUND_NAME} is painted in '{segmentationNode.GetName()}': paint at "
+                                 "least one tumour class too.")
             raise InputError(f"Segmentation '{segmentationNode.GetName()}' is empty on the grid of volume "
-                             f"'{reference.GetName()}': paint the tumour on at least one axial slice.")
+                             f"'{reference.GetName()}': paint the tumour on at least one "
+                             f"{'slice' if seeds else 'axial slice'}.")
         if images is None:
             images = {role: arrays.engineVolumeArray(node, axis) for role, node in volumes.items()}
         annotation = np.ascontiguousarray(self.toEngineArray(labelsKJI, axis))  # sent as is: C order
         job = PropagationJob(images=images, annotation=annotation, axis=axis,
                              referenceNode=reference, segmentationNode=segmentationNode, brats=brats,
-                             segmentIdOfValue=segmentIdOfValue, transformId=transformId, outputNode=outputNode)
+                             segmentIdOfValue=segmentIdOfValue, transformId=transformId, outputNode=outputNode,
+                             annotationMode=options.annotation_mode, backgroundLabel=int(options.background_label))
         job.correctedSlices, messages = corrections.takeCorrections(job, self._written.written(outputNode))
         self.lastMessages.extend(messages)
         return job
 
     def propagationRequest(self, job, options=None):
-        """The engine's request of a prepared job (`BrainDiffSegLib.jobs`): the options as strings, the annotation,
-        the images (which an engine service receives only when it does not have them yet)."""
+        """The engine's request of a prepared job (`BrainDiffSegLib.jobs`): the options as strings (in the job's
+        annotation mode), the annotation, the images (which an engine service receives only when it does not have
+        them yet)."""
         from BrainDiffSegLib.options import preset, to_strings
         from BrainDiffSegLib.transfer import EngineRequest
 
-        options = options if options is not None else preset("default")
+        options = replace(options if options is not None else preset("default"),  # as the annotation was read
+                          annotation_mode=job.annotationMode, background_label=job.backgroundLabel)
         return EngineRequest("propagate", {"options": to_strings(options), "return": ["labels", "entropy"]},
                              {"annotation": job.annotation}, volume=job.images)  # (disagreement: unused here)
 
@@ -321,6 +372,9 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
 
         result = PropagationResult.from_response(response)
         self.lastMessages.extend(str(m) for m in response.meta.get("messages", []))
+        for warning in map(str, response.meta.get("warnings") or []):  # for the user, e.g. seeds outside the head
+            if warning not in self.lastMessages:  # (once: they may be among the messages too)
+                self.lastMessages.append(warning)
         self.lastCacheStats = dict(response.meta.get("cache") or {})
         prepared = self._prepareResult(job, result)
         yield "adding the result"
@@ -378,7 +432,11 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
             locked = corrections.lockedMasks(job.outputNode, reference, axis)
             corrections.copyLockedSegments(detached, job.outputNode, locked, reference, axis)
         labels = corrections.withoutLocked(result.labels, locked)
-        arrays.fillResultSegmentation(detached, job, replace(result, labels=labels))
+        values = result.label_values
+        if job.annotationMode == "seeds":  # background is 0 in a result (the engine's, or any seeds kept as painted)
+            labels = np.where(labels == job.backgroundLabel, 0, labels)
+            values = [v for v in values if v != job.backgroundLabel]
+        arrays.fillResultSegmentation(detached, job, replace(result, labels=labels, label_values=values))
         valueOfName, _ = corrections.paintedValues(job.segmentationNode)
         return {"detached": detached, "written": corrections.writtenLabels(labels, locked, valueOfName,
                                                                            job.outputNode or detached)}
@@ -501,29 +559,35 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ segments and volumes from arrays
 
-    def addTumourSegments(self, segmentationNode) -> list[str]:
-        """Add the BraTS class segments (Necrotic core, Edema, Enhancing tumour) that no segment stands for yet;
-        returns the ids of the added segments."""
+    def addTumourSegments(self, segmentationNode, background: bool = True) -> list[str]:
+        """Add the BraTS class segments (Necrotic core, Edema, Enhancing tumour) that no segment stands for yet and,
+        with `background`, a 'Background' segment when no segment is named as background (painted, it makes the
+        annotation seeds: `annotationModeFor`); returns the ids of the added segments."""
         segmentation = segmentationNode.GetSegmentation()
-        present = {bratsLabelOfName(segmentation.GetSegment(s).GetName() or "") for s in segmentation.GetSegmentIDs()}
+        names = [segmentation.GetSegment(s).GetName() or "" for s in segmentation.GetSegmentIDs()]
+        present = {bratsLabelOfName(n) for n in names if not isBackgroundName(n)}
         added = []
         for value, (name, color) in BRATS_SEGMENTS.items():
             if value not in present:
                 added.append(segmentation.AddEmptySegment("", name, list(color)))
+        if background and not any(isBackgroundName(n) for n in names):
+            added.append(segmentation.AddEmptySegment("", BACKGROUND_NAME, list(BACKGROUND_COLOR)))
         return added
 
-    def paintTumourSegments(self, referenceVolumeNode, labels, name: str = "Painted"):
+    def paintTumourSegments(self, referenceVolumeNode, labels, name: str = "Painted", backgroundLabel=None):
         """A new segmentation (in the reference volume's scene) with the BraTS class segments painted from a label
         array in the engine's layout (axial axis last; values 1, 2, 4): for scripts, benchmarks and tests that
-        paint a simulated annotation. Returns the node; segment id -> BraTS value as `bratsLabelOfName` reads."""
+        paint a simulated annotation. With `backgroundLabel` (seeds: 0 unknown) a Background segment is painted
+        where `labels` has that value. Returns the node; segment id -> BraTS value as `bratsLabelOfName` reads."""
         axis = self.axialAxis(referenceVolumeNode)
         node = self._sceneOf(referenceVolumeNode).AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         node.CreateDefaultDisplayNodes()
         node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
-        self.addTumourSegments(node)
+        self.addTumourSegments(node, background=backgroundLabel is not None)
         segmentation = node.GetSegmentation()
         for sid in segmentation.GetSegmentIDs():
-            value = bratsLabelOfName(segmentation.GetSegment(sid).GetName())
+            segmentName = segmentation.GetSegment(sid).GetName()
+            value = backgroundLabel if isBackgroundName(segmentName) else bratsLabelOfName(segmentName)
             self.setSegmentFromArray(node, sid, self.fromEngineArray(labels == value, axis), referenceVolumeNode)
         return node
 

@@ -73,9 +73,10 @@ TCGA-LGG (Buda et al. 2019) images; their terms of use apply.
 
 class BrainDiffSegTest(ScriptedLoadableModuleTest):
     """Smoke test (Slicer's self-test, `slicer_add_python_unittest`): runs the scenarios of the source tree's
-    `Testing/Python/slicer_scenarios.py` (a synthetic propagation; a real case in the background, updated in place,
-    then cancelled; healthy-tissue inpainting of a real tumour core in the background, then cancelled) on the
-    application's scene, or on a slicer-core scene. Skipped where Testing/ is absent."""
+    `Testing/Python/slicer_scenarios.py` (a synthetic propagation from complete slices, and from seeds: strokes in
+    three views; a real case in the background, updated in place, then cancelled; healthy-tissue inpainting of a
+    real tumour core in the background, then cancelled) on the application's scene, or on a slicer-core scene.
+    Skipped where Testing/ is absent."""
 
     def setUp(self):
         self.tearDown()
@@ -97,8 +98,8 @@ class BrainDiffSegTest(ScriptedLoadableModuleTest):
         self._headless = None
 
     def runTest(self):
-        for test in (self.test_propagate_synthetic, self.test_real_case_in_background,
-                     self.test_inpaint_in_background):
+        for test in (self.test_propagate_synthetic, self.test_propagate_seeds_synthetic,
+                     self.test_real_case_in_background, self.test_inpaint_in_background):
             self.setUp()
             try:
                 test()
@@ -116,6 +117,9 @@ class BrainDiffSegTest(ScriptedLoadableModuleTest):
 
     def test_propagate_synthetic(self):
         self._scenarios().propagate_synthetic(self.logic)
+
+    def test_propagate_seeds_synthetic(self):
+        self._scenarios().propagate_seeds_synthetic(self.logic)
 
     def test_real_case_in_background(self):
         self._scenarios().real_case_in_background(self.logic)

@@ -6,11 +6,17 @@ real MRML scenes and real engines (Testing/Python/test_slicer_panel.py, test_sli
 
 Inputs come from the module's parameter node (`parameters`); where the engine runs comes from `EngineSettings`
 (the panel keeps them in the application's settings, not in the scene: a token must not be saved with a scene).
+
+The annotation mode (issue 23): the parameter AnnotationMode holds the panel's choice, Automatic (the default),
+Complete slices or Seeds (strokes); the Logic resolves it for the painted segmentation
+(`BrainDiffSegLogic.annotationModeFor`: Automatic is seeds when the Background segment is painted), the panel shows
+which mode the next Propagate uses and why (`PanelView.annotationText`), and a propagation's options carry the
+resolved mode. The engine's warnings (e.g. seeds outside the head) come with its messages in the status.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from BrainDiffSegLib.constants import ROLES
@@ -60,6 +66,7 @@ class PanelView:
     inpaintStatus: str
     inpaintProgress: int
     inpaintSettingsEnabled: bool
+    annotationText: str  # the annotation mode the next (or the running) propagation uses, and why
     nextPollMs: int  # when to poll again (the timer's interval); 0: as soon as the loop is idle
 
 
@@ -97,6 +104,7 @@ class PanelModel:
         self._announced = False
         self._outputNode = None
         self._reference = None
+        self._annotation = (None, "")  # (mode, text) of the running propagation, or the last one computed
 
     # ------------------------------------------------------------------ inputs
 
@@ -124,6 +132,23 @@ class PanelModel:
             return chosen
         painted = node.GetNodeReference("Segmentation")
         return self.logic.previousResultOf(painted) or painted
+
+    def annotationMode(self, node) -> tuple[str, str]:
+        """The annotation mode ('slices' or 'seeds') the next propagation uses, and why (`BrainDiffSegLogic.
+        annotationModeFor` of the painted segmentation and the stored choice; InputError for an unknown choice)."""
+        return self.logic.annotationModeFor(node.GetNodeReference("Segmentation") if node is not None else None,
+                                            parameters.annotationChoice(node) if node is not None else parameters.AUTO)
+
+    def annotationText(self, node, running: bool = False) -> tuple[str | None, str]:
+        """The mode of `annotationMode` and what the panel says of it: 'Propagate uses seeds (strokes): Background
+        is painted.' (None and the error for a bad choice)."""
+        try:
+            mode, reason = self.annotationMode(node)
+        except InputError as exc:
+            return None, str(exc)
+        label = dict(parameters.annotationChoices())[mode].lower()
+        text = _("This run uses {mode}: {reason}.") if running else _("Propagate uses {mode}: {reason}.")
+        return mode, text.format(mode=label, reason=reason)
 
     def readyToInpaint(self, node) -> bool:
         return node is not None and node.GetNodeReference("InpaintVolume") is not None and \
@@ -159,6 +184,10 @@ class PanelModel:
             raise InputError(f"Backbone folder '{options.checkpoint}' does not exist; leave it empty for the bundled "
                              "model.")  # (a server's folders are checked where they are)
         outputNode = self.logic.previousResultOf(segmentationNode) if parameters.flag(node, "UpdateResult") else None
+        annotation = self.annotationText(node, running=True)
+        if annotation[0] is None:
+            raise InputError(annotation[1])
+        options = replace(options, annotation_mode=annotation[0])
         job = self.logic.startPropagation(self.inputVolumes(node), segmentationNode, options,
                                           createUncertainty=parameters.flag(node, "CreateUncertainty"),
                                           outputNode=outputNode, componentRoles=parameters.componentRoles(node))
@@ -166,6 +195,7 @@ class PanelModel:
         volumes = self.inputVolumes(node)
         self._reference = volumes if hasattr(volumes, "IsA") else next(iter(volumes.values()))
         self.status, self.progress, self.leastCertain = _("Starting..."), 0, ""
+        self._annotation = annotation
         return job
 
     def startInpainting(self, node):
@@ -267,6 +297,10 @@ class PanelModel:
         inpainting = state is not None and state.kind == "inpainting"
         ready = self.readyToPropagate(node)
         inpaintReady = self.readyToInpaint(node)
+        if state is None:  # (while a job runs: what the running propagation uses; no reading of segments per tick)
+            chosen = node is not None and node.GetNodeReference("Segmentation") is not None
+            self._annotation = self.annotationText(node) if chosen else (None, "")
+        seeds = ready and self._annotation[0] == "seeds"
         z = self.nextSlice[0] if self.nextSlice is not None else None
         return PanelView(
             running=state is not None,
@@ -274,6 +308,7 @@ class PanelModel:
             propagateEnabled=propagating or (ready and not inpainting),
             propagateToolTip=(_("Stop the propagation; the scene is left as it was.") if propagating else
                               _("Wait for the inpainting to finish.") if inpainting else
+                              _("Segment the whole volume from the painted strokes.") if seeds else
                               _("Segment every axial slice from the painted ones.") if ready else
                               _("Select at least one input volume and the painted segmentation.")),
             status=self.status, progress=self.progress,
@@ -290,6 +325,7 @@ class PanelModel:
                             _("Select the T1 volume and the segmentation of the region to inpaint.")),
             inpaintStatus=self.inpaintStatus, inpaintProgress=self.inpaintProgress,
             inpaintSettingsEnabled=not inpainting,
+            annotationText=self._annotation[1],
             nextPollMs=state.next_poll_ms if state is not None else 100)
 
 

@@ -3,9 +3,12 @@
 Every field of `BrainDiffSegLib.options.PropagationOptions` is one parameter, named after its command-line flag in
 CamelCase ('method' -> 'Method', 'batch-size' -> 'BatchSize', 'ensemble' -> 'Ensemble', ...), stored as the
 string `BrainDiffSegLib.options.to_strings` writes and read back with `from_strings` (the panel's widgets for them
-are bound in `bindings`, their choices and bounds from the fields). The panel's own parameters (not options): ComponentRoles, CreateUncertainty, ShowUncertainty, UpdateResult, and for healthy-tissue inpainting
-InpaintSteps (DDIM steps) and InpaintSegments (the chosen segment ids, comma-separated; empty: the visible ones). The
-panel's input nodes are node references (Input_<role>, MultiComponent, Segmentation, InpaintVolume,
+are bound in `bindings`, their choices and bounds from the fields). AnnotationMode (the option `annotation_mode`)
+also takes 'auto', the panel's default: the Logic picks complete slices or seeds from the painted segmentation
+(`BrainDiffSegLogic.annotationModeFor`); `optionsFromParameters` leaves the option's default for it. The panel's own
+parameters (not options): ComponentRoles, CreateUncertainty, ShowUncertainty, UpdateResult, and for healthy-tissue
+inpainting InpaintSteps (DDIM steps) and InpaintSegments (the chosen segment ids, comma-separated; empty: the
+visible ones). The panel's input nodes are node references (Input_<role>, MultiComponent, Segmentation, InpaintVolume,
 InpaintSegmentation). Standard library only: works before torch is installed.
 Slicer's `parameterNodeWrapper` is not used: it is not available under slicer-core.
 """
@@ -21,6 +24,8 @@ from BrainDiffSegLib.options import OptionField, fields, from_strings, one_seed,
 PANEL_DEFAULTS = {"ComponentRoles": ",".join(ROLES), "CreateUncertainty": "true", "ShowUncertainty": "false",
                   "UpdateResult": "true"}
 INPAINT_DEFAULTS = {"InpaintSteps": "25", "InpaintSegments": ""}  # the panel's healthy-tissue inpainting
+AUTO = "auto"  # AnnotationMode: the mode follows the painted segmentation (BrainDiffSegLogic.annotationModeFor)
+CHOICE_DEFAULTS = {"AnnotationMode": AUTO}  # option parameters whose panel default is a choice of the panel's own
 
 
 def parameterName(key: str) -> str:
@@ -36,7 +41,8 @@ def optionParameters() -> dict[str, OptionField]:
 def defaultParameters() -> dict[str, str]:
     """Parameter name -> default value (strings, as stored in the parameter node)."""
     values = to_strings(preset("default"))
-    return {**{parameterName(key): value for key, value in values.items()}, **PANEL_DEFAULTS, **INPAINT_DEFAULTS}
+    return {**{parameterName(key): value for key, value in values.items()}, **CHOICE_DEFAULTS, **PANEL_DEFAULTS,
+            **INPAINT_DEFAULTS}
 
 
 def setDefaultParameters(parameterNode, overwrite: bool = False) -> None:
@@ -64,8 +70,8 @@ def optionsFromParameters(parameterNode, base=None):
     options = base if base is not None else preset("default")
     for name, f in optionParameters().items():
         text = (parameterNode.GetParameter(name) or "").strip()
-        if not text or f.key == "classifier-seed":
-            continue  # not set: the default; the classifier's seed is Seed's
+        if not text or f.key == "classifier-seed" or (f.key == "annotation-mode" and text.lower() == AUTO):
+            continue  # not set: the default; the classifier's seed is Seed's; 'auto': the Logic picks the mode
         try:
             options = from_strings({f.key: text}, base=options)
         except InputError as exc:
@@ -74,6 +80,28 @@ def optionsFromParameters(parameterNode, base=None):
                 message = name + message[len(f.key):]
             raise InputError(message) from None
     return one_seed(options)
+
+
+def annotationChoices() -> list[tuple[str, str]]:
+    """The panel's Annotation choices, (value, label): Automatic, then the option's modes."""
+    f = optionParameters()["AnnotationMode"]
+    return [(AUTO, "Automatic")] + [(c, f.label(c)[:1].upper() + f.label(c)[1:]) for c in f.choices]
+
+
+def annotationChoiceOf(text: str) -> str:
+    """'auto', 'slices' or 'seeds' from a stored choice (its value or label, any case; empty: 'auto'); InputError
+    naming AnnotationMode otherwise."""
+    wanted = (text or AUTO).strip().lower()
+    for value, label in annotationChoices():
+        if wanted in (value, label.lower()):
+            return value
+    raise InputError(f"AnnotationMode: '{text}' is unknown; use one of "
+                     f"{', '.join(value for value, _ in annotationChoices())}.")
+
+
+def annotationChoice(parameterNode) -> str:
+    """The stored Annotation choice ('auto', 'slices' or 'seeds')."""
+    return annotationChoiceOf(parameterNode.GetParameter("AnnotationMode"))
 
 
 def componentRoles(parameterNode) -> list[str] | None:

@@ -74,7 +74,8 @@ def labelValuesForSegments(names: list[str], terminologies: list[str] | None = N
     """Label value of each segment (in segment order) and whether the BraTS values were used.
 
     A segment named as background (`isBackgroundName`) gets 0: it is no tumour class and its voxels are not
-    propagated. The others: BraTS values (1 necrotic core, 2 edema, 4 enhancing) when every one is recognised by its
+    propagated (in seeds mode its voxels become background seeds: `arrays.labelArrayFromSegmentation`). The
+    others: BraTS values (1 necrotic core, 2 edema, 4 enhancing) when every one is recognised by its
     name, or else by its terminology, and no two fall in the same class; otherwise 1..N in segment order."""
     terminologies = terminologies or [""] * len(names)
     background = [isBackgroundName(n) for n in names]

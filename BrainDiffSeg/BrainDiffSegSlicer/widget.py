@@ -9,6 +9,10 @@ process: a private local engine service (Slicer's own Python) or a remote server
 
 qt / ctk are imported inside the methods, so the file also imports under slicer-core.
 
+The Annotation combo (Automatic, Complete slices, Seeds) is stored in the parameter AnnotationMode; the label under
+it says which mode the next Propagate uses and why (`PanelView.annotationText`), refreshed when the painted
+segmentation's segments change (painting the Background segment switches Automatic to seeds).
+
 Length: the Qt side of one panel (signals, parameter node <-> widgets, the engine settings, showing a result and
 the inpainting section's inputs); its behaviour is in `panel`, its option bindings in `bindings`.
 """
@@ -31,6 +35,7 @@ from .logic import BrainDiffSegLogic
 from .panel import EngineSettings, PanelModel, startError
 
 log = logging.getLogger(__name__)
+SEGMENT_EVENTS = ("SegmentAdded", "SegmentRemoved", "SegmentModified", "SourceRepresentationModified")
 SETTINGS = "BrainDiffSeg/"  # application settings: Engine, ServerUrl, ServerCaFile (the token is kept in memory)
 ENGINE_CHOICES = (("local", "This computer (a separate process)"), ("remote", "A server (GPU)"))
 
@@ -49,6 +54,8 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         self._updatingGUI = False
         self._timer = None
         self._optionWidgets = {}
+        self._observedSegmentation = None
+        self._annotationTimer = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -67,6 +74,10 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         self._timer = qt.QTimer()
         self._timer.setSingleShot(True)
         self._timer.connect("timeout()", self.onTick)
+        self._annotationTimer = qt.QTimer()  # painting: the annotation mode is shown again once the stroke is in
+        self._annotationTimer.setSingleShot(True)
+        self._annotationTimer.setInterval(200)
+        self._annotationTimer.connect("timeout()", self.onSegmentsChanged)
         slicer.app.connect("aboutToQuit()", self.logic.stopEngine)  # the local service stops with Slicer
 
         self._optionWidgets = {name: getattr(self.ui, name) for name in bindings.OPTION_WIDGETS}
@@ -81,6 +92,10 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
                          "inpaintVolumeSelector", "inpaintSegmentsSelector"]:
             getattr(self.ui, selector).connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.componentRolesLineEdit.connect("editingFinished()", self.updateParameterNodeFromGUI)
+        self.ui.annotationModeComboBox.clear()
+        for value, label in parameters.annotationChoices():
+            self.ui.annotationModeComboBox.addItem(_(label), value)
+        self.ui.annotationModeComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         for box in ("updateResultCheckBox", "uncertaintyCheckBox"):
             getattr(self.ui, box).connect("toggled(bool)", self.updateParameterNodeFromGUI)
         self.ui.inpaintSegmentsSelector.connect("segmentSelectionChanged(QStringList)",
@@ -205,6 +220,8 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         node.EndModify(wasModifying)
 
     def setParameterNode(self, node):
+        if node is None:
+            self._observeSegmentation(None)
         if self._parameterNode is not None:
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self._parameterNode = node
@@ -223,6 +240,7 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
             self.ui.multiComponentSelector.setCurrentNode(node.GetNodeReference("MultiComponent"))
             self.ui.segmentationSelector.setCurrentNode(node.GetNodeReference("Segmentation"))
             self.ui.componentRolesLineEdit.text = node.GetParameter("ComponentRoles")
+            self._showAnnotationChoice(node)
             bindings.updateWidgets(node, self._optionWidgets)
             self.ui.updateResultCheckBox.checked = parameters.flag(node, "UpdateResult")
             self.ui.uncertaintyCheckBox.checked = parameters.flag(node, "CreateUncertainty")
@@ -243,6 +261,8 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         node.SetNodeReferenceID("MultiComponent", self.ui.multiComponentSelector.currentNodeID)
         node.SetNodeReferenceID("Segmentation", self.ui.segmentationSelector.currentNodeID)
         node.SetParameter("ComponentRoles", self.ui.componentRolesLineEdit.text)
+        combo = self.ui.annotationModeComboBox
+        node.SetParameter("AnnotationMode", combo.itemData(max(combo.currentIndex, 0)))
         bindings.updateParameters(node, self._optionWidgets)
         node.SetParameter("UpdateResult", "true" if self.ui.updateResultCheckBox.checked else "false")
         node.SetParameter("CreateUncertainty", "true" if self.ui.uncertaintyCheckBox.checked else "false")
@@ -253,9 +273,39 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         node.SetParameter("InpaintSteps", str(self.ui.inpaintStepsSpinBox.value))
         node.EndModify(wasModifying)
 
+    def _showAnnotationChoice(self, node):
+        combo = self.ui.annotationModeComboBox
+        values = [combo.itemData(i) for i in range(combo.count)]
+        try:
+            choice = parameters.annotationChoice(node)
+        except BrainDiffSegError:
+            choice = parameters.AUTO  # (the label under the combo says what is wrong with the stored one)
+        combo.setCurrentIndex(values.index(choice) if choice in values else 0)
+
+    def _observeSegmentation(self, segmentationNode):
+        """Watch the painted segmentation's segments (their voxels decide the Automatic annotation mode)."""
+        if segmentationNode is self._observedSegmentation:
+            return
+        events = [getattr(slicer.vtkSegmentation, name) for name in SEGMENT_EVENTS]
+        if self._observedSegmentation is not None:
+            for event in events:
+                self.removeObserver(self._observedSegmentation, event, self.onSegmentsModified)
+        if segmentationNode is not None:
+            for event in events:
+                self.addObserver(segmentationNode, event, self.onSegmentsModified)
+        self._observedSegmentation = segmentationNode
+
+    def onSegmentsModified(self, caller=None, event=None):
+        self._annotationTimer.start()  # once per burst of events (a stroke, several segments added)
+
+    def onSegmentsChanged(self):
+        if self._parameterNode is not None:  # (while a job runs the view keeps the running job's mode)
+            self.ui.annotationModeLabel.text = self.model.view(self._parameterNode).annotationText
+
     def _updateSegmentEditor(self):
         editor = self.ui.segmentEditorWidget
         segmentationNode = self._parameterNode.GetNodeReference("Segmentation")
+        self._observeSegmentation(segmentationNode)
         result = self.logic.previousResultOf(segmentationNode) if self.ui.editResultCheckBox.checked else None
         target = result or segmentationNode
         if editor.segmentationNode() is not target:  # switching clears the editor's undo history
@@ -274,8 +324,9 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
         ui.propagateButton.toolTip = view.propagateToolTip
         ui.statusLabel.text, ui.progressBar.value = view.status, view.progress
         for name in ("inputsCollapsibleButton", "advancedCollapsibleButton", "restoreDefaultsButton",
-                     "editResultCheckBox"):
+                     "editResultCheckBox", "annotationModeComboBox"):
             getattr(ui, name).enabled = view.settingsEnabled
+        ui.annotationModeLabel.text = view.annotationText
         painted = self._parameterNode.GetNodeReference("Segmentation") if self._parameterNode else None
         editor = ui.segmentEditorWidget  # no corrections into the result while an update runs
         editor.readOnly = not view.settingsEnabled and editor.segmentationNode() not in (None, painted)
@@ -387,7 +438,7 @@ class BrainDiffSegWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservatio
             added = self.logic.addTumourSegments(segmentationNode)
             self.ui.statusLabel.text = (_("Added: ") + ", ".join(
                 segmentationNode.GetSegmentation().GetSegment(s).GetName() for s in added)) if added else \
-                _("The tumour segments exist already.")
+                _("The tumour and Background segments exist already.")
 
     def onShowUncertainty(self, show):
         self.updateParameterNodeFromGUI()

@@ -6,8 +6,9 @@ Not part of the Slicer extension. The quick preview (`--fast`) is the options pr
 line (`BrainDiffSegCLI.web`).
 Needs the `web` extra: `pip install -e .[web]`.
 
-Modules: `app` (the trame UI), `session` (loaded case, background propagation, saving), `paint_fix` (work-arounds
-for trame-slicer 2.0.0's brush).
+Modules: `app` (the trame UI), `session` (loaded case, annotation mode, background propagation, saving), `planes`
+(the slices of the three views and the strokes on them, numpy only), `paint_fix` (work-arounds for trame-slicer
+2.0.0's brush).
 """
 from __future__ import annotations
 
@@ -56,5 +57,8 @@ def run(args, options) -> int:
 
     from .app import serve
 
-    serve(load, options=options, out_dir=args.out, host=args.host, port=args.port, brush_mm=args.brush)
+    # the panel's annotation choice: Automatic, unless --annotation-mode was given
+    choice = vars(args).get("annotation-mode") or vars(args).get("annotation_mode") or "auto"
+    serve(load, options=options, out_dir=args.out, host=args.host, port=args.port, brush_mm=args.brush,
+          annotation_choice=choice)
     return 0

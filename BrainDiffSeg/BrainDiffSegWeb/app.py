@@ -1,11 +1,15 @@
 """The browser annotator: a trame-slicer application around an `AnnotationSession`.
 
-Axial (large), sagittal and coronal slice views of the case; in the side panel: the sequence shown, the painted
-segments (select one, Paint / Erase with a one-slice brush, undo), the axial slice, Propagate with a progress bar,
-stage text and Cancel, the propagated segments with their voxel counts, an uncertainty overlay toggle, the slices
-the model is least sure of (click one to go there), "Paint this slice next" (the suggested slice), "Inpaint healthy
-tissue" (the T1 inside the propagated or the painted tumour, shown as the background volume and saved as a numbered
-NIfTI when done) and Save.
+Axial (large), sagittal and coronal slice views of the case, each paintable; in the side panel: the sequence shown,
+the painted segments (the BraTS classes and Background; select one, Paint / Erase with a brush one slice thick in the
+view it paints in, undo), the annotation mode (Automatic / Complete slices / Seeds (strokes), and the mode the next
+Propagate uses, resolved by the session with the Slicer panel's rule), what is painted (the annotated axial slices, or
+the slices of each view that hold seeds), the axial, sagittal and coronal slice shown, Propagate with a progress bar,
+stage text and Cancel, the engine's warnings, the propagated segments with their voxel counts, an uncertainty
+overlay toggle, the slices the model is least sure of (click one to go there), "Paint this slice next" (the suggested
+axial slice: paint it completely, or in seeds mode a few strokes, Background only where it has no tumour), "Inpaint
+healthy tissue" (the T1 inside the propagated or the painted tumour, shown as the background volume and saved as a
+numbered NIfTI when done) and Save.
 
 Everything that changes the MRML scene runs on the server's event loop; the propagation and the inpainting run in a
 worker thread (see `session.py`; one job at a time, sharing the progress bar and Cancel), polled by `_poll` a few
@@ -42,7 +46,8 @@ from undo_stack import UndoStack  # noqa: E402
 from BrainDiffSegLib.errors import BrainDiffSegError  # noqa: E402
 
 from .paint_fix import rebind_effect_pipelines, use_slice_brush  # noqa: E402
-from .session import DEFAULT_SEGMENTS, AnnotationSession, JobStatus  # noqa: E402
+from .planes import ORIENTATIONS  # noqa: E402
+from .session import DEFAULT_SEGMENTS, MODE_LABELS, AnnotationSession, JobStatus  # noqa: E402
 
 INPAINTED_ROLE = "inpainted"  # the sequence menu's entry for the newest inpainted T1
 
@@ -50,10 +55,17 @@ log = logging.getLogger(__name__)
 
 LAYOUT_ID = "BrainDiffSeg"
 AXIAL, SAGITTAL, CORONAL = "Red", "Yellow", "Green"  # the views' singleton tags
+VIEW_OF = {"axial": AXIAL, "sagittal": SAGITTAL, "coronal": CORONAL}  # orientation -> view
+ORIENTATION_OF = {tag: orientation for orientation, tag in VIEW_OF.items()}
 TOOLS = {"none": SegmentationEffectNoTool, "paint": SegmentationEffectPaint, "erase": SegmentationEffectErase}
 POLL_SECONDS = 0.25
-HELP = ("Select a segment and paint the whole tumour class on a few axial slices (unpainted voxels of a painted "
-        "slice are background). Propagate segments every other slice into a new segmentation.")
+HELP = {"slices": "Complete slices: select a segment and paint the whole tumour class on a few axial slices "
+                  "(unpainted voxels of a painted slice are background). Propagate segments every other slice into "
+                  "a new segmentation.",
+        "seeds": "Seeds: paint a few strokes inside each tumour class and Background strokes around the tumour, in "
+                 "any view (a stroke stays in the slice of the view it is painted in; a Background stroke alone says "
+                 "'no tumour here'). Unpainted voxels are unknown. Propagate labels every voxel into a new "
+                 "segmentation."}
 
 
 def _quiet_trame_logging() -> None:
@@ -77,7 +89,8 @@ class BrainDiffSegWebApp:
 
     session_loader(session) loads the sequences into the session's scene (raises InputError for bad input)."""
 
-    def __init__(self, session_loader, options=None, out_dir=None, server=None, brush_mm: float = 3.0):
+    def __init__(self, session_loader, options=None, out_dir=None, server=None, brush_mm: float = 3.0,
+                 annotation_choice: str = "auto"):
         _quiet_trame_logging()
         self.server = get_server(server, client_type="vue3")
         self.state, self.ctrl = self.server.state, self.server.controller
@@ -89,6 +102,7 @@ class BrainDiffSegWebApp:
                                          segmentationsLogic=self.slicer_app.segmentations_logic)
         session_loader(self.session)
         self.session.check_volumes()
+        self.session.set_annotation_choice(annotation_choice)
         self.out_dir = Path(out_dir) if out_dir else self.session.case_dir
         self.brush_mm = brush_mm
         self._painted_dirty = True
@@ -121,9 +135,17 @@ class BrainDiffSegWebApp:
         s.background_role = "flair" if "flair" in self.session.volumes else s.sequences[0]["value"]
         s.segments, s.active_segment_id, s.annotated_slices = [], "", []
         s.tool, s.brush_mm = "none", self.brush_mm
-        s.axial_slices = self.session.axial_slice_count()
-        s.axial_slice = s.axial_slices // 2
+        for orientation in ORIENTATIONS:  # axial_slices / axial_slice, sagittal_..., coronal_...: counts and shown
+            s[f"{orientation}_slices"] = self.session.plane_count(orientation)
+            s[f"{orientation}_slice"] = s[f"{orientation}_slices"] // 2
         s.axial_xy_to_ras, s.axial_view_size = [], [0, 0]
+        s.view_xy_to_ras = {}  # view tag -> its XY (pixels from the bottom left) -> RAS matrix, row-major
+        s.annotation_choices = [{"title": label, "value": value} for value, label in self.session.annotation_choices()]
+        s.annotation_choice = self.session.annotation_choice
+        s.annotation_mode, s.annotation_reason, s.annotation_help = "slices", "", HELP["slices"]
+        s.annotation_mode_label = MODE_LABELS["slices"]
+        s.painting_summary, s.seed_planes = "", {}
+        s.notes = []
         s.can_undo = False
         s.job_status, s.job_stage, s.job_percent, s.job_seconds = JobStatus.IDLE.value, "", 0, 0.0
         s.running = False
@@ -163,8 +185,12 @@ class BrainDiffSegWebApp:
                     with v3.Template(v_slot_prepend=True):
                         v3.VIcon("mdi-square", color=("seg.color",))
                     v3.VListItemTitle("{{ seg.name }}")
-            html.Div("Annotated axial slices: {{ annotated_slices.length ? annotated_slices.join(', ') : 'none' }}",
-                     classes="text-caption mb-1", id="annotated-slices")
+            v3.VSelect(label="Annotation", items=("annotation_choices",), v_model=("annotation_choice",),
+                       density="compact", hide_details=True, id="annotation-choice", classes="mt-2 mb-1")
+            html.Div("Next Propagate: {{ annotation_mode_label }}"
+                     "{{ annotation_reason ? ` - ${annotation_reason}` : '' }}", classes="text-caption",
+                     id="annotation-mode")
+            html.Div("{{ painting_summary }}", classes="text-caption mb-1", id="annotated-slices")
             with v3.VBtnToggle(v_model=("tool",), mandatory=True, density="compact", divided=True,
                                variant="outlined", classes="mb-1"):
                 v3.VBtn("None", value="none", id="tool-none", prepend_icon="mdi-cursor-default")
@@ -174,9 +200,12 @@ class BrainDiffSegWebApp:
                     click=self.undo)
             v3.VSlider(v_model=("brush_mm",), min=1, max=20, step=0.5, label="Brush (mm)", thumb_label=True,
                        density="compact", hide_details=True, id="brush-size")
-            v3.VTextField(v_model_number=("axial_slice",), type="number", label=("`Axial slice (0-${axial_slices - 1})`",),
-                          density="compact", hide_details=True, id="axial-slice", classes="my-2")
-            html.Div(HELP, classes="text-caption text-medium-emphasis mb-2")
+            with html.Div(classes="d-flex ga-1 my-2"):
+                for orientation in ORIENTATIONS:
+                    v3.VTextField(v_model_number=(f"{orientation}_slice",), type="number",
+                                  label=(f"`{orientation.capitalize()} (0-${{{orientation}_slices - 1}})`",),
+                                  density="compact", hide_details=True, id=f"{orientation}-slice")
+            html.Div("{{ annotation_help }}", classes="text-caption text-medium-emphasis mb-2", id="help")
             v3.VDivider(classes="my-2")
             with html.Div(classes="d-flex ga-2 mb-1"):
                 v3.VBtn("Propagate", color="primary", click=self.propagate, disabled=("running",), id="propagate",
@@ -189,6 +218,9 @@ class BrainDiffSegWebApp:
             v3.VAlert(text=("message",), type=("message_type",), v_if="message", density="compact",
                       variant="tonal", id="message", classes="my-1", closable=True,
                       click_close="message = ''")
+            with html.Div(id="notes", v_if="notes.length"):
+                v3.VAlert(text=("note",), v_for="(note, i) in notes", key="i", type="warning", density="compact",
+                          variant="tonal", classes="my-1 text-caption")
             with html.Div(v_if="result_name", id="result"):
                 html.Div("{{ result_name }}", classes="text-subtitle-2 mt-2")
                 with v3.VTable(density="compact"):
@@ -231,7 +263,7 @@ class BrainDiffSegWebApp:
         painted = editor.create_empty_segmentation_node()
         painted.SetName("Painted")
         editor.set_active_segmentation(painted, session.reference)
-        for name, color in DEFAULT_SEGMENTS:
+        for name, color in DEFAULT_SEGMENTS:  # the BraTS classes, then Background
             editor.add_empty_segment(segment_name=name, segment_color=list(color))
         editor.set_active_segment_id(editor.get_nth_segment_id(0))
         for effect_type in (SegmentationEffectPaint, SegmentationEffectErase):
@@ -246,18 +278,22 @@ class BrainDiffSegWebApp:
         for view in self.slicer_app.view_manager.get_slice_views():
             view.fit_view_to_content()
         self._update_segments()
-        self._jump_to_axial(self.state.axial_slice)
+        for orientation in ORIENTATIONS:
+            self._jump(orientation, self.state[f"{orientation}_slice"])
         self._fitted_sizes = {}
         for view in self.slicer_app.view_manager.get_slice_views():
             view.get_view_node().AddObserver("ModifiedEvent", lambda node, _event: self._on_view_node_modified(node))
-        self._on_axial_view_modified()
+        for tag in VIEW_OF.values():
+            self._publish_view(tag)
 
     def _bind(self):
         self.state.change("background_role")(self._on_background_role)
         self.state.change("active_segment_id")(self._on_active_segment)
         self.state.change("tool")(self._on_tool)
         self.state.change("brush_mm")(self._on_brush)
-        self.state.change("axial_slice")(self._on_axial_slice)
+        for orientation in ORIENTATIONS:
+            self.state.change(f"{orientation}_slice")(self._slice_handler(orientation))
+        self.state.change("annotation_choice")(self._on_annotation_choice)
         self.state.change("show_uncertainty")(self._on_show_uncertainty)
         self.editor.segmentation_modified.connect(self._on_painted_modified)
         undo = self.editor.undo_stack
@@ -277,13 +313,21 @@ class BrainDiffSegWebApp:
         self._painted_dirty = True  # the annotated-slice summary is refreshed by _poll (not on every stroke)
 
     def _refresh_annotated_slices(self):
-        import numpy as np
-
-        logic, reference = self.session.logic, self.session.reference
-        labels, _, _ = logic.labelArrayFromSegmentation(self.session.painted, reference)
-        engine = logic.toEngineArray(labels, logic.axialAxis(reference))
-        self.state.annotated_slices = [int(z) for z in np.flatnonzero(engine.reshape(-1, engine.shape[-1]).any(0))]
+        """The annotation mode the next Propagate uses and what is painted (refreshed by `_poll` after painting)."""
+        painting = self.session.painting()
+        self.state.annotated_slices, self.state.seed_planes = painting.annotated, painting.seed_planes
+        self.state.annotation_mode, self.state.annotation_reason = painting.mode, painting.reason
+        self.state.annotation_mode_label, self.state.annotation_help = MODE_LABELS[painting.mode], HELP[painting.mode]
+        self.state.painting_summary = painting.summary
         self._painted_dirty = False
+
+    def _on_annotation_choice(self, annotation_choice, **_):
+        try:
+            self.session.set_annotation_choice(annotation_choice)
+        except BrainDiffSegError as exc:
+            self._say(str(exc), "warning")
+            return
+        self._refresh_annotated_slices()
 
     def _on_active_segment(self, active_segment_id, **_):
         if active_segment_id and active_segment_id != self.editor.get_active_segment_id():
@@ -312,56 +356,68 @@ class BrainDiffSegWebApp:
             self.slicer_app.display_manager.show_volume_in_slice_background(node)
             self._show_uncertainty_overlay(self.state.show_uncertainty)
 
-    def _jump_to_axial(self, z: int):
-        r, a, s = self.session.slice_ras(z)
-        for view in self.slicer_app.view_manager.get_slice_views():
-            view.get_view_node().JumpSliceByOffsetting(r, a, s)
+    def _jump(self, orientation: str, index: int):
+        """Show slice `index` of an orientation in its view (on the voxel centres: what is shown is painted)."""
+        self.state[f"{orientation}_slice"] = int(index)  # first: a view fitted meanwhile goes back to this slice
+        view = self.slicer_app.view_manager.get_view(VIEW_OF[orientation])
+        view.get_view_node().JumpSliceByOffsetting(*self.session.plane_ras(orientation, int(index)))
 
-    def _on_axial_slice(self, axial_slice, **_):
+    def _jump_to_axial(self, z: int):
+        self._jump("axial", z)
+
+    def _slice_handler(self, orientation: str):
+        """The state-change handler of `<orientation>_slice` (trame passes the whole state as keywords)."""
+        return lambda **state: self._on_slice(orientation, state.get(f"{orientation}_slice"))
+
+    def _on_slice(self, orientation: str, index):
         try:
-            z = int(axial_slice)
+            index = int(index)
         except (TypeError, ValueError):
             return
-        z = min(max(z, 0), self.state.axial_slices - 1)
-        if z != self._current_axial_index():
-            self._jump_to_axial(z)
+        index = min(max(index, 0), self.state[f"{orientation}_slices"] - 1)
+        if index != self._current_index(orientation):
+            self._jump(orientation, index)
 
-    def _current_axial_index(self) -> int:
-        """The axial slice index (engine convention) the axial view shows."""
-        import numpy as np
-
-        view_node = self.slicer_app.view_manager.get_view(AXIAL).get_view_node()
-        m = view_node.GetSliceToRAS()
-        ras = np.array([m.GetElement(i, 3) for i in range(3)] + [1.0])
-        ijk = np.linalg.inv(self.session.logic.ijkToRasArray(self.session.reference)) @ ras
-        return int(round(ijk[self.session.logic.axialAxis(self.session.reference)]))
+    def _current_index(self, orientation: str) -> int:
+        """The slice of an orientation (index along its IJK axis; axial: the engine's index) its view shows."""
+        m = self.slicer_app.view_manager.get_view(VIEW_OF[orientation]).get_view_node().GetSliceToRAS()
+        return self.session.plane_index(orientation, [m.GetElement(i, 3) for i in range(3)])
 
     def _on_view_node_modified(self, view_node):
         """Fit a slice view to the volume whenever its size changes (the browser sets the size after the first
-        render), then publish the axial view's geometry."""
+        render; fitting re-centres the slice, so the view then goes back to its slice), then publish the view's
+        geometry and slice."""
         size = tuple(view_node.GetDimensions()[:2])
         tag = view_node.GetSingletonTag()
+        if tag not in ORIENTATION_OF:
+            return
         if self._fitted_sizes.get(tag) != size and min(size) > 1:
             self._fitted_sizes[tag] = size
             view = self.slicer_app.view_manager.get_view(tag)
             if view is not None:
                 view.fit_view_to_content()
-                self._jump_to_axial(int(self.state.axial_slice))
-        if tag == AXIAL:
-            self._on_axial_view_modified()
+                orientation = ORIENTATION_OF[tag]
+                self._jump(orientation, int(self.state[f"{orientation}_slice"]))
+        self._publish_view(tag)
 
-    def _on_axial_view_modified(self):
-        """Publish the axial view's slice index and its XY (pixels from the bottom left) -> RAS matrix."""
-        view = self.slicer_app.view_manager.get_view(AXIAL)
+    def _publish_view(self, tag: str):
+        """Publish a view's slice index and its XY (pixels from the bottom left) -> RAS matrix (`view_xy_to_ras`;
+        the axial view's also as `axial_xy_to_ras` / `axial_view_size`)."""
+        view = self.slicer_app.view_manager.get_view(tag)
+        if view is None:
+            return
         m = view.get_view_node().GetXYToRAS()
         xy_to_ras = [round(m.GetElement(i, j), 6) for i in range(4) for j in range(4)]
-        z = self._current_axial_index()
+        orientation = ORIENTATION_OF[tag]
+        index = self._current_index(orientation)
         with self.state:
-            if xy_to_ras != self.state.axial_xy_to_ras:
-                self.state.axial_xy_to_ras = xy_to_ras
-                self.state.axial_view_size = list(view.get_view_node().GetDimensions()[:2])
-            if z != self.state.axial_slice:
-                self.state.axial_slice = z
+            if xy_to_ras != self.state.view_xy_to_ras.get(tag):
+                self.state.view_xy_to_ras = {**self.state.view_xy_to_ras, tag: xy_to_ras}
+                if tag == AXIAL:
+                    self.state.axial_xy_to_ras = xy_to_ras
+                    self.state.axial_view_size = list(view.get_view_node().GetDimensions()[:2])
+            if index != self.state[f"{orientation}_slice"]:
+                self.state[f"{orientation}_slice"] = index
 
     # ------------------------------------------------------------------ propagation
 
@@ -378,6 +434,7 @@ class BrainDiffSegWebApp:
 
     def _job_started(self, kind: str):
         self._say("")
+        self.state.notes = []
         self.state.running, self.state.job_status, self.state.job_percent = True, JobStatus.RUNNING.value, 0
         self.state.job_stage, self.state.job_kind = "starting", kind
 
@@ -433,7 +490,9 @@ class BrainDiffSegWebApp:
         self._show_uncertainty_overlay(self.state.show_uncertainty)
         self.state.inpaint_sources = self._inpaint_sources()
         self.state.inpaint_source = "result"  # inpainting now defaults to the propagated tumour
-        self._say(f"Propagated in {job.seconds:.1f} s into '{result.GetName()}' (feature cache "
+        self.state.notes = self.session.notes()
+        mode = MODE_LABELS.get(self.session.last_mode or "slices", "")
+        self._say(f"Propagated from {mode} in {job.seconds:.1f} s into '{result.GetName()}' (feature cache "
                   f"{self.session.feature_cache_mb():.0f} MB).", "success")
         log.info("result %s: %s", result.GetName(), counts)
 
@@ -503,9 +562,10 @@ class BrainDiffSegWebApp:
 
 
 def serve(session_loader, options=None, out_dir=None, host: str = "127.0.0.1", port: int = 8080,
-          brush_mm: float = 3.0, open_browser: bool = False) -> None:
+          brush_mm: float = 3.0, open_browser: bool = False, annotation_choice: str = "auto") -> None:
     """Build the app (loading the case first: bad input raises before anything is served) and serve it."""
-    app = BrainDiffSegWebApp(session_loader, options=options, out_dir=out_dir, brush_mm=brush_mm)
+    app = BrainDiffSegWebApp(session_loader, options=options, out_dir=out_dir, brush_mm=brush_mm,
+                             annotation_choice=annotation_choice)
     log.info("BrainDiffSeg annotator on http://%s:%d/ (case %s; saving to %s)", host, port,
              app.session.case_name, app.out_dir)
     app.server.start(host=host, port=port, open_browser=open_browser, show_connection_info=False)

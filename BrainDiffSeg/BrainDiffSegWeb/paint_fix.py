@@ -8,12 +8,20 @@
    view) is built, giving each pipeline whose view is None the view of its view node fixes it. Call it after the
    layout is built and whenever views or effects may have been added (it is idempotent and cheap).
 
-2. `use_slice_brush`: strokes must annotate one axial slice only (the engine treats every slice with a painted
-   voxel as a fully annotated slice). trame-slicer's 2D brush is a cylinder of height half the slice step, centred
-   on the slice, when `use_sphere_brush` is off; a sphere brush (or a brush whose shape was never updated, as
-   happens when a stroke starts before the brush widget saw the parameters) marks every slice within its radius.
-   `use_slice_brush` turns the sphere brush off and sets an absolute diameter in millimetres (the default
-   diameter is relative to the screen size, which is meaningless for an off-screen EGL window).
+2. `use_slice_brush`: a stroke must lie in one slice of the view it is painted in (complete slices: every axial
+   slice with a painted voxel is a fully annotated slice; seeds: a stroke is one slice of the axial, sagittal or
+   coronal view). trame-slicer 2.0.0 has one paint pipeline, with its own brush widget, per slice view; with
+   `use_sphere_brush` off its 2D brush is a cylinder turned to the view's slice normal (`SegmentationPaintWidget2D.
+   _update_brush_shape` rotates it by the view's SliceToRAS), of height half the view's slice step, and every
+   point of a stroke is rounded to a voxel index before the brush is stamped (`SegmentModifier.
+   paint_glyph_in_labelmap`). So in each of the three views a stroke fills exactly one slice of that view (on
+   volumes whose axes are the views' normals: the engine refuses oblique ones), also when the button is pressed
+   without a mouse move first (test_web checks all three views). Two things break it: a sphere brush (or a brush
+   whose shape was never updated) marks every slice within its radius, and a view whose slice lies between two
+   voxel planes paints the nearest plane, which need not be the one shown (the app therefore moves the views to
+   voxel centres only: `AnnotationSession.plane_ras`). `use_slice_brush` turns the sphere brush off and sets an
+   absolute diameter in millimetres (the default diameter is relative to the screen size, which is meaningless
+   for an off-screen EGL window).
 """
 from __future__ import annotations
 

@@ -14,9 +14,23 @@ the job runs is therefore safe and does not change the running job's input.
 Interactive loop: every propagation goes through the Logic's feature cache (cleared when another case is loaded), a
 re-run updates the previous result in place, and `next_slice` is the slice to paint next (`BrainDiffSegLib.propagation.suggest`).
 
-Healthy-tissue inpainting (`start_inpainting`): the T1 inside the painted tumour or the propagated result, through
+Annotation modes (issue 23): the painted segmentation has the BraTS classes and a Background segment
+(`DEFAULT_SEGMENTS`). `annotation_choice` is the panel's choice, as in the Slicer panel: 'auto' (the default), 'slices'
+or 'seeds'; `annotation_mode()` resolves it with the Slicer panel's own rule (`BrainDiffSegLogic.annotationModeFor`:
+'auto' is seeds when the Background segment has painted voxels, else complete slices), and `start_propagation`
+propagates in that mode: the Logic then reads the Background segment's voxels as `options.background_label` and every
+unpainted voxel as unknown (0). `painting()` says what the panel shows: the mode, why, and what is painted (the
+annotated axial slices, or `seed_planes()`: the axial, sagittal and coronal slices that hold strokes; a stroke of the
+one-slice brush lies in one slice of the view it was painted in). The views show voxel centres only (`plane_ras`).
+
+Healthy-tissue inpainting (`start_inpainting`): the T1 inside the painted tumour (never its Background strokes) or
+the propagated result, through
 `BrainDiffSegLogic.startInpainting` in the same job controller (one job at a time, same `job_state` / `cancel`),
 `import_inpainted` returns the new volume and `save_inpainted` writes it as NIfTI under a numbered name.
+
+Length: the one object behind the annotator's panel (loading, the annotation mode and what is painted, the views'
+slices, background jobs, inpainting, saving), which the tests drive without a browser; its array-only parts live in
+`planes`.
 """
 from __future__ import annotations
 
@@ -26,13 +40,23 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from BrainDiffSegLib.constants import BRATS_CLASSES, ROLES
+import numpy as np
+
+from BrainDiffSegLib.constants import BACKGROUND_COLOR, BACKGROUND_NAME, BRATS_CLASSES, ROLES
 from BrainDiffSegLib.errors import InputError
+
+from .planes import plane_axes as grid_axes
+from .planes import seed_planes as planes_of_strokes
+from .planes import summary as painting_summary
 
 log = logging.getLogger(__name__)
 
-# The segments a new session starts with: the BraTS classes, so that the result uses the BraTS labels 1 / 2 / 4.
-DEFAULT_SEGMENTS = tuple(BRATS_CLASSES[value] for value in sorted(BRATS_CLASSES))  # (name, colour)
+# The segments a new session starts with: the BraTS classes, so that the result uses the BraTS labels 1 / 2 / 4, and
+# Background (strokes of "no tumour here": painted, they make the annotation seeds in the 'auto' mode)
+TUMOUR_SEGMENTS = tuple(BRATS_CLASSES[value] for value in sorted(BRATS_CLASSES))  # (name, colour)
+DEFAULT_SEGMENTS = (*TUMOUR_SEGMENTS, (BACKGROUND_NAME, BACKGROUND_COLOR))
+AUTO = "auto"  # the annotation choice that follows the painted segmentation (as the Slicer panel's 'Automatic')
+MODE_LABELS = {"slices": "complete slices", "seeds": "seeds (strokes)"}
 # colour tables for the uncertainty overlay, first available (the file-based ones need Slicer's share folder)
 UNCERTAINTY_COLORS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeWarm1",
                       "vtkMRMLColorTableNodeRainbow")
@@ -58,6 +82,16 @@ class JobState:
     message: str = ""
     seconds: float = 0.0
     kind: str = ""  # "propagation" or "inpainting"
+
+
+@dataclass
+class Painting:
+    """What the panel shows of the painting (`AnnotationSession.painting`)."""
+    mode: str  # the annotation mode of the next propagation: 'slices' or 'seeds'
+    reason: str  # why, in a few words (the Slicer panel's: 'Background is painted', 'chosen', ...)
+    annotated: list[int]  # the axial slices with a painted tumour voxel (the annotated slices of 'slices')
+    seed_planes: dict  # in seeds mode: orientation -> the slices holding strokes, 'other' -> [voxels elsewhere]
+    summary: str  # one line for the panel (`planes.summary`)
 
 
 @dataclass
@@ -114,6 +148,8 @@ class AnnotationSession:
         self.least_certain: list[tuple[int, float]] = []
         self.next_slice: int | None = None  # the slice to paint next, after a propagation
         self.inpainted = None  # the newest inpainted T1 (a volume node), after `import_inpainted`
+        self.annotation_choice = AUTO  # 'auto', 'slices' or 'seeds' (`set_annotation_choice`)
+        self.last_mode: str | None = None  # the annotation mode of the last propagation started
         self._state = JobState()
 
     # ------------------------------------------------------------------ loading
@@ -191,17 +227,54 @@ class AnnotationSession:
         return self.logic.jobs.running
 
     def start_propagation(self) -> None:
-        """Read the inputs and propagate in the background, where the Logic's engine runs (raises InputError at
-        once for bad input, such as an empty painting; engine errors end the job as FAILED with the message)."""
+        """Read the inputs and propagate in the background, where the Logic's engine runs, in the annotation mode
+        `annotation_mode()` gives (raises InputError at once for bad input, such as an empty painting; engine errors
+        end the job as FAILED with the message)."""
         self._refuse_if_running()
         if self.painted is None or not self.volumes:
             raise InputError("Load a case and paint the tumour on a few axial slices first.")
+        mode, _ = self.annotation_mode()
         if not any(self._painted_voxels().values()):
-            raise InputError("Nothing is painted yet: paint the tumour on at least one axial slice.")
+            raise InputError("Nothing is painted yet: paint the tumour on at least one axial slice." if mode == "slices"
+                             else "Nothing is painted yet: paint a few strokes in each tumour class and some "
+                                  f"{BACKGROUND_NAME} around the tumour, in any view.")
         previous = self.result if self.result is not None and self.result.GetScene() is self.scene else None
-        self.logic.startPropagation(self.volumes, self.painted, self.options, createUncertainty=True,
-                                    outputNode=previous)  # a re-run updates the previous result
+        self.logic.startPropagation(self.volumes, self.painted, self.propagation_options(mode),
+                                    createUncertainty=True, outputNode=previous)  # a re-run updates the previous result
+        self.last_mode = mode
         self._state = JobState(status=JobStatus.RUNNING, stage="starting", kind="propagation")
+
+    # ------------------------------------------------------------------ the annotation mode
+
+    @staticmethod
+    def annotation_choices() -> list[tuple[str, str]]:
+        """The choices of the annotation mode, (value, label), as the Slicer panel shows them: Automatic, Complete
+        slices, Seeds (strokes)."""
+        from BrainDiffSegSlicer.parameters import annotationChoices
+
+        return annotationChoices()
+
+    def set_annotation_choice(self, choice: str) -> str:
+        """Set the annotation choice ('auto', 'slices', 'seeds' or their labels; InputError otherwise); returns it."""
+        from BrainDiffSegSlicer.parameters import annotationChoiceOf
+
+        self.annotation_choice = annotationChoiceOf(choice)
+        return self.annotation_choice
+
+    def annotation_mode(self) -> tuple[str, str]:
+        """The annotation mode the next propagation uses ('slices' or 'seeds') and why, in a few words: the Slicer
+        panel's rule (`BrainDiffSegLogic.annotationModeFor`) applied to the painted segmentation and the choice."""
+        return self.logic.annotationModeFor(self.painted, self.annotation_choice)
+
+    def propagation_options(self, mode: str | None = None):
+        """The session's options (default: the engine's defaults) in an annotation mode (default: `annotation_mode`)."""
+        from dataclasses import replace
+
+        from BrainDiffSegLib.options import preset
+
+        options = self.options if self.options is not None else preset("default")
+        mode = mode or self.annotation_mode()[0]
+        return options if options.annotation_mode == mode else replace(options, annotation_mode=mode)
 
     def _refuse_if_running(self) -> None:
         if self.running:
@@ -252,6 +325,11 @@ class AnnotationSession:
         self.next_slice = self.logic.nextSliceToPaint()
         return result
 
+    def notes(self) -> list[str]:
+        """What the last propagation has to tell the user: the engine's warnings (e.g. seeds outside the head) and
+        the Logic's notes (e.g. Background strokes unused in complete-slices mode, no T1ce)."""
+        return [str(m) for m in dict.fromkeys(self.logic.lastMessages or [])]
+
     # ------------------------------------------------------------------ healthy-tissue inpainting
 
     def inpainting_source(self) -> str:
@@ -274,13 +352,15 @@ class AnnotationSession:
         if source == "result" and self.result is None:
             raise InputError("There is no propagated result yet: propagate first, or inpaint the painted tumour.")
         node = self.result if source == "result" else self.painted
-        if node is None or not any(self.segment_voxels(node).values()):
+        tumour = self.tumour_segment_ids(node) if node is not None else []
+        counts = self.segment_voxels(node) if node is not None else {}
+        segmentation = node.GetSegmentation() if node is not None else None
+        if not tumour or not any(counts.get(segmentation.GetSegment(sid).GetName()) for sid in tumour):
             raise InputError("Nothing is painted yet: paint the tumour first." if source == "painted" else
                              f"The propagated result '{node.GetName()}' is empty: nothing to inpaint.")
         device = getattr(self.options, "device", None) or "cpu"
-        self.logic.startInpainting(self.volumes["t1"], node,
-                                               list(node.GetSegmentation().GetSegmentIDs()), steps=steps,
-                                               seed=seed, model=model, device=device)
+        self.logic.startInpainting(self.volumes["t1"], node, tumour, steps=steps, seed=seed, model=model,
+                                   device=device)
         self._state = JobState(status=JobStatus.RUNNING, stage="starting", kind="inpainting")
         log.info("inpainting the T1 inside the %s segmentation '%s' (%d DDIM steps)", source, node.GetName(), steps)
 
@@ -308,25 +388,96 @@ class AnnotationSession:
     def _painted_voxels(self) -> dict[str, int]:
         return self.segment_voxels(self.painted)
 
-    def segment_voxels(self, node) -> dict[str, int]:
-        """Segment name -> number of voxels on the reference grid."""
+    def _painted_masks(self) -> dict:
+        """Segment id -> KJI mask of the painted segmentation on the reference grid (segments with voxels)."""
+        from BrainDiffSegSlicer.arrays import segmentMasks
+
+        return segmentMasks(self.painted, self.reference) if self.painted is not None else {}
+
+    def segment_voxels(self, node, masks: dict | None = None) -> dict[str, int]:
+        """Segment name -> number of voxels on the reference grid (every segment, Background included); masks: the
+        node's `segmentMasks` if already read."""
         if node is None:
             return {}
-        import numpy as np
+        from BrainDiffSegSlicer.arrays import segmentMasks
 
-        out = {}
-        labels, segment_of_value, _ = self.logic.labelArrayFromSegmentation(node, self.reference)
-        names = {sid: node.GetSegmentation().GetSegment(sid).GetName()
-                 for sid in node.GetSegmentation().GetSegmentIDs()}
-        for value, sid in segment_of_value.items():
-            out[names[sid]] = int(np.count_nonzero(labels == value))
-        for name in names.values():
-            out.setdefault(name, 0)
-        return out
+        masks = segmentMasks(node, self.reference) if masks is None else masks
+        segmentation = node.GetSegmentation()
+        return {segmentation.GetSegment(sid).GetName(): int(np.count_nonzero(masks[sid])) if sid in masks else 0
+                for sid in segmentation.GetSegmentIDs()}
+
+    @staticmethod
+    def tumour_segment_ids(node) -> list[str]:
+        """The segments of a segmentation that are not named as background (`BrainDiffSegSlicer.segments`)."""
+        from BrainDiffSegSlicer.segments import isBackgroundName
+
+        segmentation = node.GetSegmentation()
+        return [sid for sid in segmentation.GetSegmentIDs()
+                if not isBackgroundName(segmentation.GetSegment(sid).GetName() or "")]
+
+    def painted_labels(self, mode: str = "slices"):
+        """The painted segmentation as the engine reads it in `mode` (IJK, axial axis last): in 'slices' the tumour
+        classes' values (Background 0), in 'seeds' also the Background voxels as `options.background_label`."""
+        options = self.propagation_options(mode)
+        labels, _, _ = self.logic.labelArrayFromSegmentation(
+            self.painted, self.reference, options.background_label if mode == "seeds" else None)
+        return self.logic.toEngineArray(labels, self.logic.axialAxis(self.reference))
+
+    def annotated_axial_slices(self, masks: dict | None = None) -> list[int]:
+        """The axial slices (engine indices) with a painted tumour voxel (any segment but Background): the annotated
+        slices in 'slices' mode. masks: `_painted_masks()` if already read."""
+        masks = self._painted_masks() if masks is None else masks
+        tumour = [masks[sid] for sid in self.tumour_segment_ids(self.painted) if sid in masks] if masks else []
+        if not tumour:
+            return []
+        along = 2 - self.plane_axes()["axial"]  # the numpy axis of the axial axis in a KJI mask
+        hit = np.logical_or.reduce(tumour).any(axis=tuple(a for a in range(3) if a != along))
+        return [int(z) for z in np.flatnonzero(hit)]
+
+    def seed_planes(self, masks: dict | None = None) -> dict[str, list[int]]:
+        """Orientation -> the slices that hold strokes of the painted segmentation, 'other' -> [voxels in none of
+        them] (`planes.seed_planes`, indices along `plane_axes`). masks: `_painted_masks()` if already read."""
+        masks = self._painted_masks() if masks is None else masks
+        painted = np.zeros(tuple(reversed(self.reference.GetImageData().GetDimensions())), bool)  # KJI
+        for mask in masks.values():
+            painted |= mask
+        return planes_of_strokes(painted, self.plane_axes())
+
+    def painting(self) -> Painting:
+        """The annotation mode of the next propagation, why, and what is painted (one read of the segmentation)."""
+        mode, reason = self.annotation_mode()
+        masks = self._painted_masks()
+        annotated = self.annotated_axial_slices(masks)
+        if mode != "seeds":
+            return Painting(mode, reason, annotated, {}, painting_summary(mode, annotated))
+        seed_planes = self.seed_planes(masks)
+        voxels = self.segment_voxels(self.painted, masks) if self.painted is not None else {}
+        return Painting(mode, reason, annotated, seed_planes, painting_summary(mode, annotated, seed_planes, voxels))
 
     def slice_ras(self, axial_index: int) -> tuple[float, float, float]:
         """RAS centre of an axial slice (an index along the engine's axial axis) of the reference volume."""
         return self.logic.sliceCentreRas(self.reference, axial_index)
+
+    def plane_axes(self) -> dict[str, int]:
+        """Orientation ('axial', 'sagittal', 'coronal') -> the IJK axis of the reference volume its slices cut."""
+        return grid_axes(self.logic.ijkToRasArray(self.reference), self.logic.axialAxis(self.reference))
+
+    def plane_count(self, orientation: str) -> int:
+        """How many slices the reference volume has in an orientation."""
+        return int(self.reference.GetImageData().GetDimensions()[self.plane_axes()[orientation]])
+
+    def plane_ras(self, orientation: str, index: int) -> tuple[float, float, float]:
+        """A RAS point on the voxel centres of slice `index` of an orientation (the other IJK coordinates: the
+        middle voxel): jumping a slice view there shows, and paints, exactly that slice."""
+        ijk = [float((d - 1) // 2) for d in self.reference.GetImageData().GetDimensions()]
+        ijk[self.plane_axes()[orientation]] = float(index)
+        ras = self.logic.ijkToRasArray(self.reference) @ [*ijk, 1.0]
+        return float(ras[0]), float(ras[1]), float(ras[2])
+
+    def plane_index(self, orientation: str, ras) -> int:
+        """The slice of an orientation a RAS point lies in (nearest voxel centre)."""
+        ijk = np.linalg.inv(self.logic.ijkToRasArray(self.reference)) @ [*map(float, ras[:3]), 1.0]
+        return int(np.rint(ijk[self.plane_axes()[orientation]]))
 
     def feature_cache_mb(self) -> float:
         return self.logic.featureCacheBytes() / 1024 ** 2

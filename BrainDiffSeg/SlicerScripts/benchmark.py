@@ -29,9 +29,10 @@ def benchmarkPropagator(logic):
     'hybrid-mlp' / 'diffusion-mlp' / 'raw-mlp' (with the options `BrainDiffSegBench.propagation.method_options` gives
     them) through `logic.propagate` on MRML nodes of `logic.scene`, as a user would: the case's volumes loaded by
     `loadCase`, the simulated annotation painted into a segmentation (BraTS segment names for BraTS labels, else
-    'Tumour N'), the result read back from the new segmentation node. The nodes are removed again after each call."""
+    'Tumour N'; in seeds mode a Background segment too), the result read back from the new segmentation node. The nodes are removed again after each call."""
     import numpy as np
 
+    from BrainDiffSegLib.constants import BACKGROUND_COLOR, BACKGROUND_NAME
     from BrainDiffSegSlicer.segments import BRATS_SEGMENTS, PALETTE
 
     def propagator(case, annotation, method, options):
@@ -44,10 +45,14 @@ def benchmarkPropagator(logic):
             segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{case.name} painted")
             segmentation.CreateDefaultDisplayNodes()
             segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-            values = [int(v) for v in np.unique(annotation) if v != 0]
+            seeds = options.annotation_mode == "seeds"  # the Background segment holds the background seeds
+            values = [int(v) for v in np.unique(annotation) if v != 0 and not (seeds and v == options.background_label)]
             brats = set(values) <= set(BRATS_SEGMENTS)
-            for i, value in enumerate(values):
-                name, color = BRATS_SEGMENTS[value] if brats else (f"Tumour {i + 1}", PALETTE[i % len(PALETTE)])
+            painted = [(v, BRATS_SEGMENTS[v] if brats else (f"Tumour {i + 1}", PALETTE[i % len(PALETTE)]))
+                       for i, v in enumerate(values)]
+            if seeds:
+                painted.append((options.background_label, (BACKGROUND_NAME, BACKGROUND_COLOR)))
+            for value, (name, color) in painted:
                 sid = segmentation.GetSegmentation().AddEmptySegment("", name, color)
                 logic.setSegmentFromArray(segmentation, sid, logic.fromEngineArray(annotation == value, axis),
                                           reference)

@@ -27,13 +27,10 @@ def _require_engine():
         raise unittest.SkipTest(f"BrainDiffSeg's engine needs {', '.join(missing)}")
 
 
-def propagate_synthetic(logic) -> None:
-    """Propagation of a small synthetic case (two sequences, edema + enhancing painted on 2 slices) through
-    `logic.propagate` with the quick 'raw' features: a new segmentation with the BraTS names, Dice > 0.8."""
-    _require_engine()
-    from BrainDiffSegLib.protocol import dice, simulate_annotation
-
-    scene = logic.scene
+def synthetic_case(logic):
+    """A small synthetic case in the logic's scene: T1ce and FLAIR volumes (an ellipsoid head in a 48 x 48 x 20 grid,
+    IJK with the axial axis last) with an edema (2) around an enhancing core (4). Returns (volumes by role, the
+    truth as an engine array, the head mask)."""
     shape = (48, 48, 20)  # IJK, axial last
     x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
     head = ((x - 24) / 20) ** 2 + ((y - 24) / 18) ** 2 + ((z - 10) / 30) ** 2 < 1
@@ -51,6 +48,18 @@ def propagate_synthetic(logic) -> None:
         img[~head] = 0
         volumes[role] = logic.addVolumeFromArray(logic.fromEngineArray(img.astype(np.float32), 2), ijkToRas,
                                                  f"synthetic {role}")
+    return volumes, truth, head
+
+
+def propagate_synthetic(logic) -> None:
+    """Propagation of a small synthetic case (two sequences, edema + enhancing painted on 2 slices) through
+    `logic.propagate` with the quick 'raw' features: a new segmentation with the BraTS names, Dice > 0.8."""
+    _require_engine()
+    from BrainDiffSegLib.protocol import dice, simulate_annotation
+
+    scene = logic.scene
+    volumes, truth, _ = synthetic_case(logic)
+    shape = truth.shape
     ann, zs = simulate_annotation(truth, 2)
     segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
     segmentationNode.CreateDefaultDisplayNodes()
@@ -71,6 +80,56 @@ def propagate_synthetic(logic) -> None:
     keep[zs] = False
     score = dice(pred[..., keep] > 0, truth[..., keep] > 0)
     assert score > 0.8, score
+
+
+def synthetic_strokes(truth, head, background_label: int):
+    """Strokes a user would paint on `synthetic_case` (engine layout, 0 unknown, `background_label` background):
+    lines 3 voxels wide of the truth's classes on one sagittal slice (I = 28) and one coronal slice (J = 24) through
+    the tumour, one axial line through it, and a Background-only line on two axial slices without tumour ('no
+    tumour here'); inside the head only."""
+    strokes = np.zeros(truth.shape, np.int16)
+    lines = [(28, slice(None), slice(9, 12)), (28, slice(19, 22), slice(None)),  # sagittal slice I = 28
+             (slice(None), 24, slice(8, 11)), (slice(29, 32), 24, slice(None)),  # coronal slice J = 24
+             (slice(None), slice(21, 24), 10),  # axial slice K = 10
+             (slice(None), slice(20, 23), 2), (slice(None), slice(20, 23), 18)]  # no tumour there
+    for line in lines:
+        strokes[line] = np.where(truth[line] > 0, truth[line], background_label)
+    strokes[~head] = 0
+    return strokes
+
+
+def propagate_seeds_synthetic(logic) -> None:
+    """Seeds (strokes) on the synthetic case (`synthetic_strokes`: sagittal, coronal and axial strokes, Background
+    strokes on slices without tumour), painted into the BraTS segments plus Background: the Automatic annotation
+    mode picks seeds, the propagation (quick 'raw' features) keeps every painted voxel's label (Background -> no
+    segment), WT Dice > 0.8 on the unpainted voxels, and the painted segmentation is left unchanged."""
+    _require_engine()
+    from dataclasses import replace
+
+    from BrainDiffSegLib.constants import BACKGROUND_LABEL
+    from BrainDiffSegLib.protocol import dice
+
+    volumes, truth, head = synthetic_case(logic)
+    strokes = synthetic_strokes(truth, head, BACKGROUND_LABEL)
+    painted = logic.paintTumourSegments(volumes["flair"], strokes, backgroundLabel=BACKGROUND_LABEL)
+    names = [painted.GetSegmentation().GetSegment(s).GetName() for s in painted.GetSegmentation().GetSegmentIDs()]
+    assert names == ["Necrotic core", "Edema", "Enhancing tumour", "Background"], names
+    before, _, _ = logic.labelArrayFromSegmentation(painted, volumes["flair"], BACKGROUND_LABEL)
+    assert np.array_equal(logic.toEngineArray(before, 2), strokes)
+    mode, reason = logic.annotationModeFor(painted)
+    assert (mode, reason) == ("seeds", "Background is painted"), (mode, reason)
+
+    out = logic.propagate(volumes, painted, replace(_quick_cpu(), annotation_mode=mode))
+    names = [out.GetSegmentation().GetSegment(s).GetName() for s in out.GetSegmentation().GetSegmentIDs()]
+    assert names == ["Edema", "Enhancing tumour"], names
+    labels, _, _ = logic.labelArrayFromSegmentation(out, volumes["flair"])
+    pred = logic.toEngineArray(labels, 2)
+    seeded = strokes > 0
+    assert np.array_equal(pred[seeded], np.where(strokes == BACKGROUND_LABEL, 0, strokes)[seeded])
+    score = dice(pred[~seeded] > 0, truth[~seeded] > 0)
+    assert score > 0.8, score
+    after, _, _ = logic.labelArrayFromSegmentation(painted, volumes["flair"], BACKGROUND_LABEL)
+    assert np.array_equal(before, after), "the painted segmentation was modified"
 
 
 def _cancel(run, finish) -> None:

@@ -357,3 +357,28 @@ def test_merge_runs(tmp_path):
     assert [(r["case"], r["dice"]["WT"]) for r in merged] == [("Brats18_A", 0.5), ("TCGA_X", 0.1)]  # first wins
     assert "### LGG (1 cases)" in (tmp_path / "m" / "table.md").read_text()
     assert (tmp_path / "m" / "dice_vs_k.png").read_bytes()[:8] == PNG
+
+
+def test_slicer_benchmark_script_in_seeds_mode_paints_a_background_segment(tmp_path):
+    """The Logic route with seeds (a Background segment painted from the background label, strokes on a sagittal
+    and a coronal slice) scores what the engine scores with the same seeds."""
+    pytest.importorskip("slicer")
+    from BrainDiffSegLib.preprocess import foreground_mask
+    from BrainDiffSegLib.strokes import simulate_strokes
+
+    folder, _, _ = write_tumour_case(tmp_path / "cases" / "BraTS2021_83002", seed=5)
+    script = REPO / "BrainDiffSeg" / "SlicerScripts" / "benchmark.py"
+    args = ["propagation", "--k", "2", "--methods", "raw-mlp", "--ensemble", "1", "--device", "cpu",
+            "--annotation", "seeds", "--orientation", "mixed", "--data", str(folder)]
+    via_logic = subprocess.run([sys.executable, str(script)] + args + ["--out", str(tmp_path / "logic")],
+                               capture_output=True, text=True, timeout=300)
+    assert via_logic.returncode == 0, via_logic.stderr[-3000:]
+    records = json.loads((tmp_path / "logic" / "results.json").read_text())["records"]
+    assert [(r["method"], r["annotation"]) for r in records] == [("raw-mlp", "seeds")]
+    case = load_case(folder)
+    ann, _ = simulate_strokes(case.label, foreground_mask(case.images), 2, "mixed")
+    opts = PropagationOptions(method="raw", device="cpu", classifier=ClassifierOptions(n_models=1),
+                              annotation_mode="seeds")
+    engine = region_dice(propagation.run_method(case, ann, "raw-mlp", opts), case.label, [])
+    assert records[0]["dice"] == pytest.approx(engine, abs=1e-4)
+    assert records[0]["dice"]["WT"] > 0.8

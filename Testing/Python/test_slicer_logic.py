@@ -432,7 +432,7 @@ def test_the_modules_self_test_runs_headless(mrml_scene, M, data_root):
 
     result = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(
         M.BrainDiffSegTest))
-    assert result.testsRun == 3 and result.wasSuccessful() and not result.skipped, result
+    assert result.testsRun == 4 and result.wasSuccessful() and not result.skipped, result
 
 
 def test_the_modules_self_test_skips_without_the_source_tree(M, tmp_path, monkeypatch):
@@ -444,7 +444,7 @@ def test_the_modules_self_test_skips_without_the_source_tree(M, tmp_path, monkey
     monkeypatch.setattr(BrainDiffSegSlicer.module, "TESTING_DIR", tmp_path / "Testing" / "Python")
     result = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(
         M.BrainDiffSegTest))
-    assert result.testsRun == 3 and result.wasSuccessful() and len(result.skipped) == 3, result
+    assert result.testsRun == 4 and result.wasSuccessful() and len(result.skipped) == 4, result
     assert all("installed extension" in reason for _, reason in result.skipped)
 
 
@@ -453,6 +453,13 @@ def test_scenario_synthetic_propagation(headless):
     import slicer_scenarios
 
     slicer_scenarios.propagate_synthetic(headless.logic())
+
+
+def test_scenario_seeds_propagation(headless):
+    """The seeds scenario shared with the module's self-test: strokes in three views plus Background."""
+    import slicer_scenarios
+
+    slicer_scenarios.propagate_seeds_synthetic(headless.logic())
 
 
 def test_scenario_real_case_in_background(headless, data_root):
@@ -708,7 +715,8 @@ def test_parameter_node_round_trip(mrml_scene, M):
                                               "UpdateResult"}
     changed = preset("quick")  # every field different from the default
     changed = dataclasses.replace(
-        changed, checkpoint=str(REPO), device="cuda", precision="bf16", batch_size=3, postprocess=False, seed=7,
+        changed, annotation_mode="seeds", background_label=5, checkpoint=str(REPO), device="cuda", precision="bf16",
+        batch_size=3, postprocess=False, seed=7,
         roi_threshold=0.05, roi_margin=3, smooth_xy=0.5, smooth_z=3.5, decision="regions",
         gate="none", gate_margin=3.0, gate_scale=2, intensity_weight=0.25,
         features=dataclasses.replace(changed.features, blocks=(0, 2), timesteps=(25, 250), noise_seed=4,
@@ -758,7 +766,7 @@ def test_inputs_guessed_from_volume_names_and_tumour_segments(mrml_scene, crop, 
                     segments=(("edema", 2, (0, 1, 0)),))
     added = logic.addTumourSegments(painted)
     names = [painted.GetSegmentation().GetSegment(s).GetName() for s in painted.GetSegmentation().GetSegmentIDs()]
-    assert names == ["edema", "Necrotic core", "Enhancing tumour"] and len(added) == 2
+    assert names == ["edema", "Necrotic core", "Enhancing tumour", "Background"] and len(added) == 3
     assert logic.addTumourSegments(painted) == []
 
 

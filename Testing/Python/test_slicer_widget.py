@@ -114,6 +114,26 @@ def test_option_widgets_get_choices_and_bounds_from_the_option_fields(loaded):
     assert bindings.fromWidget("deviceComboBox", widgets["deviceComboBox"]) == "auto"
 
 
+def test_the_annotation_combo_gets_its_choices_from_the_parameters(loaded):
+    """The Annotation combo is empty in the .ui: the widget fills it from `parameters.annotationChoices()`
+    (Automatic, then the option's modes), stores the item data in AnnotationMode, and a label shows the mode."""
+    pytest.importorskip("slicer")
+    from PySide6 import QtWidgets
+
+    from BrainDiffSegSlicer import parameters
+
+    _, widgets, _ = loaded
+    combo, label = widgets["annotationModeComboBox"], widgets["annotationModeLabel"]
+    assert isinstance(combo, QtWidgets.QComboBox) and combo.count() == 0 and isinstance(label, QtWidgets.QLabel)
+    assert label.wordWrap() and combo.toolTip()
+    for value, text in parameters.annotationChoices():
+        combo.addItem(text, value)
+    assert [combo.itemData(i) for i in range(combo.count())] == ["auto", "slices", "seeds"]
+    assert all(parameters.annotationChoiceOf(combo.itemData(i)) == combo.itemData(i) for i in range(combo.count()))
+    widget = (REPO / "BrainDiffSeg" / "BrainDiffSegSlicer" / "widget.py").read_text()
+    assert 'SetParameter("AnnotationMode", combo.itemData(' in widget
+
+
 def test_slicer_widgets_are_declared():
     root = ET.parse(UI_FILE).getroot()
     from PySide6 import QtWidgets

@@ -1,18 +1,26 @@
 """The browser annotator (`braindiffseg web`, BrainDiffSeg/BrainDiffSegWeb).
 
 * The trame-slicer 2.0.0 paint work-around (`paint_fix.rebind_effect_pipelines`): activating Paint fails without
-  it and works with it; a brush stroke marks one axial slice only.
+  it and works with it; a brush stroke marks one axial slice only, and a stroke in the sagittal or coronal view one
+  slice of that view (the views show voxel centres only, so the slice painted is the slice shown).
+* Seeds (issue 23): the Background segment, the annotation mode (Automatic / Complete slices / Seeds, resolved by the
+  session with the Slicer panel's rule), the seeds-mode annotation the engine gets (Background -> background_label,
+  tumour classes their values, unpainted 0), which slices of each view hold strokes (`planes`), and propagation
+  from strokes in the sagittal and coronal views, in the session and in the browser.
 * `AnnotationSession`: saving never overwrites (numbered names), bad input is an InputError, a propagation runs in
   the background and can be cancelled.
 * The CLI: bad input exits with code 2 before anything is served.
 * End to end in headless Chromium (Playwright): the server is started on a crop of BraTS2021_00006, the tumour is
   painted with real mouse drags on two axial slices, Propagate runs (fast 'raw' features), the result is saved and
-  compared with the ground truth. A screenshot is written to $BRAINDIFFSEG_ARTIFACTS (default: pytest's tmp dir).
+  compared with the ground truth; and seeds: strokes of tumour and Background painted with mouse drags in the
+  sagittal and coronal views, propagated in seeds mode. Screenshots are written to $BRAINDIFFSEG_ARTIFACTS
+  (default: pytest's tmp dir).
 
 Everything skips cleanly without trame-slicer, Chromium, Playwright or the real data.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,8 +32,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from web_driver import (go_to_axial, open_app, paint_slice, propagate, start_server, state, stop_server,
-                        wait_annotated, wait_for, wait_for_port)
+from web_driver import (go_to_axial, go_to_slice, open_app, paint_mask, paint_slice, plane_axes, propagate,
+                        start_server, state, stop_server, wait_annotated, wait_for, wait_for_port)
 
 pytest.importorskip("slicer")
 pytest.importorskip("trame_slicer")
@@ -88,9 +96,13 @@ def build_app(case_dir, name, monkeypatch=None, without_fix=False, out_dir=None)
                                       out_dir=out_dir, server=name, brush_mm=BRUSH_MM)
 
 
-def stroke(app, view_tag, points_ras):
+VIEWS = {"axial": "Red", "sagittal": "Yellow", "coronal": "Green"}
+
+
+def stroke(app, view_tag, points_ras, move_first: bool = True):
     """A left-button drag through the given RAS points, delivered to the active effect's pipeline of a view as
-    the view's interactor would deliver it."""
+    the view's interactor would deliver it (move_first: the mouse moves to the first point before the button goes
+    down, as a browser's does)."""
     import slicer
     from vtkmodules.vtkCommonCore import vtkCommand
 
@@ -99,7 +111,8 @@ def stroke(app, view_tag, points_ras):
     view_node = app.slicer_app.view_manager.get_view(view_tag).get_view_node()
     effect = app.editor.active_effect
     pipeline = next(p for p in effect_pipelines(app.editor) if p.GetViewNode() is view_node and p._effect is effect)
-    events = ([(vtkCommand.MouseMoveEvent, points_ras[0]), (vtkCommand.LeftButtonPressEvent, points_ras[0])]
+    events = ([(vtkCommand.MouseMoveEvent, points_ras[0])] * move_first + [(vtkCommand.LeftButtonPressEvent,
+                                                                            points_ras[0])]
               + [(vtkCommand.MouseMoveEvent, p) for p in points_ras[1:]]
               + [(vtkCommand.LeftButtonReleaseEvent, points_ras[-1])])
     for event, ras in events:
@@ -149,6 +162,54 @@ def test_paint_fails_without_the_rebind_and_paints_one_slice_with_it(crop_case, 
     r, a, s = app.session.slice_ras(z + 2)
     stroke(app, "Red", [(r, a + da, s) for da in np.linspace(-5, 5, 6)])
     assert painted_slices(app) == [z, z + 2]
+
+
+def test_paint_in_every_view_fills_one_slice_of_that_view(crop_case):
+    """Seeds may be painted in any view: with the one-slice brush a stroke in the axial, sagittal or coronal view
+    fills exactly one slice of that view (also when the button goes down without a mouse move first), the one the
+    view shows; the Background segment is there, and painting it switches the 'auto' mode to seeds."""
+    from BrainDiffSegSlicer.arrays import segmentMasks
+
+    case_dir, _, _ = crop_case
+    app = build_app(case_dir, "web-test-views")
+    session = app.session
+    assert [seg["name"] for seg in app.state.segments] == ["Necrotic core", "Edema", "Enhancing tumour", "Background"]
+    app._on_tool("paint")
+    axes = session.plane_axes()
+    assert axes == {"axial": 2, "sagittal": 0, "coronal": 1}  # the BraTS crop: IJK = sagittal, coronal, axial
+    m = session.logic.ijkToRasArray(session.reference)
+    segment = {seg["name"]: seg["id"] for seg in app.state.segments}
+    before = {}
+    # (orientation, slice, segment, direction of the stroke in IJK, press without a move first)
+    plan = (("sagittal", 37, "Edema", (0, 1, 0), False), ("coronal", 61, "Background", (1, 0, 0), True),
+            ("axial", 12, "Necrotic core", (1, 0, 0), False), ("sagittal", 70, "Background", (0, 0, 1), True))
+    for orientation, index, name, direction, press_first in plan:
+        app.editor.set_active_segment_id(segment[name])
+        app._on_slice(orientation, index)
+        assert app._current_index(orientation) == index
+        view_node = app.slicer_app.view_manager.get_view(VIEWS[orientation]).get_view_node()
+        shown = np.linalg.inv(m) @ [*(view_node.GetSliceToRAS().GetElement(i, 3) for i in range(3)), 1.0]
+        assert abs(shown[axes[orientation]] - index) < 1e-6  # the view shows a voxel centre, not between two
+        centre = np.array([50.0, 50.0, 30.0])
+        centre[axes[orientation]] = index
+        points = [(m @ [*(centre + t * np.array(direction)), 1.0])[:3] for t in np.linspace(-8, 8, 9)]
+        stroke(app, VIEWS[orientation], points, move_first=not press_first)
+        mask = segmentMasks(session.painted, session.reference)[segment[name]]  # KJI
+        new = mask & ~before.get(name, np.zeros_like(mask))
+        before[name] = mask
+        ijk = np.argwhere(new)[:, ::-1]
+        assert np.unique(ijk[:, axes[orientation]]).tolist() == [index], (orientation, name)
+        # a 16 mm stroke of a 3 mm brush on 1 mm voxels: about 19 x 3 voxels, in one slice
+        assert 35 <= len(ijk) <= 90, (orientation, len(ijk))
+    app._refresh_annotated_slices()
+    assert (app.state.annotation_mode, app.state.annotation_reason) == ("seeds", "Background is painted")
+    assert app.state.seed_planes == {"axial": [12], "sagittal": [37, 70], "coronal": [61], "other": [0]}
+    assert app.state.painting_summary.startswith("Seeds on axial 12; sagittal 37, 70; coronal 61 (voxels:")
+    assert app.state.annotated_slices == session.annotated_axial_slices()  # the tumour's axial slices
+    app.state.annotation_choice = "slices"
+    app._on_annotation_choice("slices")
+    assert (app.state.annotation_mode, app.state.annotation_reason) == ("slices", "chosen")
+    assert app.state.painting_summary.startswith("Annotated axial slices: ")
 
 
 def test_app_inpaints_shows_and_saves_the_result(crop_case, tmp_path):
@@ -399,6 +460,175 @@ def test_session_bad_input(session, tmp_path):
         session.start_inpainting()
 
 
+# ------------------------------------------------------------------------------------------ seeds (issue 23)
+
+def test_planes_tell_the_strokes_of_each_view_apart():
+    """`planes.seed_planes`: the slices of each orientation that hold strokes; crossings, lines and blobs."""
+    from BrainDiffSegWeb.planes import plane_axes, seed_planes, summary
+
+    assert plane_axes(np.diag([-1.0, -1.0, 1.0, 1.0]), 2) == {"axial": 2, "sagittal": 0, "coronal": 1}
+    swapped = np.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], float)  # I = A, J = S, K = R
+    assert plane_axes(swapped, 1) == {"axial": 1, "sagittal": 2, "coronal": 0}
+    axes = {"axial": 2, "sagittal": 0, "coronal": 1}
+    ijk = np.zeros((40, 40, 30), bool)
+    ijk[10, 5:25, 8:11] = True  # a sagittal stroke (3 voxels wide) in slice I = 10
+    ijk[5:30, 20, 14:17] = True  # a coronal stroke in slice J = 20, crossing...
+    ijk[8:20, 18:21, 15] = True  # ... an axial stroke in slice K = 15
+    ijk[30, 30, 2:12] = True  # a one-voxel line: in sagittal slice 30 and coronal slice 30
+    kji = ijk.transpose(2, 1, 0)
+    planes = seed_planes(kji, axes)
+    assert planes == {"axial": [15], "sagittal": [10, 30], "coronal": [20, 30], "other": [0]}
+    blob = np.zeros((40, 40, 30), bool)
+    blob[5:9, 5:9, 5:9] = True  # painted on neighbouring slices of every view
+    assert seed_planes(blob.transpose(2, 1, 0), axes) == {"axial": [], "sagittal": [], "coronal": [], "other": [64]}
+    assert summary("slices", [3, 7]) == "Annotated axial slices: 3, 7"
+    assert summary("slices", []) == "Annotated axial slices: none"
+    assert summary("seeds", [], planes, {"Edema": 12, "Background": 0, "Necrotic core": 3}) == (
+        "Seeds on axial 15; sagittal 10, 30; coronal 20, 30 (voxels: Edema 12, Necrotic core 3)")
+    assert summary("seeds", [], {"axial": [], "other": [0]}) == "Seeds: none painted yet"
+
+
+def seed_rows(mask2d: np.ndarray, step: int, width: int = 3) -> np.ndarray:
+    """Strokes `width` rows wide (as a 3 mm brush on 1 mm voxels), every `step` rows (second axis) of a 2D mask:
+    strokes across it, as a user paints seeds."""
+    keep = (np.arange(mask2d.shape[1]) % step) < width
+    return mask2d & keep[None, :]
+
+
+def truth_seeds(label: np.ndarray, planes: dict[int, int], step: int = 6, ring=(3, 12)):
+    """Seeds from the ground truth on the given slices ({IJK axis: index}): the whole tumour (Edema) and a ring of
+    Background around it (`ring`: voxels from the tumour), in strokes every `step` rows. Two IJK masks."""
+    from scipy.ndimage import binary_dilation
+
+    tumour, background = np.zeros(label.shape, bool), np.zeros(label.shape, bool)
+    for axis, index in planes.items():
+        wt = np.take(label, index, axis=axis) > 0
+        band = binary_dilation(wt, iterations=ring[1]) & ~binary_dilation(wt, iterations=ring[0])
+        at = [slice(None)] * 3
+        at[axis] = index
+        tumour[tuple(at)] |= seed_rows(wt, step)
+        background[tuple(at)] |= seed_rows(band, step)
+    return tumour, background
+
+
+def paint_seeds(session, tumour: np.ndarray, background: np.ndarray):
+    """A painted segmentation with the session's segments (BraTS classes, Background): Edema = `tumour`,
+    Background = `background` (IJK masks on the crop's grid, axial axis last)."""
+    from BrainDiffSegWeb.session import DEFAULT_SEGMENTS
+
+    logic = session.logic
+    node = session.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(session.reference)
+    ids = {name: node.GetSegmentation().AddEmptySegment("", name, list(color)) for name, color in DEFAULT_SEGMENTS}
+    for name, mask in (("Edema", tumour), ("Background", background)):
+        if mask.any():
+            logic.setSegmentFromArray(node, ids[name], logic.fromEngineArray(mask.astype(np.uint8), 2),
+                                      session.reference)
+    session.painted = node
+    return node
+
+
+def test_session_annotation_mode_and_the_seeds_annotation(session, crop_case):
+    """The mode follows the Slicer panel's rule (Automatic: seeds when Background is painted), an explicit choice
+    wins, and the engine gets, in seeds mode, Background -> background_label, the tumour classes their values,
+    everything else 0 (unknown), with annotation_mode 'seeds' in its options; complete slices stay as they were."""
+    from BrainDiffSegLib.constants import BACKGROUND_LABEL
+    from BrainDiffSegLib.errors import InputError
+    from BrainDiffSegLib.options import from_strings
+
+    case_dir, label, _ = crop_case
+    session.load_case(case_dir)
+    assert session.annotation_choices() == [("auto", "Automatic"), ("slices", "Complete slices"),
+                                            ("seeds", "Seeds (strokes)")]
+    assert session.annotation_choice == "auto"
+    tumour, background = truth_seeds(label, {0: 50, 1: 45})
+    paint_seeds(session, tumour, np.zeros_like(background))
+    assert session.annotation_mode() == ("slices", "Background is not painted")
+    assert session.propagation_options() is session.options  # complete slices: the options unchanged
+    node = paint_seeds(session, tumour, background)
+    assert session.annotation_mode() == ("seeds", "Background is painted")
+    assert session.set_annotation_choice("Complete slices") == "slices"
+    assert session.annotation_mode() == ("slices", "chosen")
+    with pytest.raises(InputError, match="AnnotationMode"):
+        session.set_annotation_choice("scribbles")
+    session.set_annotation_choice("auto")
+
+    seeds = session.painted_labels("seeds")
+    expected = np.where(tumour, 2, np.where(background, BACKGROUND_LABEL, 0))
+    np.testing.assert_array_equal(seeds, expected)
+    np.testing.assert_array_equal(session.painted_labels("slices"), np.where(tumour, 2, 0))
+    assert session.seed_planes() == {"axial": [], "sagittal": [50], "coronal": [45], "other": [0]}
+    painting = session.painting()
+    assert (painting.mode, painting.reason, painting.seed_planes) == ("seeds", "Background is painted",
+                                                                      session.seed_planes())
+    assert painting.annotated == sorted(set(np.flatnonzero(tumour.any((0, 1)))))
+    assert painting.summary.startswith("Seeds on sagittal 50; coronal 45 (voxels: Edema ")
+
+    session.start_propagation()  # what went to the engine
+    request = session.logic.jobs.job.request
+    options = from_strings(request.meta["options"])
+    assert (options.annotation_mode, options.background_label) == ("seeds", BACKGROUND_LABEL)
+    np.testing.assert_array_equal(request.arrays["annotation"], expected)
+    session.cancel()
+    session.wait(60)
+    assert session.last_mode == "seeds"
+
+    session.set_annotation_choice("slices")  # the same painting as complete slices: today's annotation
+    session.start_propagation()
+    request = session.logic.jobs.job.request
+    assert from_strings(request.meta["options"]).annotation_mode == "slices"
+    np.testing.assert_array_equal(request.arrays["annotation"], np.where(tumour, 2, 0))
+    session.cancel()
+    session.wait(60)
+
+    session.start_inpainting("painted", steps=200)  # inpainting the painted tumour leaves Background strokes out
+    np.testing.assert_array_equal(session.logic.jobs.job.request.arrays["mask"], tumour)
+    session.cancel()
+    session.wait(60)
+
+    session.set_annotation_choice("auto")  # Background only: the Logic names what to paint, nothing starts
+    paint_seeds(session, np.zeros_like(tumour), background)
+    with pytest.raises(InputError, match="paint at least one tumour class"):
+        session.start_propagation()
+    with pytest.raises(InputError, match="Nothing is painted yet"):
+        session.start_inpainting("painted")
+    assert not session.running and set(session.segment_voxels(node)) == {
+        "Necrotic core", "Edema", "Enhancing tumour", "Background"}
+
+
+def test_session_propagates_seeds_from_sagittal_and_coronal_strokes(session, crop_case):
+    """End to end without a browser: strokes of tumour and Background on one sagittal and one coronal slice,
+    propagated in seeds mode with the 'quick' preset; the painted segmentation is untouched, every voxel is labelled
+    (not only the stroked slices), and the whole tumour is found."""
+    from BrainDiffSegLib.protocol import dice
+    from BrainDiffSegWeb.session import JobStatus
+
+    case_dir, label, _ = crop_case
+    session.load_case(case_dir)
+    wt = label > 0
+    x, y = (int(c) for c in np.round(np.argwhere(wt).mean(0)[:2]))
+    tumour, background = truth_seeds(label, {0: x, 1: y})
+    node = paint_seeds(session, tumour, background)
+    painted_before = session.segment_voxels(node)
+    assert session.annotation_mode()[0] == "seeds"
+    session.start_propagation()
+    state = session.wait(300)
+    assert state.status == JobStatus.DONE, state.message
+    result = session.import_result()
+    assert result is not None and session.logic.lastResult.annotation_mode == "seeds"
+    assert session.segment_voxels(node) == painted_before
+    labels, _, _ = session.logic.labelArrayFromSegmentation(result, session.reference)
+    pred = session.logic.toEngineArray(labels, 2) > 0
+    outside = np.ones(label.shape, bool)
+    outside[x] = outside[:, y] = False  # the voxels of neither stroked slice
+    score = dice(pred[outside], wt[outside])
+    print(f"seeds on sagittal {x} + coronal {y}: WT Dice {score:.3f} off the stroked slices; notes {session.notes()}")
+    assert pred.sum() > 0.5 * wt.sum() and score > 0.8, score  # measured: 0.965
+    # the engine's warning, shown by the panel: the Background ring of the crop's edge slices leaves the head
+    assert any("outside the head" in note for note in session.notes()), session.notes()
+
+
 def test_cli_bad_input_exits_with_code_2(tmp_path, free_port):
     env = dict(os.environ, PYTHONPATH=str(REPO / "BrainDiffSeg"))
     for args, message in ((["--case", str(tmp_path / "missing")], "Case folder not found"),
@@ -408,6 +638,25 @@ def test_cli_bad_input_exits_with_code_2(tmp_path, free_port):
                              capture_output=True, text=True, timeout=120, env=env)
         assert run.returncode == 2, run.stderr[-2000:]
         assert message in run.stderr
+
+
+def test_cli_annotation_mode_presets_the_panel_choice(crop_case, monkeypatch):
+    """`braindiffseg web --annotation-mode seeds` starts the panel on 'Seeds (strokes)'; without it: Automatic."""
+    import argparse
+
+    import BrainDiffSegWeb
+    import BrainDiffSegWeb.app as web_app
+    from BrainDiffSegCLI import web as web_command
+
+    case_dir, _, _ = crop_case
+    parser = argparse.ArgumentParser()
+    web_command.add_parser(parser.add_subparsers())
+    served = []
+    monkeypatch.setattr(web_app, "serve", lambda load, **kwargs: served.append(kwargs["annotation_choice"]))
+    for flags, choice in ((["--annotation-mode", "seeds"], "seeds"), ([], "auto")):
+        args = parser.parse_args(["web", "--case", str(case_dir), "--fast", *flags])
+        assert BrainDiffSegWeb.run(args, web_command.options(args)) == 0
+        assert served[-1] == choice
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -434,7 +683,9 @@ def test_browser_paint_propagate_review_save(crop_case, tmp_path, free_port, req
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             open_app(page, free_port)
-            assert [s["name"] for s in state(page, "segments")] == ["Necrotic core", "Edema", "Enhancing tumour"]
+            assert [s["name"] for s in state(page, "segments")] == ["Necrotic core", "Edema", "Enhancing tumour",
+                                                                   "Background"]
+            assert state(page, "annotation_choice") == "auto" and state(page, "annotation_mode") == "slices"
 
             zs = protocol_slices(label, 2)
             for z in zs:
@@ -485,5 +736,75 @@ def test_browser_paint_propagate_review_save(crop_case, tmp_path, free_port, req
         # floors for the fast preview ('raw' features, 2 small MLPs) from mouse-painted slices; measured here:
         # WT 0.78-0.91, TC 0.36-0.52 over four runs (the core is painted only roughly, rows 2 mm apart)
         assert dice["WT"] > 0.7 and dice["TC"] > 0.25, dice
+    finally:
+        stop_server(server, log_path)
+
+
+def test_browser_seeds_in_the_sagittal_and_coronal_views(crop_case, tmp_path, free_port):
+    """Seeds in the browser: strokes of the whole tumour (Edema) and of Background painted with mouse drags in the
+    sagittal and in the coronal view; each stroke stays in the one slice its view shows (checked on the server's
+    segmentation array: every painted voxel lies in sagittal slice x or coronal slice y), 'Automatic' becomes seeds
+    once Background is painted, Propagate runs in seeds mode and finds the tumour off the stroked slices."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian chromium not installed (scripts/setup.sh installs it)")
+    import nibabel as nib
+    from scipy.ndimage import binary_dilation
+
+    from BrainDiffSegLib.protocol import dice
+
+    case_dir, label, affine = crop_case
+    wt = label > 0
+    x, y = (int(c) for c in np.round(np.argwhere(wt).mean(0)[:2]))
+    axes = plane_axes(affine)
+    out_dir, log_path = tmp_path / "out", tmp_path / "server.log"
+    artifacts = Path(os.environ.get("BRAINDIFFSEG_ARTIFACTS") or tmp_path / "artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    server = start_server(case_dir, free_port, out_dir, log_path, fast=True, device="cpu", brush_mm=BRUSH_MM)
+    try:
+        wait_for_port(free_port, server, 90)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            open_app(page, free_port)
+            names = [s["name"] for s in state(page, "segments")]
+            assert names[-1] == "Background" and state(page, "annotation_mode") == "slices"
+            for orientation, index in (("sagittal", x), ("coronal", y)):
+                screen = go_to_slice(page, orientation, index, affine)
+                tumour = np.take(wt, index, axis=axes[orientation])
+                ring = binary_dilation(tumour, iterations=12) & ~binary_dilation(tumour, iterations=4)
+                paint_mask(page, "#segment-1", tumour, screen, step=6)  # Edema: the whole tumour
+                paint_mask(page, f"#segment-{names.index('Background')}", ring, screen, step=6)
+            page.locator("#tool-none").click()
+            wait_for(page, "window.trame.state.get('annotation_mode') === 'seeds'")
+            expected = {"axial": [], "sagittal": [x], "coronal": [y], "other": [0]}
+            wait_for(page, f"JSON.stringify(window.trame.state.get('seed_planes')) === '{json.dumps(expected)}'"
+                           .replace(" ", ""))
+            assert page.locator("#annotated-slices").inner_text().startswith(f"Seeds on sagittal {x}; coronal {y}")
+            assert "seeds" in page.locator("#annotation-mode").inner_text()
+
+            propagate(page, 200)
+            assert state(page, "job_status") == "done", state(page, "message")
+            assert "seeds" in state(page, "message")
+            result = {s["name"]: s["voxels"] for s in state(page, "result_segments")}
+            assert set(result) == {"Edema"} and 0.5 * wt.sum() < result["Edema"] < 1.5 * wt.sum(), result
+            # the engine's warnings are shown: the Background ring leaves the head at the crop's edge
+            assert any("outside the head" in note for note in state(page, "notes")), state(page, "notes")
+            assert page.locator("#notes").is_visible()
+            time.sleep(1.0)  # let the views render before the screenshot
+            page.screenshot(path=str(artifacts / "web_annotator_seeds.png"))
+            page.locator("#save").click()
+            wait_for(page, "window.trame.state.get('saved_files').length === 3")
+            saved = [Path(f) for f in state(page, "saved_files")]
+            browser.close()
+        pred = np.asarray(nib.load(saved[1]).dataobj) > 0
+        outside = np.ones(label.shape, bool)
+        outside[x] = outside[:, y] = False
+        score = dice(pred[outside], wt[outside])
+        print(f"browser seeds on sagittal {x} + coronal {y}: WT Dice {score:.3f} off the stroked slices; "
+              f"{time.time() - t0:.1f} s")
+        assert score > 0.7, score
     finally:
         stop_server(server, log_path)

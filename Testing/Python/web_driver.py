@@ -1,9 +1,10 @@
 """Driving the browser annotator (`braindiffseg web`) from Playwright: shared by the end-to-end test
 (`test_web.py`) and `scripts/web_screenshot.py`.
 
-Starts the server as a subprocess, moves the axial view to a slice and maps voxels to screen pixels with the view
-geometry the app publishes (`axial_xy_to_ras`), and paints masks with real mouse drags (horizontal strokes every
-other row of a one-slice brush). numpy only at import; Playwright pages are passed in.
+Starts the server as a subprocess, moves the axial, sagittal or coronal view to a slice and maps voxels to screen
+pixels with the view geometry the app publishes (`view_xy_to_ras`), and paints masks with real mouse drags
+(horizontal strokes every other row of a one-slice brush; `step` rows apart for sparse seeds). numpy only at
+import; Playwright pages are passed in.
 """
 from __future__ import annotations
 
@@ -97,25 +98,50 @@ def open_app(page, port: int, timeout_s: float = 60) -> None:
     wait_for(page, "window.trame.state.get('axial_xy_to_ras').length === 16", timeout_s)
 
 
-def go_to_axial(page, z: int, affine: np.ndarray):
-    """Show axial slice z (typed into the panel) and return screen(i, j): the page pixel of voxel (i, j, z), from
-    the view geometry the app publishes (RAS = M @ (x, y, 0, 1), view pixels from the bottom left)."""
-    wait_sent(page)
-    page.locator("#axial-slice").fill(str(z))
-    page.keyboard.press("Enter")
-    wait_for(page, f"window.trame.state.get('axial_slice') === {z}")
-    wait_for(page, f"Math.abs(window.trame.state.get('axial_xy_to_ras')[11] - {(affine @ [0, 0, z, 1])[2]})"
-                   " < 0.01")
-    m = np.array(state(page, "axial_xy_to_ras")).reshape(4, 4)
-    box = page.locator("#view-Red").bounding_box()
-    to_xy = np.linalg.inv(m[:2, :2])
+VIEWS = {"axial": "Red", "sagittal": "Yellow", "coronal": "Green"}  # orientation -> the app's view tag
 
-    def screen(i, j):
-        ras = affine @ [i, j, z, 1]
-        x, y = to_xy @ (ras[:2] - m[:2, 3])
+
+def plane_axes(affine: np.ndarray) -> dict[str, int]:
+    """Orientation -> the IJK axis of a (non-oblique) NIfTI grid its slices cut: the axis closest to S, R, A."""
+    directions = np.abs(np.asarray(affine, float)[:3, :3])
+    axial = int(np.argmax(directions[2]))
+    rest = [a for a in range(3) if a != axial]
+    sagittal = max(rest, key=lambda a: directions[0, a])
+    return {"axial": axial, "sagittal": sagittal, "coronal": next(a for a in rest if a != sagittal)}
+
+
+def go_to_slice(page, orientation: str, index: int, affine: np.ndarray):
+    """Show slice `index` of an orientation (typed into the panel) and return screen(u, v): the page pixel of the
+    voxel whose IJK indices are (u, v) on the other two axes, in IJK order, and `index` on the slice's axis, from
+    the view geometry the app publishes (RAS = M @ (x, y, 0, 1), view pixels from the bottom left)."""
+    tag, axis = VIEWS[orientation], plane_axes(affine)[orientation]
+    row = int(np.argmax(np.abs(np.asarray(affine)[:3, axis])))  # the RAS coordinate that axis moves
+    ijk = [0, 0, 0, 1]
+    ijk[axis] = index
+    target = float((affine @ ijk)[row])
+    wait_sent(page)
+    page.locator(f"#{orientation}-slice").fill(str(index))
+    page.keyboard.press("Enter")
+    wait_for(page, f"window.trame.state.get('{orientation}_slice') === {index}")
+    wait_for(page, f"(window.trame.state.get('view_xy_to_ras')['{tag}'] || [])[{4 * row + 3}] !== undefined && "
+                   f"Math.abs(window.trame.state.get('view_xy_to_ras')['{tag}'][{4 * row + 3}] - {target}) < 0.01")
+    m = np.array(state(page, "view_xy_to_ras")[tag]).reshape(4, 4)
+    box = page.locator(f"#view-{tag}").bounding_box()
+    to_xy = np.linalg.pinv(m[:3, :2])
+    others = [a for a in range(3) if a != axis]
+
+    def screen(u, v):
+        voxel = [0.0, 0.0, 0.0, 1.0]
+        voxel[axis], voxel[others[0]], voxel[others[1]] = index, u, v
+        x, y = to_xy @ ((affine @ voxel)[:3] - m[:3, 3])
         return float(box["x"] + x), float(box["y"] + box["height"] - y)
 
     return screen
+
+
+def go_to_axial(page, z: int, affine: np.ndarray):
+    """Show axial slice z and return screen(i, j): the page pixel of voxel (i, j, z) (`go_to_slice`)."""
+    return go_to_slice(page, "axial", z, affine)
 
 
 def stroke_rows(mask2d: np.ndarray, step: int = 2) -> list[tuple[tuple[int, int], tuple[int, int]]]:

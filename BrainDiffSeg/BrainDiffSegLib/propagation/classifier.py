@@ -179,7 +179,7 @@ class PixelEnsemble:
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, progress: Callable[[float], None] | None = None,
             cancelled: Callable[[], bool] | None = None, intensity_columns: int = 0,
-            intensity_weight: float = 0.0) -> list[dict]:
+            intensity_weight: float = 0.0, min_epoch_samples: int = 0) -> list[dict]:
         """Train every member on features x (P, C) and class indices y (P,) in 0..n_classes-1.
 
         The members are trained together, as one stacked model (`_StackedMLPs`: batched matrix products), each on
@@ -193,7 +193,11 @@ class PixelEnsemble:
         and is trained in the same stacked model (formerly a second ensemble trained after the first: the same
         members, seeds and updates, in half the steps); the ensemble's probabilities are the two sets' means mixed
         with that weight. Those members get first layers over all the features with zero weights on the columns
-        they do not read, so the ensemble is used like any other (`folded`, `classify`)."""
+        they do not read, so the ensemble is used like any other (`folded`, `classify`).
+
+        `min_epoch_samples`: an epoch visits at least this many training pixels, each pixel as often as the others
+        give or take one (several shuffled passes; seeds, where a few hundred painted pixels would otherwise give an
+        epoch of a handful of steps). 0, and whenever the training set is larger: one pass an epoch."""
         if x.shape[0] != y.shape[0] or x.shape[1] != self.n_features:
             raise ValueError(f"features {tuple(x.shape)} and labels {tuple(y.shape)} do not match "
                              f"{self.n_features} features")
@@ -232,7 +236,9 @@ class PixelEnsemble:
         stacked = _StackedMLPs(nets, columns).to(self.device)
         optim = _adamw(stacked.parameters(), self.opt.lr, self.opt.weight_decay)
         n_train = tr.shape[1]
-        batch = int(min(self.opt.batch_size, max(64, n_train // 40)))
+        passes = max(1, math.ceil(min_epoch_samples / max(1, n_train)))
+        n_epoch = n_train * passes
+        batch = int(min(self.opt.batch_size, max(64, n_epoch // 40)))
         best = [math.inf] * n_models
         best_state = [stacked.member_state(m) for m in range(n_models)]
         bad, stopped = [0] * n_models, [0] * n_models
@@ -240,9 +246,10 @@ class PixelEnsemble:
             if cancelled is not None and cancelled():
                 raise CancelledError("classifier training cancelled")
             stacked.train()
-            perm = torch.stack([torch.randperm(n_train, generator=g) for g in gens]).to(self.device)
+            perm = torch.stack([torch.cat([torch.randperm(n_train, generator=g) for _ in range(passes)])
+                                for g in gens]).to(self.device)
             order = torch.gather(tr, 1, perm)
-            for s in range(0, n_train, batch):
+            for s in range(0, n_epoch, batch):
                 b = order[:, s:s + batch]
                 if b.shape[1] < 2:
                     continue

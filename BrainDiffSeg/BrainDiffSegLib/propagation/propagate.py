@@ -1,14 +1,16 @@
-"""Patient-level propagation: a few annotated axial slices of one case -> a label volume for the whole case.
+"""Patient-level propagation: a few annotated slices, or strokes, of one case -> a label volume for the whole case.
 
-Volumes in (arrays with the axial axis last), label volume out. Slices of the annotation that contain any label are
-the annotated slices: they keep all their labels (background included) and train the pixel classifier; every other
-slice is predicted. Features of predicted slices are computed batch by batch and discarded after prediction, so
+Volumes in (arrays with the axial axis last), label volume out. The annotation is read in its mode
+(`annotation.read_annotation`): complete axial slices (every slice with a label is annotated entirely, background
+included) or seeds (only painted voxels are known, on any slice of any orientation). The known voxels train the
+pixel classifier and keep their labels; every other voxel of the head is predicted. Features of predicted slices are computed batch by batch and discarded after prediction, so
 memory stays bounded whatever the volume size.
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -19,30 +21,27 @@ from ..device import pick_device
 from ..errors import CancelledError, EngineError, InputError
 from ..options import PropagationOptions
 from ..results import PropagationResult
+from .annotation import read_annotation
+from .cache import VolumeCache
 from .classifier import PixelEnsemble
 from .features import FeatureExtractor
 from .predict import predict_slices
-from .refine import check_refine, needs_probabilities, refine_labels, watershed_gate
+from .refine import check_refine, needs_probabilities, refine_labels, resolve_gate, watershed_gate
 from .sources import FeatureSource, FreshFeatures
 from .volume import check_images
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
+# seeds mode: an epoch of the classifier's training draws at least this many of the (few hundred) seeded pixels,
+# repeating them (`PixelEnsemble.fit`'s min_epoch_samples)
+SEEDS_EPOCH_SAMPLES = 4096
 
 
 def check_annotation(annotation: np.ndarray, shape: tuple, foreground: np.ndarray) -> tuple[list[int], list[int]]:
-    """Annotated slice indices and label values; clear errors for empty or one-class annotations."""
-    if annotation.shape != tuple(shape):
-        raise InputError(f"The annotation has shape {annotation.shape} but the images have {tuple(shape)}.")
-    zs = [int(z) for z in np.nonzero(annotation.reshape(-1, annotation.shape[-1]).any(axis=0))[0]]
-    if not zs:
-        raise InputError("The annotation contains no tumour label: paint the tumour on at least one axial slice.")
-    ann = annotation[..., zs]
-    if not np.any((ann == 0) & foreground[..., zs]):
-        raise InputError("The annotated slices contain no background: the whole head is labelled as tumour; "
-                         "paint only the tumour.")
-    values = [int(v) for v in np.unique(ann)]
-    return zs, values
+    """Annotated slice indices and label values of a complete-slice annotation (`annotation.read_annotation`);
+    clear errors for empty or one-class annotations."""
+    seeds = read_annotation(annotation, shape, foreground, "slices")
+    return seeds.complete, seeds.values
 
 
 def keep_connected_to_annotation(labels: np.ndarray, annotation: np.ndarray) -> np.ndarray:
@@ -69,8 +68,9 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
               progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
               features: FeatureSource | None = None, keep_probabilities: bool = False,
               images_key: str | None = None) -> PropagationResult:
-    """Segment the whole volume from the annotated slices. `images`: role -> array (axial last), one grid. The
-    classifier's labels are refined in 3D (`BrainDiffSegLib.propagation.refine`; by default the watershed gate) and cleaned up
+    """Segment the whole volume from the annotation. `images`: role -> array (axial last), one grid. `annotation`:
+    a label volume on that grid, read in `options.annotation_mode` (`annotation.read_annotation`: complete axial
+    slices, or seeds with `options.background_label` as background and 0 unknown). The classifier's labels are refined in 3D (`BrainDiffSegLib.propagation.refine`; by default the watershed gate) and cleaned up
     (tumour connected to the annotated tumour) before they are returned.
 
     `features`: where the features come from (`sources`): `FreshFeatures()` by default; a
@@ -98,10 +98,16 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
 
     shape = check_images(images)
     source = features if features is not None else FreshFeatures()
+    if opt.annotation_mode == "seeds" and type(source) is FreshFeatures:
+        # strokes touch axial slices that are predicted too: their features are computed once, kept for this run
+        source = VolumeCache()
     volume = source.volume(images, images_key)
     fg = volume.foreground
-    zs_ann, values = check_annotation(annotation, shape, fg)
+    seeds = read_annotation(annotation, shape, fg, opt.annotation_mode, opt.background_label)
+    zs_ann, values, known = seeds.slices, seeds.values, seeds.known
+    seeded = seeds.labels
     refine = check_refine(opt)  # bad settings fail before any work
+    opt = replace(opt, gate=resolve_gate(opt.gate, seeds.slices == seeds.complete))
     if not 0 <= opt.intensity_weight < 1:
         raise InputError(f"intensity_weight must be in [0, 1), got {opt.intensity_weight}")
     device = pick_device(opt.device)
@@ -109,14 +115,14 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     extractor = source.extractor(volume, opt, device)
     timings["load"] = time.perf_counter() - t0
 
-    # 1. training pixels: every head pixel (and every labelled pixel) of the annotated slices, native grid
+    # 1. training pixels: every known head pixel (and every labelled pixel) of the slices the annotation touches
     t = time.perf_counter()
-    train_mask = np.moveaxis(fg[..., zs_ann] | (annotation[..., zs_ann] > 0), -1, 0)
+    train_mask = np.moveaxis(known[..., zs_ann] & (fg[..., zs_ann] | (seeded[..., zs_ann] > 0)), -1, 0)
     x = extractor.native_features(zs_ann, train_mask)
     if not bool(torch.isfinite(x).all()):
         raise EngineError("The features of the annotated slices are not finite (NaN or infinite values): the "
                           "backbone's weights or the images are damaged; nothing was segmented.")
-    y = torch.from_numpy(np.searchsorted(values, np.moveaxis(annotation[..., zs_ann], -1, 0)[train_mask]))
+    y = torch.from_numpy(np.searchsorted(values, np.moveaxis(seeded[..., zs_ann], -1, 0)[train_mask]))
     timings["features_annotated"] = time.perf_counter() - t
     check_cancel()
 
@@ -125,7 +131,8 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     report("training classifier", 0.1)
     ens = PixelEnsemble(x.shape[1], len(values), opt.classifier, device)
     ens.fit(x, y, progress=lambda f: report("training classifier", round(0.1 + 0.2 * f, 6)), cancelled=cancelled,
-            intensity_columns=intensity_columns(extractor, opt), intensity_weight=opt.intensity_weight)
+            intensity_columns=intensity_columns(extractor, opt), intensity_weight=opt.intensity_weight,
+            min_epoch_samples=SEEDS_EPOCH_SAMPLES if seeds.mode == "seeds" else 0)
     del x
     timings["train_classifier"] = time.perf_counter() - t
 
@@ -139,13 +146,16 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     # where it lets tumour stay are predicted. (Computed in a thread of its own beside the classifier's training it
     # saved nothing on the 2-core CPU: torch's threads and the watershed took turns; results section 14.)
     gate = None
+    # seeds: the gate's markers are the seeds, and outside the head is background
+    markers = None if seeds.mode == "slices" else known | ~fg
     if refine and opt.gate == "watershed" and not needs_probabilities(opt) and not keep_probabilities:
         report("gating", 0.3)
-        gate = watershed_gate(images, annotation, zs_ann, opt.gate_margin, fg, opt.gate_scale)
+        gate = watershed_gate(images, seeded, zs_ann, opt.gate_margin, fg, opt.gate_scale, markers)
         timings["gate"] = time.perf_counter() - t
         check_cancel()
         t = time.perf_counter()
-    todo = [z for z in range(shape[-1]) if z not in zs_ann and fg[..., z].any()
+    complete = set(seeds.complete)
+    todo = [z for z in range(shape[-1]) if z not in complete and fg[..., z].any()
             and (gate is None or gate[..., z].any())]
     values_arr = np.array(values, dtype=ldt)
     step = max(1, opt.batch_size)
@@ -153,8 +163,6 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     if keep_probabilities or (refine and needs_probabilities(opt)):
         probs = np.zeros(tuple(shape) + (len(values),), dtype=np.float32)
         probs[..., 0] = 1.0
-        ann_idx = np.searchsorted(values, annotation[..., zs_ann])
-        probs[..., zs_ann, :] = np.eye(len(values), dtype=np.float32)[ann_idx]
     native = head = 0
     for s in range(0, len(todo), step):
         check_cancel()
@@ -173,18 +181,23 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         report("predicting", 0.3 + 0.65 * min(1.0, (s + step) / max(1, len(todo))))
     timings["predict"] = time.perf_counter() - t
     log.info("classified %d of %d head pixels natively", native, head)
-    labels[..., zs_ann] = annotation[..., zs_ann]
+    labels[known] = seeded[known]
+    entropy[known] = disagreement[known] = 0.0
+    if probs is not None:  # one-hot where known
+        probs[known] = np.eye(len(values), dtype=np.float32)[np.searchsorted(values, seeded[known])]
     if refine:
         t = time.perf_counter()
         report("refining", 0.95)
-        labels = refine_labels(probs, annotation, zs_ann, values, fg, opt, images, labels=labels, gate=gate)
+        labels = refine_labels(probs, seeded, zs_ann, values, fg, opt, images, labels=labels, gate=gate,
+                               known=markers)  # (seeds outside the head are background: labels there are 0)
         timings["refine"] = time.perf_counter() - t
     if opt.postprocess:
-        labels = keep_connected_to_annotation(labels, annotation)
+        labels = keep_connected_to_annotation(labels, seeded)
     timings["total"] = time.perf_counter() - t0
     report("done", 1.0)
-    log.info("propagated %d annotated slices to %d slices in %.1f s on %s", len(zs_ann), len(todo),
+    log.info("propagated %s (%d slices touched) to %d slices in %.1f s on %s", seeds.mode, len(zs_ann), len(todo),
              timings["total"], device)
-    return PropagationResult(labels, entropy, disagreement, zs_ann, values, timings, str(device),
-                             probs if keep_probabilities else None)
+    return PropagationResult(labels, entropy, disagreement, list(seeds.complete), values, timings, str(device),
+                             probs if keep_probabilities else None, warnings=list(seeds.warnings),
+                             seeded_slices=list(zs_ann), annotation_mode=seeds.mode)
 

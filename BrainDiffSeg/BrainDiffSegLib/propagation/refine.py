@@ -3,7 +3,8 @@
 The pixel classifier sees one slice at a time; the tumour is continuous in 3D. Three steps, each an option of
 `PropagationOptions`:
 
-* the gate (**on by default**, `gate = "watershed"`, `gate_margin = 2`): predicted tumour is kept only within
+* the gate (**on by default**, `gate = "watershed"`, `gate_margin = 2`; `auto`: only when every slice the
+  annotation touches is complete, `resolve_gate`): predicted tumour is kept only within
   `gate_margin` voxels of the tumour side of a seeded watershed (scikit-image) on the gradient of the smoothed FLAIR
   (or T2, T1ce, T1), its markers the annotated slices' tumour and background. The classifier's false positives far
   from the annotated tumour (tissue of similar intensity, e.g. towards the skull base) are seldom reached by the
@@ -24,8 +25,17 @@ from scipy import ndimage
 from ..errors import InputError
 
 DECISIONS = ("argmax", "regions")
-GATES = ("none", "watershed")
+GATES = ("auto", "none", "watershed")
 GATE_ROLES = ("flair", "t2", "t1ce", "t1")  # the sequences where the whole tumour is best seen, in that order
+
+
+def resolve_gate(gate: str, complete: bool = True) -> str:
+    """The gate that runs: `gate`, with 'auto' the watershed when the annotation is complete slices (`complete`:
+    every slice it touches is complete; its markers then cover whole slices) and none otherwise (strokes: their few
+    background markers may flood into the tumour; on the tuning cases neither was better, results section 15)."""
+    if gate == "auto":
+        return "watershed" if complete else "none"
+    return gate
 
 
 def check_refine(opt) -> bool:
@@ -66,11 +76,14 @@ def decide(probs: np.ndarray, values: list[int], decision: str) -> np.ndarray:
 
 
 def watershed_tumour(images: dict[str, np.ndarray], annotation: np.ndarray, annotated: list[int],
-                     scale: int = 1) -> np.ndarray:
+                     scale: int = 1, known: np.ndarray | None = None) -> np.ndarray:
     """(X, Y, Z) bool: the tumour side of a seeded watershed on the 3D gradient magnitude of the first of
     `GATE_ROLES` in `images`, smoothed with a 1-voxel Gaussian; markers: the annotated slices' tumour (any nonzero
     label) and their background. (Computing it only in a box around the predicted tumour was faster but worse: with
     fewer background markers the tumour side flooded the box on 2 of 10 LGG tuning cases.)
+
+    `known` (seeds, `annotation.Seeds`): the markers are the known voxels instead (tumour where `annotation` > 0,
+    background elsewhere; `annotated` is then unused).
 
     `scale` > 1: the watershed floods every `scale`-th voxel in plane (the gradient computed at full resolution,
     then sampled; a cell is a tumour marker where any of its voxels is), and each of its voxels stands for its
@@ -83,7 +96,10 @@ def watershed_tumour(images: dict[str, np.ndarray], annotation: np.ndarray, anno
     smooth = ndimage.gaussian_filter(np.asarray(images[role], dtype=np.float32), 1.0)
     grad = np.sqrt(sum(ndimage.sobel(smooth, axis=a) ** 2 for a in range(3)))
     markers = np.zeros(annotation.shape, np.int32)
-    markers[..., annotated] = np.where(annotation[..., annotated] > 0, 2, 1)
+    if known is None:
+        markers[..., annotated] = np.where(annotation[..., annotated] > 0, 2, 1)
+    else:
+        markers[known] = np.where(annotation[known] > 0, 2, 1)
     if scale <= 1:
         return watershed(grad, markers) == 2
     coarse = markers[::scale, ::scale]
@@ -95,11 +111,11 @@ def watershed_tumour(images: dict[str, np.ndarray], annotation: np.ndarray, anno
 
 
 def watershed_gate(images: dict[str, np.ndarray], annotation: np.ndarray, annotated: list[int], margin: float,
-                   foreground: np.ndarray | None = None, scale: int = 1) -> np.ndarray:
+                   foreground: np.ndarray | None = None, scale: int = 1, known: np.ndarray | None = None) -> np.ndarray:
     """Where predicted tumour may stay: within `margin` voxels of `watershed_tumour` (the classifier keeps the
     heterogeneous tumour borders where the watershed stops short, and loses its far false positives). Computed in
     the bounding box of `foreground` (the head), grown by the margin: 5.0 s -> 1.8 s on a BraTS volume (the same mask).
-    `scale`: see `watershed_tumour`."""
+    `scale`, `known`: see `watershed_tumour`."""
     box = tuple(slice(None) for _ in annotation.shape)
     if foreground is not None and foreground.any():
         pts = np.argwhere(foreground)
@@ -108,7 +124,7 @@ def watershed_gate(images: dict[str, np.ndarray], annotation: np.ndarray, annota
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     z0 = box[2].indices(annotation.shape[2])[0]
     inside = watershed_tumour({r: v[box] for r, v in images.items()}, annotation[box], [z - z0 for z in annotated],
-                              scale)
+                              scale, None if known is None else known[box])
     if margin > 0:
         inside = within_margin(inside, margin)
     out = np.zeros(annotation.shape, bool)
@@ -138,11 +154,13 @@ def needs_probabilities(opt) -> bool:
 
 def refine_labels(probs: np.ndarray | None, annotation: np.ndarray, annotated: list[int], values: list[int],
                   foreground: np.ndarray, opt, images: dict[str, np.ndarray] | None = None,
-                  labels: np.ndarray | None = None, gate: np.ndarray | None = None) -> np.ndarray:
+                  labels: np.ndarray | None = None, gate: np.ndarray | None = None,
+                  known: np.ndarray | None = None) -> np.ndarray:
     """Labels (X, Y, Z, int16) from the probabilities (X, Y, Z, C) after `opt.smooth_*`, `opt.decision` and
     `opt.gate` (`images`: the sequences by role, for the watershed gate; `gate`: the gate's mask when the caller
     computed it already, `watershed_gate`). `labels`: the classifier's own (argmax) labels, used instead of the
-    probabilities where `opt` needs none (`needs_probabilities`)."""
+    probabilities where `opt` needs none (`needs_probabilities`). `known` (seeds mode, `annotation.Seeds.known`):
+    the voxels that keep `annotation` (else every voxel of the `annotated` slices) and the gate's markers."""
     if labels is None or needs_probabilities(opt):
         if probs is None or probs.shape[:-1] != annotation.shape or probs.shape[-1] != len(values):
             raise InputError(f"probabilities {None if probs is None else probs.shape} do not match the annotation "
@@ -153,11 +171,15 @@ def refine_labels(probs: np.ndarray | None, annotation: np.ndarray, annotated: l
     else:
         labels = np.array(labels, copy=True)
     labels[~foreground] = 0
-    if opt.gate == "watershed":
+    if resolve_gate(opt.gate) == "watershed":
         if gate is None:
             if images is None:
                 raise InputError("The watershed gate needs the images.")
-            gate = watershed_gate(images, annotation, annotated, opt.gate_margin, foreground, opt.gate_scale)
+            gate = watershed_gate(images, annotation, annotated, opt.gate_margin, foreground, opt.gate_scale,
+                                  known)
         labels[~gate] = 0
-    labels[..., annotated] = annotation[..., annotated]
+    if known is None:
+        labels[..., annotated] = annotation[..., annotated]
+    else:
+        labels[known] = annotation[known]
     return labels
