@@ -244,8 +244,9 @@ def test_the_slicer_logic_refuses_a_truncated_file_as_the_command_line_does(data
 
 
 def test_a_background_segment_is_not_propagated_as_a_tumour_class(headless, tumour_case):
-    """A segment named 'Background' was propagated as one more tumour class; now it is background, the user is
-    told, and the tumour classes keep their BraTS values."""
+    """A segment named 'Background' was propagated as one more tumour class; now it is background (in the
+    complete-slice mode, which these options ask for, its voxels are what the slices' unpainted voxels are anyway),
+    the user is told, and the tumour classes keep their BraTS values."""
     from BrainDiffSegSlicer.segments import isBackgroundName, labelValuesForSegments
 
     assert [isBackgroundName(n) for n in ("Background", "background 2", "BG", "Edema", "bright")] == \
@@ -267,7 +268,8 @@ def test_a_background_segment_is_not_propagated_as_a_tumour_class(headless, tumo
     out = logic.propagate(volumes, painted, preset("quick"))
     names = [out.GetSegmentation().GetSegment(s).GetName() for s in out.GetSegmentation().GetSegmentIDs()]
     assert "Background" not in names and set(names) == {"Edema", "Enhancing tumour", "Necrotic core"}
-    assert any("'Background' is taken as background" in m for m in logic.lastMessages)
+    # (complete slices: its voxels are background anyway; the user is told its strokes are not used as seeds)
+    assert any("'Background' is painted but the annotation is complete slices" in m for m in logic.lastMessages)
     labels, _, _ = logic.labelArrayFromSegmentation(out, volumes["flair"])
     assert set(np.unique(labels)) <= {0, 1, 2, 4}
 
