@@ -72,6 +72,22 @@ def test_health_answers_with_the_token_and_401_without(service):
         assert request(service, method, path, body=b"" if method != "GET" else None, token=None)[0] == 401
 
 
+def _wait_until_answering(port: int, timeout: float = 60.0) -> None:
+    """Until GET /health on 127.0.0.1:port gets an answer (any status: the service's loop is running)."""
+    t0 = time.time()
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            conn.close()
+            return
+        except OSError:
+            if time.time() - t0 > timeout:
+                raise
+            time.sleep(0.2)
+
+
 def test_loopback_by_default_and_no_clear_text_beyond(tmp_path):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(LIB_PARENT))
@@ -81,6 +97,7 @@ def test_loopback_by_default_and_no_clear_text_beyond(tmp_path):
         line = proc.stdout.readline()
         assert line.startswith(f"BrainDiffSeg engine service on http://127.0.0.1:{port}"), line
         assert "token" not in line  # a given token is not printed
+        _wait_until_answering(port)  # Ctrl+C on a service that is up (not in the middle of its start-up)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)

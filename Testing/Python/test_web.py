@@ -32,8 +32,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from web_driver import (go_to_axial, go_to_slice, open_app, paint_mask, paint_slice, plane_axes, propagate,
-                        start_server, state, stop_server, wait_annotated, wait_for, wait_for_port)
+from web_driver import (app_page, go_to_axial, go_to_slice, paint_mask, paint_slice, plane_axes, propagate,
+                        state, wait_annotated, wait_for)
 
 pytest.importorskip("slicer")
 pytest.importorskip("trame_slicer")
@@ -662,7 +662,7 @@ def test_cli_annotation_mode_presets_the_panel_choice(crop_case, monkeypatch):
 # ------------------------------------------------------------------------------------------ end to end
 
 def test_browser_paint_propagate_review_save(crop_case, tmp_path, free_port, request):
-    playwright = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian chromium not installed (scripts/setup.sh installs it)")
@@ -676,68 +676,59 @@ def test_browser_paint_propagate_review_save(crop_case, tmp_path, free_port, req
     artifacts.mkdir(parents=True, exist_ok=True)
     log_path = tmp_path / "server.log"
     t0 = time.time()
-    server = start_server(case_dir, free_port, out_dir, log_path, fast=True, device="cpu", brush_mm=BRUSH_MM)
-    try:
-        wait_for_port(free_port, server, 90)
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            open_app(page, free_port)
-            assert [s["name"] for s in state(page, "segments")] == ["Necrotic core", "Edema", "Enhancing tumour",
-                                                                   "Background"]
-            assert state(page, "annotation_choice") == "auto" and state(page, "annotation_mode") == "slices"
+    with app_page(case_dir, free_port, out_dir, log_path, chromium, BRUSH_MM) as page:
+        assert [s["name"] for s in state(page, "segments")] == ["Necrotic core", "Edema", "Enhancing tumour",
+                                                               "Background"]
+        assert state(page, "annotation_choice") == "auto" and state(page, "annotation_mode") == "slices"
 
-            zs = protocol_slices(label, 2)
-            for z in zs:
-                screen = go_to_axial(page, z, affine)
-                # Edema: the whole tumour, then Necrotic core: the tumour core
-                paint_slice(page, label[..., z], screen, plan=(("#segment-1", (1, 2, 4)), ("#segment-0", (1, 4))))
-            page.locator("#tool-none").click()
-            wait_annotated(page, zs)
+        zs = protocol_slices(label, 2)
+        for z in zs:
+            screen = go_to_axial(page, z, affine)
+            # Edema: the whole tumour, then Necrotic core: the tumour core
+            paint_slice(page, label[..., z], screen, plan=(("#segment-1", (1, 2, 4)), ("#segment-0", (1, 4))))
+        page.locator("#tool-none").click()
+        wait_annotated(page, zs)
 
-            propagate(page, 150)
-            assert state(page, "job_status") == "done", state(page, "message")
-            assert state(page, "result_name") == "Painted propagated"
-            result = {s["name"]: s["voxels"] for s in state(page, "result_segments")}
-            assert set(result) == {"Necrotic core", "Edema"}
-            wt = int(np.count_nonzero(label))
-            assert 0.5 * wt < sum(result.values()) < 1.5 * wt
-            least = state(page, "least_certain")
-            assert least and all(s["z"] not in zs for s in least)
-            next_z = state(page, "next_slice")
-            assert isinstance(next_z, int) and next_z not in zs
-            page.locator("#paint-next").click()
-            wait_for(page, f"window.trame.state.get('axial_slice') === {next_z}")
-            page.locator(f"#least-certain-{least[0]['z']}").click()
-            wait_for(page, f"window.trame.state.get('axial_slice') === {least[0]['z']}")
-            time.sleep(1.0)  # let the views render before the screenshot
-            page.screenshot(path=str(artifacts / "web_annotator.png"))
-            page.locator("#show-uncertainty").check()
-            wait_for(page, "window.trame.state.get('show_uncertainty') === true")
-            time.sleep(1.0)
-            page.screenshot(path=str(artifacts / "web_annotator_uncertainty.png"))
+        propagate(page, 150)
+        assert state(page, "job_status") == "done", state(page, "message")
+        assert state(page, "result_name") == "Painted propagated"
+        result = {s["name"]: s["voxels"] for s in state(page, "result_segments")}
+        assert set(result) == {"Necrotic core", "Edema"}
+        wt = int(np.count_nonzero(label))
+        assert 0.5 * wt < sum(result.values()) < 1.5 * wt
+        least = state(page, "least_certain")
+        assert least and all(s["z"] not in zs for s in least)
+        next_z = state(page, "next_slice")
+        assert isinstance(next_z, int) and next_z not in zs
+        page.locator("#paint-next").click()
+        wait_for(page, f"window.trame.state.get('axial_slice') === {next_z}")
+        page.locator(f"#least-certain-{least[0]['z']}").click()
+        wait_for(page, f"window.trame.state.get('axial_slice') === {least[0]['z']}")
+        time.sleep(1.0)  # let the views render before the screenshot
+        page.screenshot(path=str(artifacts / "web_annotator.png"))
+        page.locator("#show-uncertainty").check()
+        wait_for(page, "window.trame.state.get('show_uncertainty') === true")
+        time.sleep(1.0)
+        page.screenshot(path=str(artifacts / "web_annotator_uncertainty.png"))
 
-            page.locator("#save").click()
-            wait_for(page, "window.trame.state.get('saved_files').length === 3")
-            page.locator("#save").click()  # a second save writes new, numbered files
-            wait_for(page, "window.trame.state.get('saved_files').length === 6")
-            saved = [Path(f) for f in state(page, "saved_files")]
-            browser.close()
-        assert [f.name for f in saved] == [
-            f"{case_dir.name}_braindiffseg{n}{suffix}" for n in ("", "-2")
-            for suffix in (".seg.nrrd", ".nii.gz", "_painted.seg.nrrd")]
-        assert all(f.is_file() for f in saved)
-        pred = np.asarray(nib.load(saved[1]).dataobj)
-        assert pred.shape == label.shape
-        np.testing.assert_array_equal(pred, np.asarray(nib.load(saved[4]).dataobj))
-        dice = region_dice(pred, label, list(zs))
-        request.node.user_properties.append(("dice", dice))
-        print(f"Dice on the non-annotated slices: {dice}; {time.time() - t0:.1f} s")
-        # floors for the fast preview ('raw' features, 2 small MLPs) from mouse-painted slices; measured here:
-        # WT 0.78-0.91, TC 0.36-0.52 over four runs (the core is painted only roughly, rows 2 mm apart)
-        assert dice["WT"] > 0.7 and dice["TC"] > 0.25, dice
-    finally:
-        stop_server(server, log_path)
+        page.locator("#save").click()
+        wait_for(page, "window.trame.state.get('saved_files').length === 3")
+        page.locator("#save").click()  # a second save writes new, numbered files
+        wait_for(page, "window.trame.state.get('saved_files').length === 6")
+        saved = [Path(f) for f in state(page, "saved_files")]
+    assert [f.name for f in saved] == [
+        f"{case_dir.name}_braindiffseg{n}{suffix}" for n in ("", "-2")
+        for suffix in (".seg.nrrd", ".nii.gz", "_painted.seg.nrrd")]
+    assert all(f.is_file() for f in saved)
+    pred = np.asarray(nib.load(saved[1]).dataobj)
+    assert pred.shape == label.shape
+    np.testing.assert_array_equal(pred, np.asarray(nib.load(saved[4]).dataobj))
+    dice = region_dice(pred, label, list(zs))
+    request.node.user_properties.append(("dice", dice))
+    print(f"Dice on the non-annotated slices: {dice}; {time.time() - t0:.1f} s")
+    # floors for the fast preview ('raw' features, 2 small MLPs) from mouse-painted slices; measured here:
+    # WT 0.78-0.91, TC 0.36-0.52 over four runs (the core is painted only roughly, rows 2 mm apart)
+    assert dice["WT"] > 0.7 and dice["TC"] > 0.25, dice
 
 
 def test_browser_seeds_in_the_sagittal_and_coronal_views(crop_case, tmp_path, free_port):
@@ -745,7 +736,7 @@ def test_browser_seeds_in_the_sagittal_and_coronal_views(crop_case, tmp_path, fr
     sagittal and in the coronal view; each stroke stays in the one slice its view shows (checked on the server's
     segmentation array: every painted voxel lies in sagittal slice x or coronal slice y), 'Automatic' becomes seeds
     once Background is painted, Propagate runs in seeds mode and finds the tumour off the stroked slices."""
-    playwright = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian chromium not installed (scripts/setup.sh installs it)")
@@ -762,49 +753,40 @@ def test_browser_seeds_in_the_sagittal_and_coronal_views(crop_case, tmp_path, fr
     artifacts = Path(os.environ.get("BRAINDIFFSEG_ARTIFACTS") or tmp_path / "artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    server = start_server(case_dir, free_port, out_dir, log_path, fast=True, device="cpu", brush_mm=BRUSH_MM)
-    try:
-        wait_for_port(free_port, server, 90)
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            open_app(page, free_port)
-            names = [s["name"] for s in state(page, "segments")]
-            assert names[-1] == "Background" and state(page, "annotation_mode") == "slices"
-            for orientation, index in (("sagittal", x), ("coronal", y)):
-                screen = go_to_slice(page, orientation, index, affine)
-                tumour = np.take(wt, index, axis=axes[orientation])
-                ring = binary_dilation(tumour, iterations=12) & ~binary_dilation(tumour, iterations=4)
-                paint_mask(page, "#segment-1", tumour, screen, step=6)  # Edema: the whole tumour
-                paint_mask(page, f"#segment-{names.index('Background')}", ring, screen, step=6)
-            page.locator("#tool-none").click()
-            wait_for(page, "window.trame.state.get('annotation_mode') === 'seeds'")
-            expected = {"axial": [], "sagittal": [x], "coronal": [y], "other": [0]}
-            wait_for(page, f"JSON.stringify(window.trame.state.get('seed_planes')) === '{json.dumps(expected)}'"
-                           .replace(" ", ""))
-            assert page.locator("#annotated-slices").inner_text().startswith(f"Seeds on sagittal {x}; coronal {y}")
-            assert "seeds" in page.locator("#annotation-mode").inner_text()
+    with app_page(case_dir, free_port, out_dir, log_path, chromium, BRUSH_MM) as page:
+        names = [s["name"] for s in state(page, "segments")]
+        assert names[-1] == "Background" and state(page, "annotation_mode") == "slices"
+        for orientation, index in (("sagittal", x), ("coronal", y)):
+            screen = go_to_slice(page, orientation, index, affine)
+            tumour = np.take(wt, index, axis=axes[orientation])
+            ring = binary_dilation(tumour, iterations=12) & ~binary_dilation(tumour, iterations=4)
+            paint_mask(page, "#segment-1", tumour, screen, step=6)  # Edema: the whole tumour
+            paint_mask(page, f"#segment-{names.index('Background')}", ring, screen, step=6)
+        page.locator("#tool-none").click()
+        wait_for(page, "window.trame.state.get('annotation_mode') === 'seeds'")
+        expected = {"axial": [], "sagittal": [x], "coronal": [y], "other": [0]}
+        wait_for(page, f"JSON.stringify(window.trame.state.get('seed_planes')) === '{json.dumps(expected)}'"
+                       .replace(" ", ""))
+        assert page.locator("#annotated-slices").inner_text().startswith(f"Seeds on sagittal {x}; coronal {y}")
+        assert "seeds" in page.locator("#annotation-mode").inner_text()
 
-            propagate(page, 200)
-            assert state(page, "job_status") == "done", state(page, "message")
-            assert "seeds" in state(page, "message")
-            result = {s["name"]: s["voxels"] for s in state(page, "result_segments")}
-            assert set(result) == {"Edema"} and 0.5 * wt.sum() < result["Edema"] < 1.5 * wt.sum(), result
-            # the engine's warnings are shown: the Background ring leaves the head at the crop's edge
-            assert any("outside the head" in note for note in state(page, "notes")), state(page, "notes")
-            assert page.locator("#notes").is_visible()
-            time.sleep(1.0)  # let the views render before the screenshot
-            page.screenshot(path=str(artifacts / "web_annotator_seeds.png"))
-            page.locator("#save").click()
-            wait_for(page, "window.trame.state.get('saved_files').length === 3")
-            saved = [Path(f) for f in state(page, "saved_files")]
-            browser.close()
-        pred = np.asarray(nib.load(saved[1]).dataobj) > 0
-        outside = np.ones(label.shape, bool)
-        outside[x] = outside[:, y] = False
-        score = dice(pred[outside], wt[outside])
-        print(f"browser seeds on sagittal {x} + coronal {y}: WT Dice {score:.3f} off the stroked slices; "
-              f"{time.time() - t0:.1f} s")
-        assert score > 0.7, score
-    finally:
-        stop_server(server, log_path)
+        propagate(page, 200)
+        assert state(page, "job_status") == "done", state(page, "message")
+        assert "seeds" in state(page, "message")
+        result = {s["name"]: s["voxels"] for s in state(page, "result_segments")}
+        assert set(result) == {"Edema"} and 0.5 * wt.sum() < result["Edema"] < 1.5 * wt.sum(), result
+        # the engine's warnings are shown: the Background ring leaves the head at the crop's edge
+        assert any("outside the head" in note for note in state(page, "notes")), state(page, "notes")
+        assert page.locator("#notes").is_visible()
+        time.sleep(1.0)  # let the views render before the screenshot
+        page.screenshot(path=str(artifacts / "web_annotator_seeds.png"))
+        page.locator("#save").click()
+        wait_for(page, "window.trame.state.get('saved_files').length === 3")
+        saved = [Path(f) for f in state(page, "saved_files")]
+    pred = np.asarray(nib.load(saved[1]).dataobj) > 0
+    outside = np.ones(label.shape, bool)
+    outside[x] = outside[:, y] = False
+    score = dice(pred[outside], wt[outside])
+    print(f"browser seeds on sagittal {x} + coronal {y}: WT Dice {score:.3f} off the stroked slices; "
+          f"{time.time() - t0:.1f} s")
+    assert score > 0.7, score

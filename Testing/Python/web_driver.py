@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,28 @@ def stop_server(server: subprocess.Popen, log_path=None) -> None:
         server.kill()
     if server.returncode not in (0, -15, None) and log_path is not None:
         print(Path(log_path).read_text()[-3000:])
+
+
+@contextmanager
+def app_page(case_dir, port: int, out_dir, log_path, chromium: str, brush_mm: float = 3.0):
+    """A Chromium page on the annotator (`start_server` on `case_dir`: the fast preview on the CPU, the one-slice
+    brush of `brush_mm`), open and ready (`open_app`); the browser is closed and the server stopped after the block
+    (its log printed if it failed)."""
+    from playwright.sync_api import sync_playwright
+
+    server = start_server(case_dir, port, out_dir, log_path, fast=True, device="cpu", brush_mm=brush_mm)
+    try:
+        wait_for_port(port, server, 90)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                open_app(page, port)
+                yield page
+            finally:
+                browser.close()
+    finally:
+        stop_server(server, log_path)
 
 
 def free_port() -> int:
