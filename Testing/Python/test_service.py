@@ -111,6 +111,7 @@ def test_loopback_by_default_and_no_clear_text_beyond(tmp_path):
     try:
         line = proc.stdout.readline()
         assert "token: " in line and len(line.split("token: ")[1].strip()) >= 24, line
+        _wait_until_answering(int(line.split("127.0.0.1:")[1].split()[0]))  # as above
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
