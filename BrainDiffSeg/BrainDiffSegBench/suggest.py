@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from BrainDiffSegLib.propagation.annotation import complete_slices_as_seeds
 from BrainDiffSegLib.propagation.cache import VolumeCache
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
@@ -73,10 +74,7 @@ class CaseRunner:
                     from BrainDiffSegLib.preprocess import foreground_mask
 
                     self.head = foreground_mask(self.case.images)
-                ann = ann.astype(np.int16)
-                sl = ann[..., list(key)]
-                ann[..., list(key)] = np.where((sl == 0) & self.head[..., list(key)], self.options.background_label,
-                                               sl)
+                ann = complete_slices_as_seeds(self.case.label, key, self.head, self.options.background_label)
             t = time.perf_counter()
             res = propagate(self.case.images, ann, self.options, features=self.cache)
             seconds = time.perf_counter() - t

@@ -13,7 +13,8 @@ import pytest
 from BrainDiffSegLib.constants import BACKGROUND_LABEL
 from BrainDiffSegLib.errors import InputError
 from BrainDiffSegLib.options import ClassifierOptions, PropagationOptions
-from BrainDiffSegLib.propagation.annotation import read_annotation, seeds_in_background_label
+from BrainDiffSegLib.propagation.annotation import (complete_slices_as_seeds, read_annotation,
+                                                    seeds_in_background_label)
 from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
 from BrainDiffSegLib.strokes import StrokeStyle, planes, simulate_strokes
@@ -146,8 +147,7 @@ def test_seeds_painting_complete_slices_give_the_slices_mode_result(synth):
     complete-slice mode, up to the seeds mode's float16 feature cache and its extra gate markers outside the head."""
     images, label, head = synth
     ann, zs = simulate_annotation(label, 3)
-    seeds = np.zeros_like(ann, dtype=np.int16)
-    seeds[..., zs] = np.where(ann[..., zs] > 0, ann[..., zs], np.where(head[..., zs], BACKGROUND_LABEL, 0))
+    seeds = complete_slices_as_seeds(label, zs, head)
     a = propagate(images, ann, RAW)
     b = propagate(images, seeds, SEEDS)
     assert b.annotated_slices == a.annotated_slices == zs

@@ -115,3 +115,14 @@ def seeds_in_background_label(seeds: Seeds, background_label: int = BACKGROUND_L
     """The seeds as a seeds-mode annotation (0 unknown, `background_label` background): e.g. a complete-slice
     annotation given to a tool that takes seeds (Grow from seeds, `BrainDiffSegBench.baselines`)."""
     return np.where(seeds.known, np.where(seeds.labels == 0, background_label, seeds.labels), 0)
+
+
+def complete_slices_as_seeds(label: np.ndarray, zs: list[int], head: np.ndarray,
+                             background_label: int = BACKGROUND_LABEL) -> np.ndarray:
+    """Axial slices `zs` of `label` painted completely, as a seeds-mode annotation (int16): their labels, and
+    Background over the rest of their head (a slice without tumour is Background alone: "no tumour here")."""
+    out = np.zeros(label.shape, np.int16)
+    zs = list(zs)
+    sl = label[..., zs]
+    out[..., zs] = np.where(sl > 0, sl, np.where(head[..., zs], background_label, 0))
+    return out
