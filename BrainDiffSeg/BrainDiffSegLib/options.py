@@ -109,12 +109,15 @@ class PropagationOptions:
     smooth_z: float = _opt(0.0, "Gaussian smoothing of the class probabilities across slices (voxels; 0: none)")
     decision: str = _opt("argmax", "labels from the probabilities: argmax, or regions (BraTS nesting: WT, then TC "
                          "within it, then ET within TC)", choices=("argmax", "regions"))
-    # results section 15: with strokes, the gate (their markers) and none measured alike on the tuning cases (each
-    # lost badly on some cases); the watershed stays the default, auto keeps it for complete slices only
-    gate: str = _opt("watershed", "keep predicted tumour only inside: none; watershed (the tumour side of a watershed "
-                     "seeded by the annotation on the FLAIR gradient); auto (watershed when every slice the annotation "
-                     "touches is complete - always in the complete-slice mode - else none)",
-                     choices=("auto", "none", "watershed"))
+    # results section 15: with strokes the watershed's background (the Background drawn around the tumour of a slice)
+    # floods the tumour of the neighbouring slices; the classifier's confident core as more tumour markers, chosen
+    # on the tuning cases (scripts/seeds_gate_variants.py), is what auto runs for strokes
+    gate: str = _opt("auto", "keep predicted tumour only inside: none; watershed (the tumour side of a watershed "
+                     "seeded by the annotation on the FLAIR gradient); watershed-core (the same, with the "
+                     "classifier's confident tumour connected to the tumour seeds as more tumour markers); auto "
+                     "(watershed when every slice the annotation touches is complete - always in the complete-slice "
+                     "mode - else watershed-core)",
+                     choices=("auto", "none", "watershed", "watershed-core"))
     gate_margin: float = _opt(2.0, "voxels around the watershed's tumour where predicted tumour may stay")
     # results section 14: 2 makes the gate 4x faster (1.3 -> 0.4 s on the tuning cases) but lost BraTS ET on the
     # tuning cases (-0.003, interval below zero) with the other new defaults: 1 stays the default

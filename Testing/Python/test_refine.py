@@ -205,3 +205,65 @@ def test_subsampled_watershed_gate_stays_close_to_the_full_one(synth):
     one[..., z] = 0
     one[x, y, z] = 1  # a single painted tumour voxel; the rest of the slice background
     assert watershed_tumour(images, one, [z], scale=2)[x, y, z]
+
+
+# ------------------------------------------------------------------------------------------ the gate for strokes
+
+def test_classifier_core_keeps_the_confident_tumour_connected_to_the_seeds():
+    """`classifier_core`: confident tumour labels, eroded by a voxel (a 1-voxel bridge to a false positive is cut),
+    in components holding a tumour seed; a low-probability or unconnected region and the seeds themselves are out."""
+    from BrainDiffSegLib.propagation.refine import classifier_core
+
+    shape = (40, 20, 10)
+    labels = np.zeros(shape, np.int16)
+    tumour = np.zeros(shape, np.float32)
+    seeded = np.zeros(shape, np.int16)
+    labels[2:12, 4:14, 2:8], tumour[2:12, 4:14, 2:8] = 2, 0.95  # the tumour, seeded
+    seeded[6, 8, 4] = 2
+    labels[12:20, 9, 5], tumour[12:20, 9, 5] = 2, 0.95  # a 1-voxel bridge to
+    labels[20:28, 4:14, 2:8], tumour[20:28, 4:14, 2:8] = 2, 0.95  # a confident false positive
+    labels[30:38, 4:14, 2:8], tumour[30:38, 4:14, 2:8] = 2, 0.6  # an unsure one next to nothing
+    core = classifier_core(labels, tumour, seeded)
+    assert core[3:11, 5:13, 3:7].sum() == core[3:11, 5:13, 3:7].size - 1  # the tumour eroded, less its seed
+    assert not core[6, 8, 4] and not core[12:, ...].any()
+    # the same false positive joined by a thick bridge is part of the core (the watershed then decides)
+    labels[12:20, 7:11, 3:7], tumour[12:20, 7:11, 3:7] = 2, 0.95
+    assert classifier_core(labels, tumour, seeded)[22:26, 6:12, 3:7].all()
+    assert not classifier_core(labels, np.minimum(tumour, 0.8), seeded)[:, :, :].any()  # nothing confident
+
+
+def test_core_gate_keeps_the_tumour_the_strokes_background_floods():
+    """Strokes on one slice: the Background loop around its small tumour lies inside the larger tumour of the slices
+    above; in a tumour with an inner edge (core in edema) the background side of the plain watershed floods the
+    edema there. With the classifier's confident tumour as more tumour markers (`core_gate`, the default for
+    strokes) the edema stays; a far false positive of the classifier stays out in both."""
+    from BrainDiffSegLib.propagation.refine import core_gate, watershed_gate
+
+    shape, z0 = (48, 48, 16), 4
+    xx, yy, zz = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    r = np.hypot(xx - 24, yy - 24)
+    radius = np.where(zz <= z0, 5, 14)  # the tumour widens above the painted slice
+    tumour_true = (r <= radius) & (zz >= 2) & (zz <= 13)
+    core_true = tumour_true & (r <= 5)
+    flair = np.full(shape, 200.0, np.float32)
+    flair[tumour_true] = 600.0  # edema
+    flair[core_true] = 1000.0  # the core, an inner edge
+    head = np.ones(shape, bool)
+    head[[0, -1], :, :] = head[:, [0, -1], :] = False
+    seeded = np.zeros(shape, np.int16)
+    known = np.zeros(shape, bool)
+    seeded[22:27, 24, z0] = 1  # a tumour stroke
+    loop = (np.abs(r - 9) < 0.6) & (zz == z0)  # Background 4 voxels outside the painted slice's tumour
+    far = (np.abs(xx - 6) < 1) & (zz == z0) & head
+    known |= (seeded > 0) | loop | far
+    markers = known | ~head
+    labels = np.where(tumour_true, 2, 0).astype(np.int16)  # the classifier: right, plus a far false positive
+    fp = (np.hypot(xx - 42, yy - 42) <= 3) & (zz >= 6) & (zz <= 10)
+    labels[fp] = 2
+    prob = np.where(labels > 0, 0.97, 0.02).astype(np.float32)
+    plain = watershed_gate({"flair": flair}, seeded, [], 0.0, head, 1, markers)
+    gate = core_gate({"flair": flair}, labels, prob, seeded, markers, 0.0, head)
+    edema = tumour_true & ~core_true & (zz > z0)
+    assert plain[edema].mean() < 0.5  # the plain watershed loses most of the edema above the strokes
+    assert gate[edema].mean() > 0.95 and gate[tumour_true].mean() > 0.95
+    assert not gate[fp].any() and not plain[fp].any()

@@ -26,7 +26,7 @@ from .cache import VolumeCache
 from .classifier import PixelEnsemble
 from .features import FeatureExtractor
 from .predict import predict_slices
-from .refine import check_refine, needs_probabilities, refine_labels, resolve_gate, watershed_gate
+from .refine import check_refine, core_gate, needs_probabilities, refine_labels, resolve_gate, watershed_gate
 from .sources import FeatureSource, FreshFeatures
 from .volume import check_images
 
@@ -159,22 +159,27 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
             and (gate is None or gate[..., z].any())]
     values_arr = np.array(values, dtype=ldt)
     step = max(1, opt.batch_size)
-    probs = None
+    probs = tumour = None
     if keep_probabilities or (refine and needs_probabilities(opt)):
         probs = np.zeros(tuple(shape) + (len(values),), dtype=np.float32)
         probs[..., 0] = 1.0
+    core = refine and opt.gate == "watershed-core"  # its markers need P(tumour) of the whole prediction
+    if core and probs is None:
+        tumour = np.zeros(shape, dtype=np.float32)
     native = head = 0
     for s in range(0, len(todo), step):
         check_cancel()
         zb = todo[s:s + step]
         pred = predict_slices(ens, extractor, zb, fg, opt.roi_threshold, opt.roi_margin, check_cancel,
-                              probabilities=probs is not None, keep=gate)
+                              probabilities=probs is not None or tumour is not None, keep=gate)
         if not np.isfinite(pred.entropy).all():
             raise EngineError("The prediction is not finite (NaN or infinite probabilities): the features of the "
                               "predicted slices are damaged; nothing was segmented.")
         labels[..., zb] = np.where(fg[..., zb], values_arr[pred.classes], 0)
         if probs is not None:
             probs[..., zb, :] = pred.probabilities
+        elif tumour is not None:
+            tumour[..., zb] = 1.0 - pred.probabilities[..., 0]
         entropy[..., zb], disagreement[..., zb] = pred.entropy, pred.disagreement
         native += pred.native_pixels
         head += pred.head_pixels
@@ -185,6 +190,15 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     entropy[known] = disagreement[known] = 0.0
     if probs is not None:  # one-hot where known
         probs[known] = np.eye(len(values), dtype=np.float32)[np.searchsorted(values, seeded[known])]
+    if core:
+        t = time.perf_counter()
+        report("gating", 0.95)
+        tumour = 1.0 - probs[..., 0] if probs is not None else tumour
+        tumour[known] = seeded[known] > 0
+        gate = core_gate(images, labels, tumour, seeded, markers if markers is not None else known, opt.gate_margin,
+                         fg, opt.gate_scale)
+        del tumour
+        timings["gate"] = time.perf_counter() - t
     if refine:
         t = time.perf_counter()
         report("refining", 0.95)

@@ -3,12 +3,18 @@
 The pixel classifier sees one slice at a time; the tumour is continuous in 3D. Three steps, each an option of
 `PropagationOptions`:
 
-* the gate (**on by default**, `gate = "watershed"`, `gate_margin = 2`; `auto`: only when every slice the
-  annotation touches is complete, `resolve_gate`): predicted tumour is kept only within
+* the gate (**on by default**, `gate = "auto"`, `gate_margin = 2`): predicted tumour is kept only within
   `gate_margin` voxels of the tumour side of a seeded watershed (scikit-image) on the gradient of the smoothed FLAIR
-  (or T2, T1ce, T1), its markers the annotated slices' tumour and background. The classifier's false positives far
+  (or T2, T1ce, T1), its markers the annotation's tumour and background. The classifier's false positives far
   from the annotated tumour (tissue of similar intensity, e.g. towards the skull base) are seldom reached by the
-  region grown from the annotation, whose own leaks the classifier seldom shares. It works on the labels;
+  region grown from the annotation, whose own leaks the classifier seldom shares. It works on the labels.
+  `auto` (`resolve_gate`) is `watershed` when every slice the annotation touches is complete (always in the
+  complete-slice mode), else `watershed-core`: with strokes, the Background drawn around the tumour of one slice
+  lies inside the tumour of the next ones and the background side floods it, so the tumour markers also include
+  the classifier's confident tumour (`classifier_core`: P(tumour) >= 0.9, eroded by 1 voxel, in 3D components
+  that hold a tumour seed), which the flood cannot take. Chosen on the tuning cases (results section 15,
+  `scripts/seeds_gate_variants.py`); it needs the prediction first, so it does not narrow the prediction as the
+  plain watershed does;
 * smoothing (off by default: it helped less and cost ET): each class probability filtered with a 3D Gaussian
   (`smooth_xy` voxels in plane, `smooth_z` across slices);
 * the decision (`argmax` by default): or `regions`, the BraTS regions' nesting (tumour where P(tumour) >= 1/2, core
@@ -25,16 +31,20 @@ from scipy import ndimage
 from ..errors import InputError
 
 DECISIONS = ("argmax", "regions")
-GATES = ("auto", "none", "watershed")
+GATES = ("auto", "none", "watershed", "watershed-core")
+WATERSHEDS = ("watershed", "watershed-core")
+# `classifier_core`, chosen on the tuning cases among P >= 0.5 / 0.9 and erosion 1 / 2 / 3 (results section 15)
+CORE_PROBABILITY = 0.9
+CORE_EROSION = 1
 GATE_ROLES = ("flair", "t2", "t1ce", "t1")  # the sequences where the whole tumour is best seen, in that order
 
 
 def resolve_gate(gate: str, complete: bool = True) -> str:
     """The gate that runs: `gate`, with 'auto' the watershed when the annotation is complete slices (`complete`:
-    every slice it touches is complete; its markers then cover whole slices) and none otherwise (strokes: their few
-    background markers may flood into the tumour; on the tuning cases neither was better, results section 15)."""
+    every slice it touches is complete; its markers then cover whole slices) and the watershed with the
+    classifier's core as more tumour markers otherwise (strokes; see the module docstring)."""
     if gate == "auto":
-        return "watershed" if complete else "none"
+        return "watershed" if complete else "watershed-core"
     return gate
 
 
@@ -132,6 +142,28 @@ def watershed_gate(images: dict[str, np.ndarray], annotation: np.ndarray, annota
     return out
 
 
+def classifier_core(labels: np.ndarray, tumour: np.ndarray, seeded: np.ndarray,
+                    probability: float = CORE_PROBABILITY, erosion: int = CORE_EROSION) -> np.ndarray:
+    """(X, Y, Z) bool: the classifier's confident tumour - a tumour label (`labels` > 0) with P(tumour) (`tumour`)
+    >= `probability` - eroded by `erosion` voxels (thin bridges to false positives cut), in the 3D components (with
+    the tumour seeds, `seeded` > 0) that hold a tumour seed; the seeds themselves excluded."""
+    conf = (tumour >= probability) & (labels > 0)
+    if erosion > 0:
+        conf = ndimage.binary_erosion(conf, iterations=erosion)
+    conf |= seeded > 0
+    comp, _ = ndimage.label(conf, structure=ndimage.generate_binary_structure(3, 1))
+    ids = np.unique(comp[seeded > 0])
+    return np.isin(comp, ids[ids > 0]) & (seeded <= 0)
+
+
+def core_gate(images: dict[str, np.ndarray], labels: np.ndarray, tumour: np.ndarray, seeded: np.ndarray,
+              markers: np.ndarray, margin: float, foreground: np.ndarray | None = None, scale: int = 1) -> np.ndarray:
+    """The `watershed-core` gate: `watershed_gate` with `markers` (the known voxels: tumour where `seeded` > 0,
+    background elsewhere) and the `classifier_core` of the predicted `labels` and P(tumour) `tumour` as tumour."""
+    core = classifier_core(labels, tumour, seeded)
+    return watershed_gate(images, np.where(core, 1, seeded), [], margin, foreground, scale, markers | core)
+
+
 def within_margin(mask: np.ndarray, margin: float) -> np.ndarray:
     """Voxels within `margin` (Euclidean, voxels) of `mask`: `distance_transform_edt(~mask) <= margin`, computed in
     the box of `mask` grown by the margin (the same voxels: every voxel of the mask lies in the box; 0.44 s -> a few
@@ -171,12 +203,24 @@ def refine_labels(probs: np.ndarray | None, annotation: np.ndarray, annotated: l
     else:
         labels = np.array(labels, copy=True)
     labels[~foreground] = 0
-    if resolve_gate(opt.gate) == "watershed":
+    kind = resolve_gate(opt.gate, known is None)
+    if kind in WATERSHEDS:
         if gate is None:
             if images is None:
                 raise InputError("The watershed gate needs the images.")
-            gate = watershed_gate(images, annotation, annotated, opt.gate_margin, foreground, opt.gate_scale,
-                                  known)
+            if kind == "watershed":
+                gate = watershed_gate(images, annotation, annotated, opt.gate_margin, foreground, opt.gate_scale,
+                                      known)
+            else:
+                if probs is None:
+                    raise InputError("The watershed-core gate needs the class probabilities.")
+                marked = known
+                if marked is None:
+                    marked = np.zeros(annotation.shape, bool)
+                    marked[..., annotated] = True
+                p0 = probs[..., values.index(0)] if 0 in values else np.zeros(annotation.shape, np.float32)
+                gate = core_gate(images, labels, 1.0 - p0, np.where(marked, annotation, 0), marked,
+                                 opt.gate_margin, foreground, opt.gate_scale)
         labels[~gate] = 0
     if known is None:
         labels[..., annotated] = annotation[..., annotated]
