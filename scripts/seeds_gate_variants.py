@@ -8,6 +8,12 @@ once, ungated, over the whole head (`--dump`), and the gates are then compared o
     python scripts/seeds_gate_variants.py --dump /tmp/gates --runs axial:1 axial:2 axial:3 mixed:2 [--part 0/2]
     python scripts/seeds_gate_variants.py --evaluate /tmp/gates --out docs/results/seeds/tuning_strokes_gate.md
 
+and classifier settings under the chosen gate (`--set` at `--dump`, one folder each; the first folder is the
+reference):
+
+    python scripts/seeds_gate_variants.py --dump /tmp/iw07 --set intensity_weight=0.7
+    python scripts/seeds_gate_variants.py --evaluate /tmp/gates /tmp/iw07 --variants core-markers-p0.9-r1 --out F
+
 Same simulated strokes (`BrainDiffSegLib.strokes`, seed 0) as the benchmarks; Dice over the whole volume; paired
 differences to the watershed gate (`BrainDiffSegBench.stats.paired_differences`).
 """
@@ -17,6 +23,7 @@ import argparse
 import json
 import logging
 import time
+from unittest import mock
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +37,7 @@ from BrainDiffSegLib.options import PropagationOptions
 from BrainDiffSegLib.preprocess import foreground_mask
 from BrainDiffSegLib.propagation import refine as R
 from BrainDiffSegLib.propagation.cache import VolumeCache
+from BrainDiffSegLib.propagation import propagate as P
 from BrainDiffSegLib.propagation.propagate import keep_connected_to_annotation, propagate
 from BrainDiffSegLib.protocol import region_dice
 from BrainDiffSegLib.resources import data_root
@@ -39,7 +47,8 @@ from BrainDiffSegLib.strokes import simulate_strokes
 log = logging.getLogger("seeds_gate_variants")
 
 
-def dump(out: Path, runs: list[str], part: tuple[int, int]) -> None:
+def dump(out: Path, runs: list[str], part: tuple[int, int], changes: dict | None = None,
+         patch: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cases = data_split(data_root())["tuning"]
     for cdir in cases[part[0]::part[1]]:
@@ -52,9 +61,11 @@ def dump(out: Path, runs: list[str], part: tuple[int, int]) -> None:
                 continue
             orientation, k = run.split(":")
             ann, _ = simulate_strokes(case.label, head, int(k), orientation)
-            opt = replace(PropagationOptions(annotation_mode="seeds"), gate="none", postprocess=False)
+            opt = replace(PropagationOptions(annotation_mode="seeds"), gate="none", postprocess=False,
+                          **(changes or {}))
             t = time.perf_counter()
-            res = propagate(case.images, ann, opt, features=cache, keep_probabilities=True)
+            with mock.patch.multiple(P, **(patch or {})) if patch else mock.patch.object(P, "log", P.log):
+                res = propagate(case.images, ann, opt, features=cache, keep_probabilities=True)
             np.savez_compressed(path, labels=res.labels.astype(np.int8), annotation=ann.astype(np.int8),
                                 tumour=(1.0 - res.probabilities[..., 0]).astype(np.float16))
             print(f"{case.name} {run} {time.perf_counter() - t:.1f} s", flush=True)
@@ -85,23 +96,32 @@ def _evaluate_case(cdir: Path, files: list[Path], names: list[str]) -> list[dict
     return records
 
 
-def evaluate(src: Path, out: Path, variants: list[str], workers: int) -> None:
-    by_case: dict[str, list[Path]] = {}
-    for f in sorted(src.glob("*.npz")):
-        by_case.setdefault(f.name.split("__")[0], []).append(f)
+def evaluate(srcs: list[Path], out: Path, variants: list[str], workers: int) -> None:
+    """Every gate of `variants` on the predictions saved in `srcs[0]`; or, given several folders (predictions with
+    other classifier settings, `--set`), the first of `variants` on each, named by its folder."""
     dirs = {Path(c).name: c for c in data_split(data_root())["tuning"]}
     records = []
-    with ProcessPoolExecutor(workers) as pool:
-        for recs in pool.map(_evaluate_case, [dirs[n] for n in sorted(by_case)],
-                             [by_case[n] for n in sorted(by_case)], [variants] * len(by_case)):
-            records += recs
-            for r in recs:
-                print(json.dumps(r), flush=True)
-    lines = ["| dataset | variant | run | region | n | mean diff to watershed | 95 % interval | wins / losses |",
+    for src in srcs:
+        by_case: dict[str, list[Path]] = {}
+        for f in sorted(src.glob("*.npz")):
+            by_case.setdefault(f.name.split("__")[0], []).append(f)
+        names = variants if len(srcs) == 1 else variants[:1]
+        with ProcessPoolExecutor(workers) as pool:
+            for recs in pool.map(_evaluate_case, [dirs[n] for n in sorted(by_case)],
+                                 [by_case[n] for n in sorted(by_case)], [names] * len(by_case)):
+                for r in recs:
+                    if len(srcs) > 1:
+                        r["method"] = src.name
+                    records.append(r)
+                    print(json.dumps(r), flush=True)
+    if len(srcs) > 1:
+        variants = [s.name for s in srcs]
+    ref = variants[0]
+    lines = [f"| dataset | variant | run | region | n | mean diff to {ref} | 95 % interval | wins / losses |",
              "|---|---|---|---|---|---|---|---|"]
     for dataset in ("BraTS", "LGG"):
         recs = [r for r in records if r["case"].startswith("TCGA") == (dataset == "LGG")]
-        for dd in paired_differences(recs, [(v, "watershed") for v in variants if v != "watershed"]):
+        for dd in paired_differences(recs, [(v, ref) for v in variants[1:]]):
             lines.append(f"| {dataset} | {dd['a']} | {dd['k']} | {dd['region']} | {dd['n']} | {dd['mean']:+.4f} | "
                          f"[{dd['lo']:+.4f}, {dd['hi']:+.4f}] | {dd['a_wins']} / {dd['b_wins']} |")
     means = ["", "| dataset | variant | run | region | mean Dice |", "|---|---|---|---|---|"]
@@ -153,7 +173,12 @@ def main() -> None:
     p.add_argument("--dump", type=Path)
     p.add_argument("--runs", nargs="+", default=["axial:1", "axial:2", "axial:3", "mixed:2"])
     p.add_argument("--part", default="0/1", help="i/n: every n-th tuning case from the i-th (parallel dumps)")
-    p.add_argument("--evaluate", type=Path)
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="--dump: PropagationOptions fields changed (numbers), e.g. intensity_weight=0.7")
+    p.add_argument("--patch", nargs="*", default=[], metavar="CONSTANT=VALUE",
+                   help="--dump: module constants of propagation.propagate changed, e.g. SEEDS_CLASS_WEIGHT_POWER=0.5")
+    p.add_argument("--evaluate", type=Path, nargs="+", help="one folder of --dump: every gate; several: the first "
+                   "of --variants on each, compared with the first folder")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", type=Path)
     p.add_argument("--workers", type=int, default=2)
@@ -161,9 +186,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if a.dump:
         i, n = (int(v) for v in a.part.split("/"))
-        dump(a.dump, a.runs, (i, n))
+        dump(a.dump, a.runs, (i, n), {k: float(v) for k, v in (x.split("=") for x in a.set)},
+             {k: float(v) for k, v in (x.split("=") for x in a.patch)})
     if a.evaluate:
-        evaluate(a.evaluate, a.out, ["watershed"] + [v for v in a.variants if v != "watershed"], a.workers)
+        variants = a.variants if len(a.evaluate) > 1 else ["watershed"] + [v for v in a.variants if v != "watershed"]
+        evaluate(a.evaluate, a.out, variants, a.workers)
 
 
 if __name__ == "__main__":

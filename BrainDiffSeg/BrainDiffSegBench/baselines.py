@@ -19,9 +19,10 @@ import threading
 
 import numpy as np
 
-from BrainDiffSegLib.constants import ROLES
+from BrainDiffSegLib.constants import BACKGROUND_LABEL, ROLES
 from BrainDiffSegLib.errors import InputError
 from BrainDiffSegLib.preprocess import is_brats_labels
+from BrainDiffSegLib.propagation.annotation import read_annotation
 
 WT_ROLES = ("flair", "t2", "t1ce", "t1")
 """Sequence of the whole-tumour growcut run: the first one available."""
@@ -139,22 +140,14 @@ def fast_growcut(image: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 
 def _seed_volume(annotation: np.ndarray, background_label: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """FastGrowCut's seeds (uint8: 0 none, 1 background, 2..K the labels), the label values (sorted, 0 first) and
-    the known voxels: the annotated slices entirely, or (`background_label` given) the painted voxels."""
-    if background_label is None:
-        zs = annotated_slices(annotation)
-        known = np.zeros(annotation.shape, bool)
-        known[..., zs] = True
-        if not np.any(annotation[..., zs] == 0):
-            raise InputError("The annotated slices contain no background: paint only the tumour.")
-        labels = annotation
-    else:
-        known = annotation != 0
-        if not np.any(annotation == background_label):
-            raise InputError(f"The seeds have no Background (label {background_label}): paint some Background.")
-        labels = np.where(annotation == background_label, 0, annotation)
-        if not np.any(labels > 0):
-            raise InputError("The seeds are all Background: paint at least one tumour class too.")
-    values = np.union1d(np.unique(labels[known]), [0])
+    the known voxels: the annotated slices entirely, or (`background_label` given) the painted voxels. Read, and
+    refused with the engine's sentences, by `propagation.annotation.read_annotation` (every voxel counts as head:
+    Grow from seeds has no head mask)."""
+    mode = "slices" if background_label is None else "seeds"
+    read = read_annotation(annotation, annotation.shape, np.ones(annotation.shape, bool), mode,
+                           BACKGROUND_LABEL if background_label is None else background_label)
+    known, labels = read.known, read.labels
+    values = np.asarray(read.values)
     if len(values) > 255:
         raise InputError(f"The annotation has {len(values) - 1} labels; at most 254 are supported.")
     seeds = np.zeros(annotation.shape, np.uint8)

@@ -302,3 +302,26 @@ def test_initial_weights_come_from_their_own_generator_with_the_former_values():
     assert torch.equal(before, torch.random.get_rng_state())
     for (name, a), (_, b) in zip(former.state_dict().items(), now.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_class_weight_power_softens_the_balance_towards_the_minority_class():
+    """`class_weight_power` (seeds mode uses 0.5): with full balance (1) an overlapping minority class takes more
+    of the ambiguous pixels than with softened (0.5) or no (0) balance; 1 is today's weighting, unchanged."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(900, 2, generator=g), torch.randn(30, 2, generator=g) + 1.5])
+    y = torch.cat([torch.zeros(900), torch.ones(30)]).long()
+    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 3, 41), torch.linspace(-1, 3, 41), indexing="ij"), -1)
+    grid = grid.reshape(-1, 2)
+    share = {}
+    for power in (1.0, 0.5, 0.0):
+        ens = PixelEnsemble(2, 2, ClassifierOptions(n_models=2, max_epochs=12, hidden=(16,), batch_size=128, seed=0))
+        ens.fit(x, y, class_weight_power=power)
+        p, _, _ = ensemble_predict(ens, grid)
+        share[power] = float((p.argmax(1) == 1).float().mean())
+    assert share[1.0] > share[0.5] > share[0.0], share
+    default = PixelEnsemble(2, 2, ClassifierOptions(n_models=2, max_epochs=3, hidden=(16,), batch_size=128, seed=0))
+    explicit = PixelEnsemble(2, 2, ClassifierOptions(n_models=2, max_epochs=3, hidden=(16,), batch_size=128, seed=0))
+    default.fit(x, y)
+    explicit.fit(x, y, class_weight_power=1.0)
+    torch.testing.assert_close(ensemble_predict(default, grid)[0], ensemble_predict(explicit, grid)[0], rtol=0,
+                               atol=0)

@@ -179,7 +179,7 @@ class PixelEnsemble:
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, progress: Callable[[float], None] | None = None,
             cancelled: Callable[[], bool] | None = None, intensity_columns: int = 0,
-            intensity_weight: float = 0.0, min_epoch_samples: int = 0) -> list[dict]:
+            intensity_weight: float = 0.0, min_epoch_samples: int = 0, class_weight_power: float = 1.0) -> list[dict]:
         """Train every member on features x (P, C) and class indices y (P,) in 0..n_classes-1.
 
         The members are trained together, as one stacked model (`_StackedMLPs`: batched matrix products), each on
@@ -197,7 +197,10 @@ class PixelEnsemble:
 
         `min_epoch_samples`: an epoch visits at least this many training pixels, each pixel as often as the others
         give or take one (several shuffled passes; seeds, where a few hundred painted pixels would otherwise give an
-        epoch of a handful of steps). 0, and whenever the training set is larger: one pass an epoch."""
+        epoch of a handful of steps). 0, and whenever the training set is larger: one pass an epoch.
+
+        The loss weighs each class by the inverse of its share of the training pixels, raised to
+        `class_weight_power` (1: full balance; 0: none)."""
         if x.shape[0] != y.shape[0] or x.shape[1] != self.n_features:
             raise ValueError(f"features {tuple(x.shape)} and labels {tuple(y.shape)} do not match "
                              f"{self.n_features} features")
@@ -212,6 +215,8 @@ class PixelEnsemble:
         y = y.long()
         counts = torch.bincount(y, minlength=self.n_classes).float()
         weights = torch.where(counts > 0, counts.sum() / (counts.clamp_min(1) * (counts > 0).sum()), 0.0)
+        if class_weight_power != 1.0:
+            weights = torch.where(counts > 0, weights ** class_weight_power, 0.0)
         weights = weights.to(self.device)
         n_set = self.opt.n_models
         columns = [self.n_features] * n_set + ([intensity_columns] * n_set if hybrid else [])

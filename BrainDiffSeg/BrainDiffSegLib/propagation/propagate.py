@@ -35,6 +35,11 @@ Progress = Callable[[str, float], None]
 # seeds mode: an epoch of the classifier's training draws at least this many of the (few hundred) seeded pixels,
 # repeating them (`PixelEnsemble.fit`'s min_epoch_samples)
 SEEDS_EPOCH_SAMPLES = 4096
+# seeds mode: the class weights of the loss (inverse class shares) raised to this power (`PixelEnsemble.fit`):
+# strokes give the small core classes a few dozen pixels beside hundreds of Background, and full balance made the
+# core spill into the edema; 0.5 against 1 and 0 on the tuning cases (results section 15,
+# docs/results/seeds/tuning_strokes_class_weights.md): TC higher at 1, 2 and 3 axial slices, nothing lower
+SEEDS_CLASS_WEIGHT_POWER = 0.5
 
 
 def check_annotation(annotation: np.ndarray, shape: tuple, foreground: np.ndarray) -> tuple[list[int], list[int]]:
@@ -132,7 +137,8 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     ens = PixelEnsemble(x.shape[1], len(values), opt.classifier, device)
     ens.fit(x, y, progress=lambda f: report("training classifier", round(0.1 + 0.2 * f, 6)), cancelled=cancelled,
             intensity_columns=intensity_columns(extractor, opt), intensity_weight=opt.intensity_weight,
-            min_epoch_samples=SEEDS_EPOCH_SAMPLES if seeds.mode == "seeds" else 0)
+            min_epoch_samples=SEEDS_EPOCH_SAMPLES if seeds.mode == "seeds" else 0,
+            class_weight_power=SEEDS_CLASS_WEIGHT_POWER if seeds.mode == "seeds" else 1.0)
     del x
     timings["train_classifier"] = time.perf_counter() - t
 
