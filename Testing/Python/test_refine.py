@@ -267,3 +267,30 @@ def test_core_gate_keeps_the_tumour_the_strokes_background_floods():
     assert plain[edema].mean() < 0.5  # the plain watershed loses most of the edema above the strokes
     assert gate[edema].mean() > 0.95 and gate[tumour_true].mean() > 0.95
     assert not gate[fp].any() and not plain[fp].any()
+
+
+def test_refine_labels_computes_the_core_gate_from_the_probabilities_when_not_given():
+    """A direct caller of `refine_labels` with `gate="watershed-core"` and the class probabilities, no gate: the
+    labels equal those gated by `core_gate` on the same labels and P(tumour); without probabilities it is refused."""
+    from BrainDiffSegLib.propagation.refine import core_gate
+
+    images, label, head = synthetic_tumour_case()
+    known = np.zeros(label.shape, bool)
+    z = int(np.argmax((label > 0).sum((0, 1))))
+    known[..., z] = head[..., z]
+    seeded = np.where(known, label, 0).astype(np.int16)
+    probs = np.zeros(label.shape + (4,), np.float32)
+    probs[..., 0] = 1.0
+    probs[label > 0] = np.eye(4, dtype=np.float32)[np.searchsorted(VALUES, label[label > 0])] * 0.8 + 0.05
+    probs[(label == 0) & head & (np.arange(label.shape[0])[:, None, None] < 3)] = [0.05, 0.0, 0.95, 0.0]  # far FP
+    opt = replace(PLAIN, gate="watershed-core", gate_margin=1.0)
+    out = refine_labels(probs, seeded, [z], VALUES, head, opt, images, known=known | ~head)
+    labels = np.asarray(VALUES, np.int16)[probs.argmax(-1)]
+    labels[~head] = 0
+    gate = core_gate(images, labels, 1.0 - probs[..., 0], seeded, known | ~head, 1.0, head)
+    expected = np.where(gate, labels, 0)
+    expected[known] = seeded[known]
+    np.testing.assert_array_equal(out, expected)
+    assert out[label > 0].astype(bool).mean() > 0.9
+    with pytest.raises(InputError, match="probabilities"):
+        refine_labels(None, seeded, [z], VALUES, head, opt, images, labels=labels, known=known | ~head)
