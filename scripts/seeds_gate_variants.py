@@ -138,13 +138,8 @@ def evaluate(srcs: list[Path], out: Path, variants: list[str], workers: int) -> 
     out.write_text("\n".join(lines + means) + "\n\n```\n" + "\n".join(json.dumps(r) for r in records) + "\n```\n")
 
 
-def _watershed(images, labels, tumour, seeded, known, head, extra=None):
-    markers = known | ~head
-    ann = seeded
-    if extra is not None:
-        markers = markers | extra
-        ann = np.where(extra & ~known, 1, seeded)
-    return R.watershed_gate(images, ann, [], 2.0, head, 1, markers)
+def _watershed(images, labels, tumour, seeded, known, head):
+    return R.watershed_gate(images, seeded, [], 2.0, head, 1, known | ~head)
 
 
 def _core(labels, tumour, seeded, p, r):
@@ -159,7 +154,7 @@ VARIANTS = {
 for _p in (0.5, 0.9):
     for _r in (1, 2, 3):
         VARIANTS[f"core-markers-p{_p}-r{_r}"] = (
-            lambda im, lab, tu, se, kn, hd, p=_p, r=_r: _watershed(im, lab, tu, se, kn, hd, _core(lab, tu, se, p, r)))
+            lambda im, lab, tu, se, kn, hd, p=_p, r=_r: R.core_gate(im, lab, tu, se, kn | ~hd, 2.0, hd, 1, p, r))
 for _r in (1, 2, 3):
     # the classifier's tumour opened by r (its thin bridges to false positives cut), in components with a seed
     VARIANTS[f"opened-r{_r}"] = (lambda im, lab, tu, se, kn, hd, r=_r: R.within_margin(

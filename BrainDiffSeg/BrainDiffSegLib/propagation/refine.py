@@ -157,10 +157,12 @@ def classifier_core(labels: np.ndarray, tumour: np.ndarray, seeded: np.ndarray,
 
 
 def core_gate(images: dict[str, np.ndarray], labels: np.ndarray, tumour: np.ndarray, seeded: np.ndarray,
-              markers: np.ndarray, margin: float, foreground: np.ndarray | None = None, scale: int = 1) -> np.ndarray:
+              markers: np.ndarray, margin: float, foreground: np.ndarray | None = None, scale: int = 1,
+              probability: float = CORE_PROBABILITY, erosion: int = CORE_EROSION) -> np.ndarray:
     """The `watershed-core` gate: `watershed_gate` with `markers` (the known voxels: tumour where `seeded` > 0,
-    background elsewhere) and the `classifier_core` of the predicted `labels` and P(tumour) `tumour` as tumour."""
-    core = classifier_core(labels, tumour, seeded)
+    background elsewhere) and the `classifier_core` of the predicted `labels` and P(tumour) `tumour` as tumour
+    (`probability`, `erosion`: see `classifier_core`)."""
+    core = classifier_core(labels, tumour, seeded, probability, erosion)
     return watershed_gate(images, np.where(core, 1, seeded), [], margin, foreground, scale, markers | core)
 
 
