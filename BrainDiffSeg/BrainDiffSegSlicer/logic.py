@@ -101,6 +101,7 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
                 slicer.vtkSlicerSegmentationsModuleLogic, scene)
         self.scene, self.volumesLogic, self.segmentationsLogic = scene, volumesLogic, segmentationsLogic
         self.lastResult = None
+        self._suggested = None  # (result, slice to paint next, least certain slices): ranked once per result
         self.lastUncertaintyNode = None
         self.lastMessages = []
         self.lastCacheStats = {}  # the feature cache after the last propagation (bytes, slices, hits, misses)
@@ -366,7 +367,8 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
 
     def propagationResponseSteps(self, job, response, createUncertainty: bool = False):
         """`addPropagationResponse` in steps (a generator: the job controller runs one step per tick of the panel's
-        timer): the segmentation built outside the scene, the uncertainty array, then the scene changes at once.
+        timer): the segmentation built outside the scene, the uncertainty array, the suggestions (`suggestions`),
+        then the scene changes at once.
         Returns the result node."""
         from BrainDiffSegLib.results import PropagationResult
 
@@ -379,6 +381,8 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         prepared = self._prepareResult(job, result)
         yield "adding the result"
         prepared["entropy"] = self._uncertaintyArray(job, result) if createUncertainty else None
+        yield "adding the result"
+        self.suggestions(result)  # ranked now, read after the commit (the slice to paint next, the least certain)
         yield "adding the result"
         return self._commitResult(job, result, prepared)
 
@@ -401,10 +405,20 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
     def nextSliceToPaint(self, result=None) -> int | None:
         """The axial slice (engine index) to paint next for `result` (default `lastResult`): `BrainDiffSegLib.
         suggest.next_slice`, never an annotated slice; None without a result or a candidate."""
+        return self.suggestions(result)[0]
+
+    def suggestions(self, result=None) -> tuple[int | None, list[tuple[int, float]]]:
+        """(`nextSliceToPaint`, the 5 least certain slices with their scores) of `result` (default `lastResult`),
+        ranked once per result: a propagation ranks in a step of its own before the scene changes
+        (`propagationResponseSteps`), so the panel's last tick of a job only reads them."""
         from BrainDiffSegLib.propagation.suggest import next_slice
 
         result = result if result is not None else self.lastResult
-        return next_slice(result) if result is not None else None
+        if result is None:
+            return None, []
+        if self._suggested is None or self._suggested[0] is not result:
+            self._suggested = (result, next_slice(result), result.least_certain_slices(5))
+        return self._suggested[1], list(self._suggested[2])
 
     def jumpToAxialSlice(self, sliceNode, volumeNode, axialIndex: int) -> tuple[float, float, float]:
         """Centre a slice view (its vtkMRMLSliceNode, e.g. the Red one) on an axial slice of a volume."""

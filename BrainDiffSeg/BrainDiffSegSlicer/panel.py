@@ -279,9 +279,8 @@ class PanelModel:
         self.status = (_("Done in {seconds:.1f} s on {device} ({engine}): '{name}' (feature cache {mb:.0f} MB). ")
                        .format(seconds=seconds, device=result.device, engine=logic.engine.name,
                                name=outputNode.GetName(), mb=logic.featureCacheBytes() / 1024 ** 2) + messages).strip()
-        z = logic.nextSliceToPaint(result)
+        z, worst = logic.suggestions(result)  # ranked before the scene changed (a step of its own)
         self.nextSlice = (z, self._reference) if z is not None else None
-        worst = result.least_certain_slices(5)
         self.leastCertain = ", ".join(f"{z} ({score:.2f})" for z, score in worst) or _("none")
 
     def clear(self) -> None:

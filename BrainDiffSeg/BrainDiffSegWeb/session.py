@@ -321,8 +321,7 @@ class AnnotationSession:
             display.SetLowerThreshold(UNCERTAINTY_SHOWN_FROM)
             display.SetUpperThreshold(1.0)
         self.result, self.uncertainty = result, uncertainty
-        self.least_certain = self.logic.lastResult.least_certain_slices()
-        self.next_slice = self.logic.nextSliceToPaint()
+        self.next_slice, self.least_certain = self.logic.suggestions()
         return result
 
     def notes(self) -> list[str]:

@@ -111,3 +111,48 @@ def test_benchmark_suggest_command(tmp_path, capsys):
     again = json.loads((joined / "suggest.json").read_text())
     assert again["summary"] == result["summary"] and len(again["records"]) == 1
     assert (joined / "suggest.png").is_file()
+
+
+def _scores_slice_by_slice(result, strategy):
+    """The ranking's definition written slice by slice (the engine computes all slices at once)."""
+    Z = result.labels.shape[-1]
+    annotated = sorted({int(z) for z in result.annotated_slices})
+    ann = np.array(annotated, dtype=float)
+    tumour_z = np.nonzero(result.labels.reshape(-1, Z).any(axis=0))[0]
+    lo, hi = (int(tumour_z[0]), int(tumour_z[-1])) if len(tumour_z) else (0, -1)
+    scores = {}
+    for z in range(Z):
+        roi = (result.labels[..., z] > 0) | (result.entropy[..., z] > 0.5)
+        if z in annotated or not roi.any():
+            continue
+        dist = float(np.abs(ann - z).min()) if len(ann) else float(Z)
+        entropy = result.entropy[..., z].astype(np.float64)
+        mean_e = float(entropy[roi].mean())
+        area = int((result.labels[..., z] > 0).sum())
+        if strategy == "uncertainty":
+            scores[z] = mean_e
+        elif strategy == "disagreement":
+            scores[z] = float(result.disagreement[..., z].astype(np.float64)[roi].mean())
+        elif strategy == "distance":
+            if lo <= z <= hi:
+                scores[z] = dist + 1e-6 * float(roi.mean())
+        elif strategy == "uncertainty-distance":
+            scores[z] = mean_e * dist
+        elif strategy == "area-uncertainty":
+            scores[z] = float(entropy[roi].sum())
+        elif area:
+            scores[z] = float(entropy[roi].sum()) if strategy == "tumour-uncertainty" else area * dist
+    return scores
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_the_scores_are_the_slice_by_slice_definition(real_result, strategy):
+    from BrainDiffSegLib.propagation.suggest import slice_scores
+
+    res, _, _ = real_result
+    if res.disagreement is None:  # the real run did not ask for it: a disagreement of the same shape
+        res = replace(res, disagreement=np.random.default_rng(0).random(res.labels.shape).astype(np.float32))
+    for r in (res, replace(res, annotated_slices=[]), replace(res, annotated_slices=list(range(res.labels.shape[-1])))):
+        expected, got = _scores_slice_by_slice(r, strategy), slice_scores(r, strategy)
+        assert got.keys() == expected.keys()
+        assert np.allclose([got[z] for z in expected], list(expected.values()), rtol=1e-9, atol=1e-12)

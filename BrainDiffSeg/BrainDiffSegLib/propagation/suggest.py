@@ -28,45 +28,47 @@ DEFAULT_STRATEGY = "tumour-uncertainty"
 ROI_ENTROPY = 0.5
 
 
-def _roi(result, z: int) -> np.ndarray:
-    return (result.labels[..., z] > 0) | (result.entropy[..., z] > ROI_ENTROPY)
-
-
 def slice_scores(result, strategy: str = DEFAULT_STRATEGY) -> dict[int, float]:
-    """Score of every candidate slice (see the module docstring); {} when there is none."""
+    """Score of every candidate slice (see the module docstring); {} when there is none.
+
+    Computed for all slices at once (per-slice sums over the flattened slice), not slice by slice: the Slicer panel
+    ranks after every propagation, and the loop it replaced took most of the last tick of a job (5 ms on a crop,
+    tens of ms on a whole head; Testing/Python/test_slicer_event_loop.py)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown suggestion strategy {strategy!r}; choose from {list(STRATEGIES)}")
     Z = result.labels.shape[-1]
     annotated = sorted({int(z) for z in result.annotated_slices})
-    ann = np.array(annotated, dtype=float)
-    tumour_z = np.nonzero(result.labels.reshape(-1, Z).any(axis=0))[0]
-    lo, hi = (int(tumour_z[0]), int(tumour_z[-1])) if len(tumour_z) else (0, -1)
-    scores: dict[int, float] = {}
-    for z in range(Z):
-        if z in annotated:
-            continue
-        roi = _roi(result, z)
-        if not roi.any():
-            continue
-        dist = float(np.abs(ann - z).min()) if len(ann) else float(Z)
-        mean_e = float(result.entropy[..., z][roi].mean())
-        if strategy == "uncertainty":
-            scores[z] = mean_e
-        elif strategy == "disagreement":
-            scores[z] = float(result.disagreement[..., z][roi].mean())
-        elif strategy == "distance":
-            if lo <= z <= hi:
-                scores[z] = dist + 1e-6 * float(roi.mean())  # ties: the larger ROI
-        elif strategy == "uncertainty-distance":
-            scores[z] = mean_e * dist
-        elif strategy == "area-uncertainty":
-            scores[z] = float(result.entropy[..., z][roi].sum())
-        else:
-            area = int((result.labels[..., z] > 0).sum())
-            if area == 0:
-                continue
-            scores[z] = float(result.entropy[..., z][roi].sum()) if strategy == "tumour-uncertainty" else area * dist
-    return scores
+    labels = np.asarray(result.labels).reshape(-1, Z)
+    entropy = np.asarray(result.entropy, dtype=np.float64).reshape(-1, Z)
+    tumour = labels > 0
+    roi = tumour | (entropy > ROI_ENTROPY)
+    count = roi.sum(axis=0)
+    candidate = count > 0
+    candidate[[z for z in annotated if 0 <= z < Z]] = False
+    zs = np.arange(Z)
+    dist = (np.abs(np.array(annotated, dtype=float)[:, None] - zs[None, :]).min(axis=0) if annotated
+            else np.full(Z, float(Z)))
+    roi_entropy = np.where(roi, entropy, 0.0).sum(axis=0)
+    mean_e = roi_entropy / np.maximum(count, 1)
+    area = tumour.sum(axis=0)
+    if strategy == "uncertainty":
+        score = mean_e
+    elif strategy == "disagreement":
+        disagreement = np.asarray(result.disagreement, dtype=np.float64).reshape(-1, Z)
+        score = np.where(roi, disagreement, 0.0).sum(axis=0) / np.maximum(count, 1)
+    elif strategy == "distance":
+        tumour_z = np.nonzero(area)[0]
+        lo, hi = (int(tumour_z[0]), int(tumour_z[-1])) if len(tumour_z) else (0, -1)
+        candidate &= (zs >= lo) & (zs <= hi)
+        score = dist + 1e-6 * count / labels.shape[0]  # ties: the larger ROI
+    elif strategy == "uncertainty-distance":
+        score = mean_e * dist
+    elif strategy == "area-uncertainty":
+        score = roi_entropy
+    else:
+        candidate &= area > 0
+        score = roi_entropy if strategy == "tumour-uncertainty" else area * dist
+    return {int(z): float(score[z]) for z in np.nonzero(candidate)[0]}
 
 
 def rank_slices(result, n: int = 5, strategy: str = DEFAULT_STRATEGY) -> list[tuple[int, float]]:
