@@ -11,12 +11,14 @@ import torch
 
 from BrainDiffSegLib.propagation import cache as C
 from BrainDiffSegLib.propagation.features import FeatureExtractor
-from BrainDiffSegLib.options import preset
+from BrainDiffSegLib.options import ClassifierOptions, preset
 from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import protocol_slices, region_dice
 from test_propagate import _reduced_real_case
 
 OPTIONS = replace(preset("quick"), method="diffusion", device="cpu", batch_size=8)
+# updates from scratch: an update equals a first run (the default warm start is tested on its own, below)
+SCRATCH = replace(OPTIONS, classifier=replace(OPTIONS.classifier, warm_epochs=0))
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +52,18 @@ def test_second_run_reuses_everything_and_equals_a_from_scratch_run(real, count_
     zs1 = protocol_slices(label, 1)
     zs2 = sorted(set(zs1) | set(protocol_slices(label, 3)))
     cache = C.VolumeCache()
-    first = propagate(images, _annotation(label, zs1), OPTIONS, features=cache)
+    first = propagate(images, _annotation(label, zs1), SCRATCH, features=cache)
     head_slices = int(np.count_nonzero(cache.volume(images).foreground.reshape(-1, label.shape[-1]).any(0)))
     # each slice the run needed (those the gate lets tumour reach, in their batches) through the backbone once
     assert count_forward["slices"] == cache.describe()["slices"] <= head_slices and cache.nbytes > 0
-    update = propagate(images, _annotation(label, zs2), OPTIONS, features=cache)
+    update = propagate(images, _annotation(label, zs2), SCRATCH, features=cache)
     assert count_forward["slices"] == cache.describe()["slices"]  # no slice of the cache went through it again
     assert update.annotated_slices == zs2 and first.annotated_slices == zs1
-    fresh = propagate(images, _annotation(label, zs2), OPTIONS, features=C.VolumeCache())
+    fresh = propagate(images, _annotation(label, zs2), SCRATCH, features=C.VolumeCache())
     assert np.array_equal(update.labels, fresh.labels)
     assert np.array_equal(update.entropy, fresh.entropy)
     # the cached features are the uncached ones to float16 rounding: the results agree
-    plain = propagate(images, _annotation(label, zs2), OPTIONS)
+    plain = propagate(images, _annotation(label, zs2), SCRATCH)
     assert np.mean(update.labels != plain.labels) < 0.002
     d = region_dice(update.labels, label, zs2)
     assert d["WT"] > 0.85, d
@@ -113,9 +115,11 @@ def test_images_digest_sees_values_dtype_and_roles():
     assert C.images_digest(a) != C.images_digest(b)
 
 
-def test_benchmark_update_command(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("warm", ["0", "default"])
+def test_benchmark_update_command(tmp_path, tiny_checkpoint, warm):
     """`braindiffseg benchmark update` on a synthetic case with a tiny backbone: a first run, the updates, the
-    run without a cache and the fresh-cache check, as JSON and Markdown."""
+    run without a cache and the fresh-cache check, as JSON and Markdown. From scratch (`--warm-epochs 0`) the last
+    update equals a fresh run; warm-started (the default) it is reported how far it is from one."""
     import json
 
     from BrainDiffSegCLI import main
@@ -125,12 +129,18 @@ def test_benchmark_update_command(tmp_path, tiny_checkpoint):
     out = tmp_path / "update"
     assert main(["benchmark", "update", "--case", str(folder), "--out", str(out), "--preset", "quick",
                  "--method", "diffusion", "--checkpoint", str(tiny_checkpoint), "--blocks", "1,2",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu"] + ([] if warm == "default" else ["--warm-epochs", warm])) == 0
     result = json.loads((out / "update.json").read_text())
     runs = result["runs"]  # the k = 3 protocol slices not yet painted, one per update
     assert len(runs) >= 3 and [r["run"] for r in runs] == ["first"] + ["update"] * (len(runs) - 1)
     assert [len(r["annotated"]) for r in runs] == list(range(1, len(runs) + 1))
-    assert result["update_equals_fresh_cache"] is True
+    if warm == "0":
+        assert result["warm_epochs"] == 0 and result["update_equals_fresh_cache"] is True
+        assert result["update_voxels_differing_from_fresh"] == 0
+    else:
+        assert result["warm_epochs"] == ClassifierOptions().warm_epochs > 0
+        assert 0 <= result["update_voxels_differing_from_fresh"] < 0.01
+        assert "warm-start" in (out / "update.md").read_text()
     assert result["runs"][-1]["cache_gb"] > 0 and result["runs"][-1]["dice"]["WT"] > 0.5
     # ITK Grow from seeds timed in the same run on the first and the last annotation, each run's ratio to it
     g1, g3 = result["growcut"]
@@ -181,3 +191,33 @@ def test_predicting_only_inside_the_gate_gives_the_labels_of_predicting_everythi
     assert gated_slices < count_forward["slices"] - gated_slices  # the gate kept slices out of the backbone
     predicted = gated.entropy.reshape(-1, label.shape[-1]).any(0)
     assert predicted.sum() < everything.entropy.reshape(-1, label.shape[-1]).any(0).sum()
+
+
+def test_an_update_with_warm_epochs_starts_from_the_last_runs_members(real, caplog):
+    """`classifier.warm_epochs` > 0 (the default 4): the cache keeps the run's ensemble and the next run on the
+    volume (same options and classes) trains from it for at most that many epochs; 0 keeps nothing, so an update
+    equals a from-scratch run (above)."""
+    import logging
+
+    images, label = real
+    zs1 = protocol_slices(label, 1)
+    zs2 = sorted(set(zs1) | set(protocol_slices(label, 3)))
+    warm = replace(OPTIONS, classifier=replace(OPTIONS.classifier, warm_epochs=2))
+    cold_cache, warm_cache = C.VolumeCache(), C.VolumeCache()
+    propagate(images, _annotation(label, zs1), SCRATCH, features=cold_cache)
+    assert cold_cache._ensemble is None
+    with caplog.at_level(logging.INFO, logger="BrainDiffSegLib.propagation.propagate"):
+        propagate(images, _annotation(label, zs1), warm, features=warm_cache)
+        assert "warm-started" not in caplog.text  # nothing to start from yet
+        kept = warm_cache._ensemble[1]
+        update = propagate(images, _annotation(label, zs2), warm, features=warm_cache)
+        assert "warm-started" in caplog.text
+    assert warm_cache._ensemble[1] is not kept  # the update's ensemble is kept for the next one
+    scratch = propagate(images, _annotation(label, zs2), SCRATCH, features=C.VolumeCache())
+    d_warm, d_scratch = region_dice(update.labels, label, zs2), region_dice(scratch.labels, label, zs2)
+    assert d_warm["WT"] > d_scratch["WT"] - 0.03, (d_warm, d_scratch)
+    # other classes (a binary annotation of the same volume): no warm start from a three-class ensemble
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="BrainDiffSegLib.propagation.propagate"):
+        propagate(images, (_annotation(label, zs2) > 0).astype(label.dtype), warm, features=warm_cache)
+        assert "warm-started" not in caplog.text

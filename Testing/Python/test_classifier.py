@@ -325,3 +325,47 @@ def test_class_weight_power_softens_the_balance_towards_the_minority_class():
     explicit.fit(x, y, class_weight_power=1.0)
     torch.testing.assert_close(ensemble_predict(default, grid)[0], ensemble_predict(explicit, grid)[0], rtol=0,
                                atol=0)
+
+
+def test_a_warm_start_re_expresses_the_members_for_new_statistics_and_never_starts_worse(data):
+    """An update's warm start: the previous members, first layers re-expressed for the new training set's
+    standardisation, compute the same function of the raw features; training from them keeps each member's start
+    unless an epoch improves its validation loss, so no member ends worse on validation than where it started."""
+    x, y = data
+    opts = ClassifierOptions(n_models=2, max_epochs=6, batch_size=512, seed=0, precision="fp32")
+    before = PixelEnsemble(DIM, 4, opts)
+    before.fit(x[:1500], y[:1500], intensity_columns=2, intensity_weight=0.4)
+    more_x, more_y = _blobs([300, 50, 200, 80], seed=7)
+    more_x = more_x * 1.5 - 1.0  # other statistics: the standardisation changes
+    x2, y2 = torch.cat([x, more_x]), torch.cat([y, more_y])
+    after = PixelEnsemble(DIM, 4, opts)
+    after.mean, after.std = x2.mean(0), x2.std(0).clamp_min(1e-3)
+    import copy
+    for net, state in zip(before.members, after._warm_states(before)):
+        moved = copy.deepcopy(net)
+        moved.load_state_dict(state)
+        with torch.no_grad():
+            assert torch.allclose(net(before.standardise(x2)), moved(after.standardise(x2)), atol=1e-4)
+    # the start's validation loss per member (0 epochs: the members as they are), then one epoch from it
+    kept = PixelEnsemble(DIM, 4, opts)
+    kept_history = kept.fit(x2, y2, intensity_columns=2, intensity_weight=0.4, warm=before, max_epochs=0)
+    start = PixelEnsemble(DIM, 4, opts)
+    history = start.fit(x2, y2, intensity_columns=2, intensity_weight=0.4, warm=before, max_epochs=1)
+    assert len(history) == 4 and all(h["epochs"] == 1 for h in history)
+    assert all(h["val_loss"] <= k["val_loss"] for h, k in zip(history, kept_history))
+    assert any(h["val_loss"] < k["val_loss"] for h, k in zip(history, kept_history))  # the epoch did train
+    p0, _, _ = kept.classify(x2, kept.folded())  # the kept members are the earlier ones, re-expressed
+    p1, _, _ = before.classify(x2, before.folded())
+    assert torch.allclose(p0, p1, atol=1e-4)
+    p, _, _ = start.classify(x2, start.folded())
+    acc, _ = _balanced_accuracy(p.argmax(1), y2)
+    assert acc > 0.95, acc
+
+
+def test_a_warm_start_refuses_an_ensemble_of_other_classes_or_members(trained, data):
+    x, y = data
+    ens, _ = trained
+    with pytest.raises(ValueError, match="warm-start"):  # trained with 3 members, asked for 2
+        PixelEnsemble(DIM, 4, ClassifierOptions(n_models=2, max_epochs=1)).fit(x, y, warm=ens)
+    with pytest.raises(ValueError, match="warm-start"):  # other classes
+        PixelEnsemble(DIM, 3, ClassifierOptions(n_models=3, max_epochs=1)).fit(x, y.clamp_max(2), warm=ens)

@@ -63,8 +63,8 @@ def annotated(node):
 
 
 def test_feature_cache_is_hit_on_a_rerun_and_cleared(mrml_scene, crop, M, monkeypatch):
-    """Second propagation of the same volume: no new backbone pass; the update equals a from-scratch propagation
-    with a fresh Logic exactly; clearCache forgets the features."""
+    """Second propagation of the same volume: no new backbone pass; from scratch (`warm_epochs` 0) the update
+    equals a propagation with a fresh Logic exactly; clearCache forgets the features."""
     from BrainDiffSegLib.propagation.features import FeatureExtractor
 
     calls = []
@@ -77,6 +77,7 @@ def test_feature_cache_is_hit_on_a_rerun_and_cleared(mrml_scene, crop, M, monkey
     logic = M.BrainDiffSegLogic(mrml_scene)
     assert logic.featureCacheBytes() == 0
     options = diffusion_quick()
+    options = replace(options, classifier=replace(options.classifier, warm_epochs=0))
     first = logic.propagate(volumes, painted, options)
     first_calls = len(calls)
     assert first_calls > 0 and logic.featureCacheBytes() > 0

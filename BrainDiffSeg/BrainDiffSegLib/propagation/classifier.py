@@ -179,7 +179,8 @@ class PixelEnsemble:
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, progress: Callable[[float], None] | None = None,
             cancelled: Callable[[], bool] | None = None, intensity_columns: int = 0,
-            intensity_weight: float = 0.0, min_epoch_samples: int = 0, class_weight_power: float = 1.0) -> list[dict]:
+            intensity_weight: float = 0.0, min_epoch_samples: int = 0, class_weight_power: float = 1.0,
+            warm: "PixelEnsemble | None" = None, max_epochs: int | None = None) -> list[dict]:
         """Train every member on features x (P, C) and class indices y (P,) in 0..n_classes-1.
 
         The members are trained together, as one stacked model (`_StackedMLPs`: batched matrix products), each on
@@ -200,7 +201,13 @@ class PixelEnsemble:
         epoch of a handful of steps). 0, and whenever the training set is larger: one pass an epoch.
 
         The loss weighs each class by the inverse of its share of the training pixels, raised to
-        `class_weight_power` (1: full balance; 0: none)."""
+        `class_weight_power` (1: full balance; 0: none).
+
+        `warm`: an ensemble trained before on the same kind of features and classes (an earlier run on this volume,
+        `warm_compatible`): every member starts from its counterpart (first layers re-expressed for this training
+        set's standardisation, the same function of the raw features) and keeps it unless an epoch improves its
+        validation loss; `max_epochs` (default `options.max_epochs`) bounds the epochs (0 with `warm`: its members
+        as they are)."""
         if x.shape[0] != y.shape[0] or x.shape[1] != self.n_features:
             raise ValueError(f"features {tuple(x.shape)} and labels {tuple(y.shape)} do not match "
                              f"{self.n_features} features")
@@ -232,6 +239,12 @@ class PixelEnsemble:
             init = torch.Generator().manual_seed(self.opt.seed * 1000 + m)  # the member's initial weights
             nets.append(make_mlp(k, self.n_classes, self.opt.hidden, init))
             gens.append(gen)
+        if warm is not None:
+            if not self.warm_compatible(warm, columns):
+                raise ValueError("the warm-start ensemble does not match these features, classes or members")
+            for net, start, k in zip(nets, self._warm_states(warm), columns):
+                start["0.weight"] = start["0.weight"][:, self.n_features - k:]
+                net.load_state_dict(start)
         xs = self.standardise(x)  # (P, C), gathered per member and step
         y = y.to(self.device)
         tr, val = torch.stack(trs).to(self.device), torch.stack(vals).to(self.device)  # (M, n) each
@@ -246,8 +259,17 @@ class PixelEnsemble:
         batch = int(min(self.opt.batch_size, max(64, n_epoch // 40)))
         best = [math.inf] * n_models
         best_state = [stacked.member_state(m) for m in range(n_models)]
+        if warm is not None:  # the start is a candidate: kept unless an epoch does better on validation
+            stacked.eval()
+            with torch.no_grad():
+                best = [v if math.isfinite(v) else math.inf
+                        for v in _member_losses(stacked(xva), yva, weights).tolist()]
         bad, stopped = [0] * n_models, [0] * n_models
-        for epoch in range(self.opt.max_epochs):
+        epochs = self.opt.max_epochs if max_epochs is None else int(max_epochs)
+        if epochs < (0 if warm is not None else 1):  # 0 with a warm start: its members as they are
+            raise ValueError(f"max_epochs must be at least {0 if warm is not None else 1}, got {epochs}")
+        epoch = -1
+        for epoch in range(epochs):
             if cancelled is not None and cancelled():
                 raise CancelledError("classifier training cancelled")
             stacked.train()
@@ -277,9 +299,11 @@ class PixelEnsemble:
                     if bad[m] > self.opt.patience:
                         stopped[m] = epoch + 1
             if progress is not None:
-                progress(1.0 if all(stopped) else (epoch + 1) / self.opt.max_epochs)
+                progress(1.0 if all(stopped) else (epoch + 1) / epochs)
             if all(stopped):
                 break
+        if progress is not None and epochs == 0:
+            progress(1.0)
         diverged = sum(not math.isfinite(b) for b in best)
         if diverged:
             raise EngineError(f"The classifier did not train: the validation loss of {diverged} of its {n_models} "
@@ -305,6 +329,28 @@ class PixelEnsemble:
         log.info("trained %d MLPs on %d pixels (%s); val loss %s", len(self.members), len(y),
                  counts.long().tolist(), [round(h["val_loss"], 3) for h in history])
         return history
+
+    def warm_compatible(self, warm: "PixelEnsemble", columns: list[int]) -> bool:
+        """Whether `warm` can start this ensemble's training: trained, the same features, classes, hidden layers and
+        members (the same columns read per member)."""
+        return (bool(warm.members) and warm.n_features == self.n_features and warm.n_classes == self.n_classes
+                and tuple(warm.opt.hidden) == tuple(self.opt.hidden) and list(warm.columns or []) == list(columns))
+
+    @torch.no_grad()
+    def _warm_states(self, warm: "PixelEnsemble") -> list[dict[str, torch.Tensor]]:
+        """`warm`'s members as state dicts on the CPU, first layers over all the features re-expressed for this
+        ensemble's standardisation (`self.mean`, `self.std`): W' = W s_new / s_old, b' = b + W (m_new - m_old) /
+        s_old, the same outputs for the same raw features."""
+        old_mean, old_std = warm.mean.cpu(), warm.std.cpu()
+        new_mean, new_std = self.mean.cpu(), self.std.cpu()
+        states = []
+        for net in warm.members:
+            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            w, b = state["0.weight"], state["0.bias"]
+            state["0.weight"] = w * (new_std / old_std)[None, :]
+            state["0.bias"] = b + w @ ((new_mean - old_mean) / old_std)
+            states.append(state)
+        return states
 
     def _folded(self) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """All members at once, for inference: the first layers stacked, (M*h, C) weights and (M*h,) biases with the

@@ -28,7 +28,7 @@ from .features import FeatureExtractor
 from .predict import predict_slices
 from .refine import check_refine, core_gate, needs_probabilities, refine_labels, resolve_gate, watershed_gate
 from .sources import FeatureSource, FreshFeatures
-from .volume import check_images
+from .volume import check_images, feature_spec_of
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -40,6 +40,11 @@ SEEDS_EPOCH_SAMPLES = 4096
 # core spill into the edema; 0.5 against 1 and 0 on the tuning cases (results section 15,
 # docs/results/seeds/tuning_strokes_class_weights.md): TC higher at 1, 2 and 3 axial slices, nothing lower
 SEEDS_CLASS_WEIGHT_POWER = 0.5
+# seeds mode: updates train from scratch whatever `classifier.warm_epochs` says. On the tuning cases a warm start of
+# strokes saved under a second of training (strokes give few pixels) and lost BraTS WT at 3 slices (-0.008
+# [-0.015, -0.002]); with complete slices it saved about 4 s an update at equal Dice (results section 14,
+# docs/results/speed/warm_start_tuning*)
+SEEDS_WARM_START = False
 
 
 def check_annotation(annotation: np.ndarray, shape: tuple, foreground: np.ndarray) -> tuple[list[int], list[int]]:
@@ -135,10 +140,22 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     t = time.perf_counter()
     report("training classifier", 0.1)
     ens = PixelEnsemble(x.shape[1], len(values), opt.classifier, device)
+    warm, warm_key = None, None
+    if (opt.classifier.warm_epochs > 0 and hasattr(source, "warm_ensemble")  # an update on a cached volume
+            and (seeds.mode == "slices" or SEEDS_WARM_START)):
+        warm_key = (replace(opt.classifier, warm_epochs=0), feature_spec_of(opt), opt.method, opt.intensity_weight,
+                    seeds.mode, tuple(int(v) for v in values), x.shape[1], str(device))
+        warm = source.warm_ensemble(warm_key)
     ens.fit(x, y, progress=lambda f: report("training classifier", round(0.1 + 0.2 * f, 6)), cancelled=cancelled,
             intensity_columns=intensity_columns(extractor, opt), intensity_weight=opt.intensity_weight,
             min_epoch_samples=SEEDS_EPOCH_SAMPLES if seeds.mode == "seeds" else 0,
-            class_weight_power=SEEDS_CLASS_WEIGHT_POWER if seeds.mode == "seeds" else 1.0)
+            class_weight_power=SEEDS_CLASS_WEIGHT_POWER if seeds.mode == "seeds" else 1.0,
+            warm=warm, max_epochs=opt.classifier.warm_epochs if warm is not None else None)
+    if warm_key is not None:
+        source.keep_ensemble(warm_key, ens)
+    if warm is not None:
+        log.info("classifier warm-started from the previous run's members (at most %d epochs)",
+                 opt.classifier.warm_epochs)
     del x
     timings["train_classifier"] = time.perf_counter() - t
 

@@ -1,0 +1,110 @@
+"""Issue 25: does warm-starting the classifier on an update keep the Dice of a from-scratch update? On the tuning
+cases (or --data), each case is propagated as a user would update it: the k = 1 protocol slice, then the k = 3
+protocol slices added one at a time (complete slices, or with `--annotation-mode seeds` the seed simulator's strokes
+on them, as `benchmark update`), through one `VolumeCache` per variant (`--warm-epochs 0` is the default: every
+update trains from scratch). Records (case, k = slices annotated, variant, Dice, seconds, training seconds) go to
+OUT/results.json; OUT/table.md pairs every variant with `warm-0` per dataset, k and region (bootstrap 95 % intervals
+of the per-case differences) and gives the mean training and total seconds per update:
+
+    python scripts/warm_start_updates.py --warm-epochs 0 2 4 --out docs/results/speed/warm_start
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from BrainDiffSegBench.stats import paired_differences
+from BrainDiffSegBench.update import painter
+from BrainDiffSegLib.io import load_case
+from BrainDiffSegLib.options import PropagationOptions
+from BrainDiffSegLib.propagation.cache import VolumeCache
+from BrainDiffSegLib.propagation.propagate import propagate
+from BrainDiffSegLib.protocol import protocol_slices, region_dice
+from BrainDiffSegLib.resources import data_root
+from BrainDiffSegLib.splits import data_split
+
+
+def update_order(label: np.ndarray) -> list[int]:
+    """The k = 1 protocol slice, then the k = 3 protocol slices not among it (the order `benchmark update` uses)."""
+    first = protocol_slices(label, 1)
+    return first + [z for z in protocol_slices(label, 3) if z not in first]
+
+
+def run_case(path: Path, warm_epochs: list[int], mode: str) -> list[dict]:
+    case = load_case(path)
+    order = update_order(case.label)
+    records = []
+    for n in warm_epochs:
+        opt = PropagationOptions(device="cpu", annotation_mode=mode)
+        opt = replace(opt, classifier=replace(opt.classifier, warm_epochs=n))
+        paint = painter(case, opt, order)  # complete slices, or the seed simulator's strokes on them
+        cache = VolumeCache()
+        for i in range(len(order)):
+            zs = sorted(order[:i + 1])
+            t = time.perf_counter()
+            res = propagate(case.images, paint(zs), opt, features=cache)
+            seconds = time.perf_counter() - t
+            records.append({"case": case.name, "k": len(zs), "step": i, "method": f"warm-{n}", "backbone": None,
+                            "seconds": round(seconds, 3), "train": round(res.timings["train_classifier"], 3),
+                            "dice": {r: round(v, 4) for r, v in
+                                     region_dice(res.labels, case.label, res.annotated_slices).items()}})
+            print(json.dumps(records[-1]), flush=True)
+    return records
+
+
+def table(records: list[dict], variants: list[str]) -> str:
+    lines = ["| dataset | slices | region | n | variant | mean Dice | minus warm-0 | 95 % interval | wins / losses |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for dataset in ("BraTS", "LGG"):
+        recs = [r for r in records if r["case"].startswith("TCGA") == (dataset == "LGG") and r["step"] > 0]
+        for d in paired_differences(recs, [(v, "warm-0") for v in variants if v != "warm-0"]):
+            mean = np.mean([r["dice"][d["region"]] for r in recs if r["method"] == d["a"] and r["k"] == d["k"]])
+            lines.append(f"| {dataset} | {d['k']} | {d['region']} | {d['n']} | {d['a']} | {mean:.3f} | "
+                         f"{d['mean']:+.4f} | [{d['lo']:+.4f}, {d['hi']:+.4f}] | {d['a_wins']} / {d['b_wins']} |")
+    lines += ["", "| dataset | variant | updates | mean training s | mean total s |", "|---|---|---|---|---|"]
+    for dataset in ("BraTS", "LGG"):
+        for v in variants:
+            ups = [r for r in records if r["method"] == v and r["step"] > 0
+                   and r["case"].startswith("TCGA") == (dataset == "LGG")]
+            if ups:
+                lines.append(f"| {dataset} | {v} | {len(ups)} | {np.mean([r['train'] for r in ups]):.2f} | "
+                             f"{np.mean([r['seconds'] for r in ups]):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, nargs="*", default=None, help="case folders (default: the tuning cases)")
+    p.add_argument("--warm-epochs", type=int, nargs="+", default=[0, 2, 4])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--annotation-mode", choices=("slices", "seeds"), default="slices",
+                   help="complete slices, or the seed simulator's strokes on the same slices (`benchmark update`)")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(a.threads)  # a script of its own: its process is ours
+    cases = a.data or data_split(data_root())["tuning"]
+    warm = sorted(set(a.warm_epochs) | {0})
+    records = [r for c in cases for r in run_case(Path(c), warm, a.annotation_mode)]
+    a.out.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    (a.out / "results.json").write_text(json.dumps({"machine": machine, "records": records}, indent=1))
+    text = (f"# Warm-started updates against from-scratch updates ({len(cases)} cases)\n\n"
+            f"`python scripts/warm_start_updates.py --warm-epochs {' '.join(map(str, warm))} "
+            f"--annotation-mode {a.annotation_mode} --out {a.out}`; "
+            f"machine: {machine}. Updates only (slices 2, 3, ...); warm-0 is the default (every update from scratch)."
+            "\n\n" + table(records, [f"warm-{n}" for n in warm]))
+    (a.out / "table.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
