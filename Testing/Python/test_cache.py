@@ -213,6 +213,12 @@ def test_an_update_with_warm_epochs_starts_from_the_last_runs_members(real, capl
         update = propagate(images, _annotation(label, zs2), warm, features=warm_cache)
         assert "warm-started" in caplog.text
     assert warm_cache._ensemble[1] is not kept  # the update's ensemble is kept for the next one
+    # Propagate again with nothing painted since: the same classifier, the same result (no drift from re-running)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="BrainDiffSegLib.propagation.propagate"):
+        again = propagate(images, _annotation(label, zs2), warm, features=warm_cache)
+        assert "used again" in caplog.text and "warm-started" not in caplog.text
+    assert np.array_equal(again.labels, update.labels) and np.array_equal(again.entropy, update.entropy)
     scratch = propagate(images, _annotation(label, zs2), SCRATCH, features=C.VolumeCache())
     d_warm, d_scratch = region_dice(update.labels, label, zs2), region_dice(scratch.labels, label, zs2)
     assert d_warm["WT"] > d_scratch["WT"] - 0.03, (d_warm, d_scratch)

@@ -722,7 +722,8 @@ def test_parameter_node_round_trip(mrml_scene, M):
         features=dataclasses.replace(changed.features, blocks=(0, 2), timesteps=(25, 250), noise_seed=4,
                                      intensities=False, smoothing=(0.5, 3.0)),
         classifier=dataclasses.replace(changed.classifier, patience=5, lr=0.01, weight_decay=0.5,
-                                       val_fraction=0.25, max_pixels=1000, precision="fp32", seed=9))
+                                       val_fraction=0.25, max_pixels=1000, precision="fp32", seed=9,
+                                           warm_epochs=1))
     default = to_strings(preset("default"))
     assert all(v != default[k] for k, v in to_strings(changed).items()), "a field kept its default"
     parameters.setParametersFromOptions(node, changed)

@@ -1,5 +1,8 @@
 """Pixel classifier: an ensemble of small MLPs (Linear-ReLU-BatchNorm, as in Baranchuk et al.) trained with a
-class-balanced loss and early stopping; predictions are averaged probabilities with per-pixel uncertainty."""
+class-balanced loss and early stopping; predictions are averaged probabilities with per-pixel uncertainty.
+
+Length: the ensemble's one layout (members stacked for training, folded for inference, re-expressed for a warm
+start) is described once here; split into modules, each would have to restate it."""
 from __future__ import annotations
 
 import logging
@@ -173,6 +176,7 @@ class PixelEnsemble:
         self.bf16 = use_bf16(self.opt.precision, self.device)
         self.member_weights: torch.Tensor | None = None  # (M,) summing to 1; None: the plain mean
         self.columns: list[int] | None = None  # per member: how many of the last feature columns it reads
+        self.trained_on: str | None = None  # what it was trained on (`propagate.training_digest`), when known
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.device, torch.float32) - self.mean) / self.std

@@ -8,6 +8,7 @@ memory stays bounded whatever the volume size.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import replace
@@ -72,6 +73,16 @@ def intensity_columns(extractor: FeatureExtractor, opt: PropagationOptions) -> i
     if opt.intensity_weight == 0 or opt.method != "diffusion" or extractor.n_diffusion_channels == 0:
         return 0
     return n_int
+
+
+def training_digest(slices: list[int], mask: np.ndarray, y: torch.Tensor) -> str:
+    """A digest of what the classifier is trained on (the slices, which of their pixels, their classes): a run on a
+    cached volume whose digest is the last run's uses that run's classifier again (re-running gives the same
+    result)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (np.asarray(slices, np.int64), np.packbits(np.ascontiguousarray(mask)), y.numpy()):
+        h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()
 
 
 def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: PropagationOptions | None = None,
@@ -140,22 +151,28 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     t = time.perf_counter()
     report("training classifier", 0.1)
     ens = PixelEnsemble(x.shape[1], len(values), opt.classifier, device)
-    warm, warm_key = None, None
+    warm, warm_key, trained_on = None, None, None
     if (opt.classifier.warm_epochs > 0 and hasattr(source, "warm_ensemble")  # an update on a cached volume
             and (seeds.mode == "slices" or SEEDS_WARM_START)):
         warm_key = (replace(opt.classifier, warm_epochs=0), feature_spec_of(opt), opt.method, opt.intensity_weight,
                     seeds.mode, tuple(int(v) for v in values), x.shape[1], str(device))
         warm = source.warm_ensemble(warm_key)
-    ens.fit(x, y, progress=lambda f: report("training classifier", round(0.1 + 0.2 * f, 6)), cancelled=cancelled,
-            intensity_columns=intensity_columns(extractor, opt), intensity_weight=opt.intensity_weight,
-            min_epoch_samples=SEEDS_EPOCH_SAMPLES if seeds.mode == "seeds" else 0,
-            class_weight_power=SEEDS_CLASS_WEIGHT_POWER if seeds.mode == "seeds" else 1.0,
-            warm=warm, max_epochs=opt.classifier.warm_epochs if warm is not None else None)
+        trained_on = training_digest(zs_ann, train_mask, y)
+    if warm is not None and warm.trained_on == trained_on:  # Propagate again, nothing painted since: the same result
+        ens = warm
+        log.info("the annotation is the last run's: its classifier is used again")
+    else:
+        ens.fit(x, y, progress=lambda f: report("training classifier", round(0.1 + 0.2 * f, 6)), cancelled=cancelled,
+                intensity_columns=intensity_columns(extractor, opt), intensity_weight=opt.intensity_weight,
+                min_epoch_samples=SEEDS_EPOCH_SAMPLES if seeds.mode == "seeds" else 0,
+                class_weight_power=SEEDS_CLASS_WEIGHT_POWER if seeds.mode == "seeds" else 1.0,
+                warm=warm, max_epochs=opt.classifier.warm_epochs if warm is not None else None)
+        if warm is not None:
+            log.info("classifier warm-started from the previous run's members (at most %d epochs)",
+                     opt.classifier.warm_epochs)
     if warm_key is not None:
+        ens.trained_on = trained_on
         source.keep_ensemble(warm_key, ens)
-    if warm is not None:
-        log.info("classifier warm-started from the previous run's members (at most %d epochs)",
-                 opt.classifier.warm_epochs)
     del x
     timings["train_classifier"] = time.perf_counter() - t
 
