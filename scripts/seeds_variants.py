@@ -1,5 +1,5 @@
 """Seeds-mode choices measured on the tuning cases only (issue 23): the classifier's minimum epoch size for a few
-hundred seeded pixels (`propagate.SEEDS_EPOCH_SAMPLES`), a tighter gate, a heavier intensity ensemble. Same
+hundred seeded pixels (`propagate.SEEDS_EPOCH_SAMPLES`) and the gate with strokes. Same
 simulated strokes (`BrainDiffSegLib.strokes`, seed 0) for every variant; Dice over the whole volume; paired
 differences to the default with bootstrap intervals (`BrainDiffSegBench.stats.paired_differences`):
 
@@ -29,8 +29,8 @@ from BrainDiffSegLib.splits import data_split
 from BrainDiffSegLib.strokes import simulate_strokes
 
 # name -> (module constants of `propagate` patched, options changed)
+# (only variants with committed results; the strokes' intensity weight was measured with seeds_gate_variants.py)
 VARIANTS = {"default": ({}, {}), "one-pass-epochs": ({"SEEDS_EPOCH_SAMPLES": 0}, {}),
-            "gate-margin-1": ({}, {"gate_margin": 1.0}), "intensity-0.7": ({}, {"intensity_weight": 0.7}),
             "watershed": ({}, {"gate": "watershed"}), "no-gate": ({}, {"gate": "none"})}
 
 

@@ -27,7 +27,7 @@ from .cache import VolumeCache
 from .classifier import PixelEnsemble
 from .features import FeatureExtractor
 from .predict import predict_slices
-from .refine import check_refine, core_gate, needs_probabilities, refine_labels, resolve_gate, watershed_gate
+from .refine import check_refine, gate_mask, needs_probabilities, refine_labels, resolve_gate
 from .sources import FeatureSource, FreshFeatures
 from .volume import check_images, feature_spec_of
 
@@ -190,7 +190,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     markers = None if seeds.mode == "slices" else known | ~fg
     if refine and opt.gate == "watershed" and not needs_probabilities(opt) and not keep_probabilities:
         report("gating", 0.3)
-        gate = watershed_gate(images, seeded, zs_ann, opt.gate_margin, fg, opt.gate_scale, markers)
+        gate = gate_mask("watershed", images, seeded, zs_ann, fg, opt, known=markers)
         timings["gate"] = time.perf_counter() - t
         check_cancel()
         t = time.perf_counter()
@@ -235,8 +235,8 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         report("gating", 0.95)
         tumour = 1.0 - probs[..., 0] if probs is not None else tumour
         tumour[known] = seeded[known] > 0
-        gate = core_gate(images, labels, tumour, seeded, markers if markers is not None else known, opt.gate_margin,
-                         fg, opt.gate_scale)
+        gate = gate_mask("watershed-core", images, seeded, zs_ann, fg, opt,
+                         known=markers if markers is not None else known, labels=labels, tumour=tumour)
         del tumour
         timings["gate"] = time.perf_counter() - t
     if refine:

@@ -166,6 +166,28 @@ def core_gate(images: dict[str, np.ndarray], labels: np.ndarray, tumour: np.ndar
     return watershed_gate(images, np.where(core, 1, seeded), [], margin, foreground, scale, markers | core)
 
 
+def gate_mask(kind: str, images: dict[str, np.ndarray] | None, annotation: np.ndarray, annotated: list[int],
+              foreground: np.ndarray, opt, known: np.ndarray | None = None, labels: np.ndarray | None = None,
+              tumour: np.ndarray | None = None) -> np.ndarray:
+    """The mask of the watershed gate `kind` (`WATERSHEDS`, resolved), built in this one place for `propagate` and
+    `refine_labels`: `watershed_gate` with the known voxels as markers (`known`, seeds mode; else every voxel of the
+    `annotated` slices), or `core_gate`, which also needs the predicted `labels` and P(tumour) `tumour`."""
+    if images is None:
+        raise InputError("The watershed gate needs the images.")
+    if kind == "watershed":
+        return watershed_gate(images, annotation, annotated, opt.gate_margin, foreground, opt.gate_scale, known)
+    if kind != "watershed-core":
+        raise InputError(f"Unknown watershed gate '{kind}'; use one of {', '.join(WATERSHEDS)}.")
+    if labels is None or tumour is None:
+        raise InputError("The watershed-core gate needs the class probabilities.")
+    marked = known
+    if marked is None:
+        marked = np.zeros(annotation.shape, bool)
+        marked[..., annotated] = True
+    return core_gate(images, labels, tumour, np.where(marked, annotation, 0), marked, opt.gate_margin, foreground,
+                     opt.gate_scale)
+
+
 def within_margin(mask: np.ndarray, margin: float) -> np.ndarray:
     """Voxels within `margin` (Euclidean, voxels) of `mask`: `distance_transform_edt(~mask) <= margin`, computed in
     the box of `mask` grown by the margin (the same voxels: every voxel of the mask lies in the box; 0.44 s -> a few
@@ -208,21 +230,10 @@ def refine_labels(probs: np.ndarray | None, annotation: np.ndarray, annotated: l
     kind = resolve_gate(opt.gate, known is None)
     if kind in WATERSHEDS:
         if gate is None:
-            if images is None:
-                raise InputError("The watershed gate needs the images.")
-            if kind == "watershed":
-                gate = watershed_gate(images, annotation, annotated, opt.gate_margin, foreground, opt.gate_scale,
-                                      known)
-            else:
-                if probs is None:
-                    raise InputError("The watershed-core gate needs the class probabilities.")
-                marked = known
-                if marked is None:
-                    marked = np.zeros(annotation.shape, bool)
-                    marked[..., annotated] = True
-                p0 = probs[..., values.index(0)] if 0 in values else np.zeros(annotation.shape, np.float32)
-                gate = core_gate(images, labels, 1.0 - p0, np.where(marked, annotation, 0), marked,
-                                 opt.gate_margin, foreground, opt.gate_scale)
+            tumour = None
+            if kind == "watershed-core" and probs is not None:
+                tumour = 1.0 - probs[..., values.index(0)] if 0 in values else np.ones(annotation.shape, np.float32)
+            gate = gate_mask(kind, images, annotation, annotated, foreground, opt, known, labels, tumour)
         labels[~gate] = 0
     if known is None:
         labels[..., annotated] = annotation[..., annotated]
