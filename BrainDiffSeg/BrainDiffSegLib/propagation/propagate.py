@@ -97,7 +97,9 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     `features`: where the features come from (`sources`): `FreshFeatures()` by default; a
     `BrainDiffSegLib.propagation.cache.VolumeCache` kept between runs on one volume (interactive use: the normalised
     images, the backbone and the decoder activations of every slice computed so far are reused); a `GivenExtractor`
-    (experiments that serve features from their own store).
+    (experiments that serve features from their own store). A source that keeps the last run's classifier
+    (`VolumeCache.keep_ensemble`) lets an update with complete slices warm-start from it (`classifier.warm_epochs`;
+    the same annotation as the last run reuses it as it is).
     `images_key`: the images' digest when the caller knows it (`transfer.images_digest`; saves hashing them again).
     Nothing process-global is changed (no global seed, no torch flag): every random draw comes from generators
     seeded by `options` (the classifier's `classifier.seed`, the features' `noise_seed`).
