@@ -1,10 +1,11 @@
 """How long each tick of the Slicer panel's timer blocks, on a full case through the panel's code path.
 
 The Logic (slicer-core, no Qt) reads the case into MRML nodes, the truth is painted on the k protocol slices, and
-the propagation runs on a private local engine service while this script polls the Logic's job controller as the
-panel's timer does (`logic.jobs.poll()`, then waits the interval it asks for). Reported per run: the seconds the
-click takes (reading the scene), the whole run, and the longest ticks with the stage each ended in. Run twice: the
-first sends the volume, the second is an update (the service has it).
+the propagation runs on a private local engine service while this script calls what the panel's timer calls
+(`PanelModel.tick`: the Logic's job controller polled, and in the last tick what the panel does with the result),
+then waits the interval the controller asks for. Reported per run: the seconds the click takes (reading the
+scene), the whole run, and the longest ticks with the stage each ended in. Run twice: the first sends the volume,
+the second is an update (the service has it).
 
     python scripts/panel_ticks.py [--case DIR] [--k 3] [--preset quick] --out docs/results/update_service/panel_ticks.md
 """
@@ -26,6 +27,7 @@ def main() -> int:
     from BrainDiffSegLib.resources import data_root
     from BrainDiffSegBench.report import machine
     from BrainDiffSegSlicer.headless import HeadlessScene
+    from BrainDiffSegSlicer.panel import PanelModel
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", default=str(data_root() / "brats2021" / "BraTS2021_00006"))
@@ -50,12 +52,12 @@ def main() -> int:
                 t0 = time.perf_counter()
                 job = logic.startPropagation(nodes, painted, options, createUncertainty=True)
                 click = time.perf_counter() - t0
-                ticks = []
-                while not job.done:
+                ticks, model, end = [], PanelModel(logic), None
+                while end is None:
                     t = time.perf_counter()
-                    state = logic.jobs.poll()
-                    ticks.append((time.perf_counter() - t, state.stage))
-                    time.sleep(max(state.next_poll_ms, 1) / 1000)
+                    end = model.tick()  # the panel's timer (minus the Qt setters)
+                    ticks.append((time.perf_counter() - t, job.state.stage))
+                    time.sleep(max(job.state.next_poll_ms, 1) / 1000)
                 assert job.state.status == "done", job.state
                 longest = sorted(ticks, reverse=True)[:6]
                 runs.append({"run": name, "click_seconds": round(click, 3),
@@ -73,7 +75,7 @@ def main() -> int:
              f"Machine: {result['machine']}. `python scripts/panel_ticks.py --out {a.out}` (options preset "
              f"{a.preset}: the ticks do not depend on it). A tick's stage is the one it ended in: 'adding the "
              "result' ticks build the segmentation and the uncertainty array outside the scene, 'done' is the one "
-             "that changes the scene.", "",
+             "that changes the scene and ends the panel's job.", "",
              "| run | click (reading the scene) | whole run | ticks | longest transfer tick | longest ticks |",
              "|---|---|---|---|---|---|"]
     for r in runs:

@@ -15,11 +15,12 @@ import time
 import numpy as np
 import torch
 
+from BrainDiffSegBench.update import update_order
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
 from BrainDiffSegLib.propagation.cache import VolumeCache
 from BrainDiffSegLib.propagation.propagate import propagate
-from BrainDiffSegLib.protocol import protocol_slices, region_dice
+from BrainDiffSegLib.protocol import region_dice
 from BrainDiffSegLib.resources import data_root
 
 
@@ -32,8 +33,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     case = load_case(a.case or data_root() / "brats2021" / "BraTS2021_00006")
-    first = protocol_slices(case.label, 1)
-    order = first + [z for z in protocol_slices(case.label, 3) if z not in first]
+    order = update_order(case.label)  # the order of `benchmark update`
 
     def annotation(zs):
         ann = np.zeros_like(case.label)

@@ -22,20 +22,14 @@ import numpy as np
 import torch
 
 from BrainDiffSegBench.stats import paired_differences
-from BrainDiffSegBench.update import painter
+from BrainDiffSegBench.update import painter, update_order
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
 from BrainDiffSegLib.propagation.cache import VolumeCache
 from BrainDiffSegLib.propagation.propagate import propagate
-from BrainDiffSegLib.protocol import protocol_slices, region_dice
+from BrainDiffSegLib.protocol import region_dice
 from BrainDiffSegLib.resources import data_root
 from BrainDiffSegLib.splits import data_split
-
-
-def update_order(label: np.ndarray) -> list[int]:
-    """The k = 1 protocol slice, then the k = 3 protocol slices not among it (the order `benchmark update` uses)."""
-    first = protocol_slices(label, 1)
-    return first + [z for z in protocol_slices(label, 3) if z not in first]
 
 
 def run_case(path: Path, warm_epochs: list[int], mode: str) -> list[dict]:

@@ -2,8 +2,8 @@
 protocol slice), propagates, then paints one more slice (those of the k = 3 protocol, one at a time) and propagates
 again, with one per-volume feature cache (`BrainDiffSegLib.propagation.cache.VolumeCache`) kept across the runs. Reported per
 run: wall time, the engine's stage times, Dice on the non-annotated slices and the cache's memory; then, for the last
-annotation, a run without a cache (today's first run) and a run through a fresh cache (which the update must equal
-exactly). ITK's Grow from seeds (`baselines.growcut_brats`) on the first run's and the last update's annotation is
+annotation, a run without a cache (today's first run) and a run through a fresh cache (which an update from scratch,
+`--warm-epochs 0`, equals exactly; how far a warm-started update is from it is reported). ITK's Grow from seeds (`baselines.growcut_brats`) on the first run's and the last update's annotation is
 timed in the same process, and each run's ratio to it reported (absolute times drift on shared machines); with
 `load` > 0 everything runs beside that many CPU-bound processes (`speed.busy_processes`).
 
@@ -44,6 +44,13 @@ def _annotation(label: np.ndarray, zs: list[int]) -> np.ndarray:
     ann = np.zeros_like(label)
     ann[..., zs] = label[..., zs]
     return ann
+
+
+def update_order(label: np.ndarray) -> list[int]:
+    """The axial slices a simulated user paints one at a time: the k = 1 protocol slice, then the k = 3 protocol
+    slices not among it."""
+    first = protocol_slices(label, 1)
+    return first + [z for z in protocol_slices(label, 3) if z not in first]
 
 
 def painter(case, options: PropagationOptions, planes: list[int]):
@@ -91,8 +98,8 @@ def _benchmark_update(case_dir, options: PropagationOptions, service: str | None
     case = load_case(case_dir)
     if case.label is None:
         raise ValueError(f"{case_dir}: the benchmark needs the ground truth (*_seg.nii.gz)")
-    first = protocol_slices(case.label, 1)
-    order = first + [z for z in protocol_slices(case.label, 3) if z not in first]
+    order = update_order(case.label)
+    first = order[:1]
     paint = painter(case, options, order)
     background = options.background_label if options.annotation_mode == "seeds" else None
     growcut = [dict(annotated=zs, **timed_growcut(case, paint(zs), zs, background))

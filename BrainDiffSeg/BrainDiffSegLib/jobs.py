@@ -8,7 +8,7 @@ browser annotator). A request (`transfer.EngineRequest`) carries plain values an
 - 'propagate': meta {"options": `options.to_strings` form, optionally "return": the result arrays wanted}, arrays
   {"annotation"}, the images by role in `request.volume` (or already in the workspace under `request.digest`).
   Response arrays: labels (int16), entropy and disagreement (float32), or those of "return"; meta:
-  annotated_slices, label_values, timings, device, messages, cache.
+  annotated_slices, label_values, timings, device, messages, cache, suggestions (`propagation.suggest.suggestions_of`).
 - 'inpaint': meta {"steps", "seed", "model" (a checkpoint folder on the engine's machine, or null for the bundled
   one), "device", optionally "describe" (the volume and segments in words, for messages)}, arrays {"image",
   "mask"}. Response arrays: inpainted (float32); meta: seconds, device.
@@ -119,6 +119,7 @@ def out_of_memory_errors() -> tuple:
 def _propagate(request, workspace, progress, cancelled) -> EngineResponse:
     from .options import from_strings
     from .propagation.propagate import propagate
+    from .propagation.suggest import suggestions_of
 
     options = from_strings(_meta(request, "options", dict))
     annotation = request.arrays.get("annotation")
@@ -154,7 +155,8 @@ def _propagate(request, workspace, progress, cancelled) -> EngineResponse:
             "timings": {k: float(v) for k, v in result.timings.items()}, "device": result.device,
             "messages": messages + list(result.warnings), "cache": cache.describe(),
             "warnings": list(result.warnings), "annotation_mode": result.annotation_mode,
-            "seeded_slices": [int(z) for z in (result.seeded_slices or result.annotated_slices)]}
+            "seeded_slices": [int(z) for z in (result.seeded_slices or result.annotated_slices)],
+            "suggestions": suggestions_of(result)}  # ranked here, not in the front end's process
     arrays = {"labels": result.labels, "entropy": result.entropy, "disagreement": result.disagreement}
     wanted = request.meta.get("return") or list(arrays)  # what the caller uses (less to send back)
     unknown = [name for name in wanted if name not in arrays]

@@ -20,6 +20,9 @@ class PropagationResult:
     warnings: list[str] = field(default_factory=list)  # for the user (e.g. seeds outside the head were ignored)
     seeded_slices: list[int] | None = None  # axial slices with a known voxel (None: the annotated slices)
     annotation_mode: str = "slices"  # how the annotation was read (`propagation.annotation`)
+    # ranked by the engine (`propagation.suggest.suggestions_of`): {"next_slice": z or None,
+    # "least_certain": [[z, score], ...]}
+    suggestions: dict | None = None
 
     def least_certain_slices(self, n: int = 5) -> list[tuple[int, float]]:
         """Predicted slices ranked by mean uncertainty over their tumour-or-uncertain pixels (`suggest`)."""
@@ -35,4 +38,4 @@ class PropagationResult:
                    [int(v) for v in m["label_values"]], {k: float(v) for k, v in m["timings"].items()},
                    str(m["device"]), warnings=[str(w) for w in m.get("warnings", [])],
                    seeded_slices=None if seeded is None else [int(z) for z in seeded],
-                   annotation_mode=str(m.get("annotation_mode", "slices")))
+                   annotation_mode=str(m.get("annotation_mode", "slices")), suggestions=m.get("suggestions"))

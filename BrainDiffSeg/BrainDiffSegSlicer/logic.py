@@ -408,16 +408,24 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         return self.suggestions(result)[0]
 
     def suggestions(self, result=None) -> tuple[int | None, list[tuple[int, float]]]:
-        """(`nextSliceToPaint`, the 5 least certain slices with their scores) of `result` (default `lastResult`),
-        ranked once per result: a propagation ranks in a step of its own before the scene changes
-        (`propagationResponseSteps`), so the panel's last tick of a job only reads them."""
-        from BrainDiffSegLib.propagation.suggest import next_slice
-
+        """(`nextSliceToPaint`, the 5 least certain slices with their scores) of `result` (default `lastResult`):
+        as the engine ranked them (`result.suggestions`, `suggest.suggestions_of`), else ranked here
+        once per result (a result from an engine that does not rank), in a step of its own before the scene changes
+        (`propagationResponseSteps`)."""
         result = result if result is not None else self.lastResult
         if result is None:
             return None, []
         if self._suggested is None or self._suggested[0] is not result:
-            self._suggested = (result, next_slice(result), result.least_certain_slices(5))
+            if result.suggestions is not None:
+                z = result.suggestions.get("next_slice")
+                worst = [(int(q), float(score)) for q, score in result.suggestions.get("least_certain", [])]
+                self._suggested = (result, None if z is None else int(z), worst)
+            else:
+                from BrainDiffSegLib.propagation.suggest import suggestions_of
+
+                ranked = suggestions_of(result)
+                self._suggested = (result, ranked["next_slice"],
+                                   [(int(q), float(score)) for q, score in ranked["least_certain"]])
         return self._suggested[1], list(self._suggested[2])
 
     def jumpToAxialSlice(self, sliceNode, volumeNode, axialIndex: int) -> tuple[float, float, float]:

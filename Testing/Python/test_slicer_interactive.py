@@ -145,6 +145,10 @@ def test_corrections_locks_undo_and_the_suggested_slice(mrml_scene, crop, M):
     result = logic.propagate(volumes, painted, RAW)
     suggested = logic.nextSliceToPaint()
     assert isinstance(suggested, int) and suggested not in annotated(result) and suggested not in zs
+    # the engine ranked it; a result from an engine that does not rank is ranked by the Logic, the same way
+    assert logic.lastResult.suggestions["next_slice"] == suggested
+    unranked = replace(logic.lastResult, suggestions=None)
+    assert logic.suggestions(unranked) == logic.suggestions()
 
     written = labels_of(logic, result, reference)
     tumour = np.flatnonzero(gt.reshape(gt.shape[0], -1).any(1))

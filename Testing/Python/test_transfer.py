@@ -143,6 +143,14 @@ def test_a_request_gives_the_engines_result_and_leaves_global_state_alone(tumour
         np.testing.assert_array_equal(response.arrays[name], getattr(expected, name))
     assert response.meta["annotated_slices"] == expected.annotated_slices
     assert response.meta["label_values"] == [0, 1, 2, 4] and response.meta["device"] == "cpu"
+    # the suggestions ranked in the engine (not in the front end's process), as the ranking gives them
+    from BrainDiffSegLib.propagation.suggest import next_slice
+    from BrainDiffSegLib.results import PropagationResult
+
+    ranked = response.meta["suggestions"]
+    assert ranked["next_slice"] == next_slice(expected) and ranked["next_slice"] not in expected.annotated_slices
+    assert [tuple(x) for x in ranked["least_certain"]] == expected.least_certain_slices(5) and ranked["least_certain"]
+    assert PropagationResult.from_response(response).suggestions == ranked
     assert len(workspace) == 2  # two dtypes, two volumes... kept by digest
     small = Workspace(max_volumes=1)
     small.put(images)

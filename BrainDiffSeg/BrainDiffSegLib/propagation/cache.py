@@ -115,7 +115,7 @@ class VolumeCache:
         self._backbones: dict = {}
         self._stores: dict = {}
         self._full_warned = False
-        self._ensemble: tuple | None = None  # (key, the last run's PixelEnsemble): an update's warm start
+        self._ensemble: tuple | None = None  # (key, the last run's PixelEnsemble, its training digest)
 
     def clear(self) -> None:
         """Forget everything (the hit / miss counts stay)."""
@@ -177,14 +177,17 @@ class VolumeCache:
         extractor.head = volume.foreground.reshape(-1, volume.foreground.shape[-1]).any(axis=0)
         return extractor
 
-    def warm_ensemble(self, key):
-        """The ensemble of the last run on this volume when it was trained under the same `key` (features, classes,
-        classifier options, annotation mode: `propagate.warm_key`), else None."""
-        return self._ensemble[1] if self._ensemble is not None and self._ensemble[0] == key else None
+    def warm_ensemble(self, key) -> tuple | None:
+        """(the last run's ensemble, the digest of what it was trained on) when that run on this volume trained
+        under the same `key` (classifier and feature options, classes, annotation mode: see `propagate`), else
+        None."""
+        return self._ensemble[1:] if self._ensemble is not None and self._ensemble[0] == key else None
 
-    def keep_ensemble(self, key, ensemble) -> None:
-        """Keep the ensemble of this run (only the last one; a few hundred kB) for the next run's warm start."""
-        self._ensemble = (key, ensemble)
+    def keep_ensemble(self, key, ensemble, trained_on: str) -> None:
+        """Keep this run's ensemble (only the last one; a few hundred kB) and the digest of what it was trained on
+        (`propagate.training_digest`) for the next run: its warm start, or the same ensemble for the same
+        annotation."""
+        self._ensemble = (key, ensemble, trained_on)
 
     def describe(self) -> dict:
         return {"bytes": self.nbytes, "slices": len({z for s in self._stores.values() for _, z in s}), "hits": self.hits,

@@ -176,7 +176,6 @@ class PixelEnsemble:
         self.bf16 = use_bf16(self.opt.precision, self.device)
         self.member_weights: torch.Tensor | None = None  # (M,) summing to 1; None: the plain mean
         self.columns: list[int] | None = None  # per member: how many of the last feature columns it reads
-        self.trained_on: str | None = None  # what it was trained on (`propagate.training_digest`), when known
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.device, torch.float32) - self.mean) / self.std

@@ -153,14 +153,15 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     t = time.perf_counter()
     report("training classifier", 0.1)
     ens = PixelEnsemble(x.shape[1], len(values), opt.classifier, device)
-    warm, warm_key, trained_on = None, None, None
+    warm, warm_key, trained_on, last = None, None, None, None
     if (opt.classifier.warm_epochs > 0 and hasattr(source, "warm_ensemble")  # an update on a cached volume
             and (seeds.mode == "slices" or SEEDS_WARM_START)):
         warm_key = (replace(opt.classifier, warm_epochs=0), feature_spec_of(opt), opt.method, opt.intensity_weight,
                     seeds.mode, tuple(int(v) for v in values), x.shape[1], str(device))
-        warm = source.warm_ensemble(warm_key)
         trained_on = training_digest(zs_ann, train_mask, y)
-    if warm is not None and warm.trained_on == trained_on:  # Propagate again, nothing painted since: the same result
+        last = source.warm_ensemble(warm_key)
+        warm = last[0] if last is not None else None
+    if last is not None and last[1] == trained_on:  # Propagate again, nothing painted since: the same result
         ens = warm
         log.info("the annotation is the last run's: its classifier is used again")
     else:
@@ -173,8 +174,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
             log.info("classifier warm-started from the previous run's members (at most %d epochs)",
                      opt.classifier.warm_epochs)
     if warm_key is not None:
-        ens.trained_on = trained_on
-        source.keep_ensemble(warm_key, ens)
+        source.keep_ensemble(warm_key, ens, trained_on)
     del x
     timings["train_classifier"] = time.perf_counter() - t
 

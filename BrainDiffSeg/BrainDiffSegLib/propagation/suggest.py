@@ -31,9 +31,8 @@ ROI_ENTROPY = 0.5
 def slice_scores(result, strategy: str = DEFAULT_STRATEGY) -> dict[int, float]:
     """Score of every candidate slice (see the module docstring); {} when there is none.
 
-    Computed for all slices at once (per-slice sums over the flattened slice), not slice by slice: the Slicer panel
-    ranks after every propagation, and the loop it replaced took most of the last tick of a job (5 ms on a crop,
-    tens of ms on a whole head; Testing/Python/test_slicer_event_loop.py)."""
+    Computed for all slices at once (per-slice sums over the flattened slice), not slice by slice; in the engine
+    (`suggestions_of`), not in a front end's process."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown suggestion strategy {strategy!r}; choose from {list(STRATEGIES)}")
     Z = result.labels.shape[-1]
@@ -84,3 +83,13 @@ def next_slice(result, strategy: str = DEFAULT_STRATEGY) -> int | None:
     uncertainty)."""
     best = rank_slices(result, 1, strategy)
     return best[0][0] if best else None
+
+
+def suggestions_of(result) -> dict:
+    """What the front ends suggest after a propagation, as plain values for an engine response (`jobs`): the axial
+    slice to paint next (`next_slice`, or None) and the 5 least certain slices with their scores. Ranked in the
+    engine: on a whole head it took 0.2 s of the Slicer panel's main thread
+    (docs/results/update_service/panel_ticks_before_engine_ranking.md)."""
+    z = next_slice(result)
+    return {"next_slice": None if z is None else int(z),
+            "least_certain": [[int(q), float(score)] for q, score in result.least_certain_slices(5)]}
