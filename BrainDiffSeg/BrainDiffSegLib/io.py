@@ -28,8 +28,9 @@ SUFFIX_ROLES = {
     "t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair",
     # LGG (Buda et al.)
     "pre": "t1", "post": "t1ce",
-    # BIDS suffixes (a contrast agent as the `ce-` entity: see parse_sequence_name) and other common spellings
-    "t1w": "t1", "t2w": "t2", "flair": "flair", "t1gd": "t1ce", "t1c": "t1ce", "t1ce": "t1ce", "t1post": "t1ce",
+    # BIDS suffixes (a contrast agent as the `ce-` entity: see parse_sequence_name; T2w, FLAIR and T1c above) and
+    # other common spellings
+    "t1w": "t1", "t1gd": "t1ce", "t1post": "t1ce",
     "seg": "seg", "dseg": "seg",
 }
 _CONTRAST_RE = re.compile(r"(^|[_-])ce-(gd|gadolinium|contrast|[a-z0-9]+)([_-]|$)", re.IGNORECASE)

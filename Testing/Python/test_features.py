@@ -207,6 +207,29 @@ def test_raw_mode_gives_intensities_and_smoothed_intensities_only(case):
     torch.testing.assert_close(grid_maps(ex, zs), x)
 
 
+@pytest.mark.parametrize("sigma", [1.0, 1.5, 4.0])
+def test_gaussian_blur_on_the_cpu_is_the_replicate_padded_gaussian(sigma):
+    """The CPU path (scipy's separable filter) computes the documented filter: the normalised Gaussian of radius
+    round(3 sigma) along each in-plane axis, the border replicated - checked against numpy on a random image, and
+    against torch's depthwise convolution (the path of other devices, taken here through autograd)."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(2, 3, 17, 23)).astype(np.float32))
+    r = int(round(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    a = x.numpy().astype(np.float64)
+    for axis in (2, 3):
+        pad = [(0, 0)] * 4
+        pad[axis] = (r, r)
+        p = np.pad(a, pad, mode="edge")
+        a = sum(k[i] * np.take(p, np.arange(i, i + a.shape[axis]), axis=axis) for i in range(2 * r + 1))
+    got = gaussian_blur(x, sigma)
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    np.testing.assert_allclose(got.numpy(), a, atol=1e-5)
+    torch.testing.assert_close(got, gaussian_blur(x.clone().requires_grad_(True), sigma).detach(), atol=1e-5,
+                               rtol=1e-5)
+
+
 def test_gaussian_blur_preserves_constants_and_mass():
     x = torch.full((1, 2, 16, 16), 0.7)
     torch.testing.assert_close(gaussian_blur(x, 2.0), x)

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from BrainDiffSegLib.propagation.classifier import ClassifierOptions
 from BrainDiffSegLib.errors import InputError
@@ -205,6 +206,73 @@ def test_subsampled_watershed_gate_stays_close_to_the_full_one(synth):
     one[..., z] = 0
     one[x, y, z] = 1  # a single painted tumour voxel; the rest of the slice background
     assert watershed_tumour(images, one, [z], scale=2)[x, y, z]
+
+
+def test_the_gate_computes_box_and_gradient_once_per_volume_and_gives_the_same_mask(synth):
+    """`watershed_gate`'s `cache` (the volume's `gate_cache`): the head's box, the flooded gradient and its parts are kept, a
+    second gate with other markers reuses them (no new entries, the gradient not recomputed) and every mask equals
+    the one computed without a cache."""
+    from BrainDiffSegLib.propagation import refine
+    from BrainDiffSegLib.preprocess import foreground_mask
+
+    images, label, ann, zs = synth
+    head = foreground_mask(images)
+    cache = {}
+    first = refine.watershed_gate(images, ann, zs, 2.0, head, cache=cache)
+    np.testing.assert_array_equal(first, refine.watershed_gate(images, ann, zs, 2.0, head))
+    assert first.any() and sorted(k[0] for k in cache) == ["box", "gradient", "parts"]
+    kept = dict(cache)
+    other = np.where(np.arange(ann.shape[2]) == zs[0], 0, ann)  # the first slice painted without tumour
+    fewer = zs[:1]
+    calls = []
+    original = refine.gate_gradient
+    refine.gate_gradient = lambda region: calls.append(1) or original(region)
+    try:
+        again = refine.watershed_gate(images, other, fewer, 2.0, head, cache=cache)
+    finally:
+        refine.gate_gradient = original
+    assert not calls and cache.keys() == kept.keys() and all(cache[k] is kept[k] for k in kept)
+    np.testing.assert_array_equal(again, refine.watershed_gate(images, other, fewer, 2.0, head))
+    assert not again.any()  # other markers (no tumour), another gate from the same cache
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flooding_gap_by_gap_equals_one_watershed_of_the_volume(seed):
+    """`flood_between_slices` gives the voxels of scikit-image's watershed of the whole volume with the complete
+    slices as markers - on a coarsely quantised gradient (many ties off the marked slices: the order of the flood
+    matters), for marked slices inside, at the ends and next to each other, added one at a time through the kept
+    parts as an update adds them (a changed slice's markers flood its parts again). The marked slices' own values
+    do not tie: scikit-image gives every marker the same age, so among markers of equal value its heap's layout
+    decides, and that layout differs between a part and the whole volume (on such ties both are watersheds of the
+    markers; the gradient of an MR head has none inside the head: identical masks on the tuning and test cases,
+    `scripts/gate_parts.py`)."""
+    from skimage.segmentation import watershed
+
+    from BrainDiffSegLib.propagation.refine import flood_between_slices
+
+    rng = np.random.default_rng(seed)
+    grad = np.round(ndimage.gaussian_filter(rng.random((23, 19, 30)), 1.0) * 8)
+    order = [int(rng.integers(5, 25)), 0, 29, int(rng.integers(1, 28)), 14, 15]
+    grad[..., order] += rng.random(grad[..., order].shape) * 1e-3  # the markers' values distinct
+    annotation = np.zeros(grad.shape, np.int16)
+    blob = ndimage.gaussian_filter(rng.random(grad.shape), 3.0)
+    annotation[blob > np.quantile(blob, 0.7)] = 2
+    kept = {}
+    marked = []
+    for z in order:
+        marked = sorted(set(marked) | {z})
+        markers = np.zeros(grad.shape, np.int32)
+        markers[..., marked] = np.where(annotation[..., marked] > 0, 2, 1)
+        expected = watershed(grad, markers) == 2
+        np.testing.assert_array_equal(flood_between_slices(grad, annotation, marked, kept), expected)
+        np.testing.assert_array_equal(flood_between_slices(grad, annotation, marked), expected)
+        assert len(kept) == len(set([0, 29] + marked)) - 1
+    changed = annotation.copy()
+    changed[..., 14] = 0  # slice 14 repainted without tumour: its two parts flood again
+    markers = np.zeros(grad.shape, np.int32)
+    markers[..., marked] = np.where(changed[..., marked] > 0, 2, 1)
+    np.testing.assert_array_equal(flood_between_slices(grad, changed, marked, kept), watershed(grad, markers) == 2)
+    assert not flood_between_slices(grad, annotation, [], kept).any()  # no marker: nothing floods
 
 
 # ------------------------------------------------------------------------------------------ the gate for strokes

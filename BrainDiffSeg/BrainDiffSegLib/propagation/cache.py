@@ -4,7 +4,8 @@ propagate again): the normalised images, the loaded backbone, and the backbone's
 
 Activations are stored per slice at each decoder block's own resolution (before upsampling), in float16 on the CPU:
 for the default backbone and features (blocks 1 + 2, one noise level) that is 3.1 MB a slice, about 0.45 GB for the
-~140 head slices of a BraTS volume; the 16 intensity maps add 1.8 MB a native 240 x 240 slice (0.25 GB).
+~140 head slices of a BraTS volume; the 16 intensity maps add 1.8 MB a native 240 x 240 slice (0.25 GB), and
+their samples at the prediction's coarse cells 0.26 MB (float32, 64 x 64 cells).
 `max_bytes` bounds the total; slices beyond it are computed each time (never
 wrong, only slower). Everything is keyed by what it depends on - a digest of the image arrays, the backbone files,
 the feature options, precision and device - and recomputed when any of them changes.
@@ -48,7 +49,8 @@ def backbone_key(checkpoint: str | Path) -> tuple:
 class CachingFeatureExtractor(FeatureExtractor):
     """A FeatureExtractor whose decoder activations are kept per slice (float16, CPU) in a shared store."""
 
-    store: dict  # ("a", z) -> decoder activations [(C_i, h_i, w_i)], ("i", z) -> intensity maps [(Ci, X, Y)]; fp16
+    store: dict  # ("a", z) -> decoder activations [(C_i, h_i, w_i)], ("i", z) -> intensity maps [(Ci, X, Y)]: fp16;
+    # ("c", z, cells) -> the intensity maps at the coarse cells [(Ci, cells, cells)]: float32
     budget: "VolumeCache"
     head: np.ndarray  # (Z,) bool: slices with head voxels
 
@@ -82,9 +84,9 @@ class CachingFeatureExtractor(FeatureExtractor):
         return [torch.stack([s[i] for s in per_slice]).to(self.device, torch.float32)
                 for i in range(len(per_slice[0]))]
 
-    def intensity_maps(self, zs: list[int]) -> torch.Tensor | None:
+    def intensity_maps(self, zs: list[int], as_kept: bool = False) -> torch.Tensor | None:
         """As FeatureExtractor.intensity_maps, kept per slice in float16 (the smoothing is a large part of an
-        update's prediction otherwise)."""
+        update's prediction otherwise); `as_kept`: returned in float16."""
         if not self.spec.intensities:
             return None
         zs = [int(z) for z in zs]
@@ -95,8 +97,22 @@ class CachingFeatureExtractor(FeatureExtractor):
             for z, m in zip(missing, maps):
                 computed[z] = [m]
                 self._keep(("i", z), computed[z])
-        return torch.stack([(self.store.get(("i", z)) or computed[z])[0] for z in zs]).to(self.device,
-                                                                                         torch.float32)
+        maps = torch.stack([(self.store.get(("i", z)) or computed[z])[0] for z in zs])
+        return maps.to(self.device) if as_kept else maps.to(self.device, torch.float32)
+
+    def coarse_intensities(self, zs: list[int], cells: int, maps: torch.Tensor) -> torch.Tensor:
+        """As FeatureExtractor.coarse_intensities, kept per slice (float32, 0.26 MB a slice for 16 maps on 64 x 64
+        cells): an update's coarse pass then neither converts nor crops whole native slices (0.3 s of a BraTS
+        update). The same values: each cell is resampled on its own."""
+        zs = [int(z) for z in zs]
+        missing = [s for s, z in enumerate(zs) if ("c", z, cells) not in self.store]
+        computed = {}
+        if missing:
+            fresh = super().coarse_intensities([zs[s] for s in missing], cells, maps[missing])
+            for s, m in zip(missing, fresh):
+                computed[zs[s]] = [m.to("cpu").contiguous()]
+                self._keep(("c", zs[s], cells), computed[zs[s]])
+        return torch.stack([(self.store.get(("c", z, cells)) or computed[z])[0] for z in zs]).to(self.device)
 
 
 class VolumeCache:
@@ -190,5 +206,5 @@ class VolumeCache:
         self._ensemble = (key, ensemble, trained_on)
 
     def describe(self) -> dict:
-        return {"bytes": self.nbytes, "slices": len({z for s in self._stores.values() for _, z in s}), "hits": self.hits,
+        return {"bytes": self.nbytes, "slices": len({k[1] for s in self._stores.values() for k in s}), "hits": self.hits,
                 "misses": self.misses, "max_bytes": self.max_bytes}

@@ -56,11 +56,11 @@ def _cell_of(grid, n_cells: int, coords: torch.Tensor, origin: int) -> torch.Ten
     return ((coords - origin) * n_cells // grid.side).clamp(0, n_cells - 1)
 
 
-def _coarse_features(parts: list[torch.Tensor], box_intensities: torch.Tensor | None,
+def _coarse_features(parts: list[torch.Tensor], coarse_intensities: torch.Tensor | None,
                      cells: tuple[torch.Tensor, ...], c: int) -> torch.Tensor:
     """Features (P, C) at the coarse cells (n, i, j) of a c x c grid over the model box: each decoder part gathered
-    there (a part at c x c) or resampled bilinearly there (a coarser part, as upsampling would), then the box's
-    intensity features resampled at the cell centres."""
+    there (a part at c x c) or resampled bilinearly there (a coarser part, as upsampling would), then the intensity
+    features at the cell centres (`FeatureExtractor.coarse_intensities`, (N, Ci, c, c))."""
     n, i, j = cells
     x = []
     for part in parts:
@@ -68,8 +68,8 @@ def _coarse_features(parts: list[torch.Tensor], box_intensities: torch.Tensor | 
             x.append(part.permute(0, 2, 3, 1)[n, i, j])
         else:
             x.append(bilinear_at(part, n, i, j, (c, c)))
-    if box_intensities is not None:
-        x.append(bilinear_at(box_intensities, n, i, j, (c, c)))
+    if coarse_intensities is not None:
+        x.append(coarse_intensities.permute(0, 2, 3, 1)[n, i, j])
     return torch.cat(x, dim=1)
 
 
@@ -104,15 +104,15 @@ def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int
     w0, b0, rest = ens.folded()
     folded = (w0, b0, rest)
     parts = extractor.diffusion_parts(zs) or []
-    inten = extractor.intensity_maps(zs)
+    inten = extractor.intensity_maps(zs, as_kept=True)  # float16 in a cache: only the native ROI pixels converted
     c = _coarse_size(parts, grid.size)
 
     # 1. coarse pass over the cells touching the head
     cells = F.adaptive_max_pool2d(grid.crop(fg[:, None].float(), 0.0), c)[:, 0] > 0
     at = torch.nonzero(cells, as_tuple=True)
-    box = grid.crop(inten, 0.0) if inten is not None else None
-    x = _coarse_features(parts, box, tuple(t.to(device) for t in at), c)
-    del box
+    coarse_i = extractor.coarse_intensities(zs, c, inten) if inten is not None else None
+    x = _coarse_features(parts, coarse_i, tuple(t.to(device) for t in at), c)
+    del coarse_i
     p, ent, dis = ens.classify(x, folded)
     del x
     tumour = torch.zeros(cells.shape, dtype=torch.bool)
@@ -153,7 +153,7 @@ def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int
             _upsample_into(maps, [q[s:s + 1] for q in parts])
             x.append(grid.sample_native(maps, m))
         if inten is not None:
-            x.append(inten[s:s + 1].permute(0, 2, 3, 1)[m])
+            x.append(inten[s:s + 1].permute(0, 2, 3, 1)[m].float())
         pr, e, d = ens.classify(torch.cat(x, dim=1), folded)
         idx = rows[start:start + count]
         classes[idx], entropy[idx], disagreement[idx] = pr.argmax(1), e, d

@@ -186,13 +186,15 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     disagreement = np.zeros(shape, dtype=np.float32)
     # the 3D gate first (`refine.watershed_gate`: it needs the annotation only), then only the slices and pixels
     # where it lets tumour stay are predicted. (Computed in a thread of its own beside the classifier's training it
-    # saved nothing on the 2-core CPU: torch's threads and the watershed took turns; results section 14.)
+    # saved nothing on the 2-core CPU: torch's threads and the watershed took turns; again with torch at one thread
+    # fewer meanwhile, the update 5.4 / 5.8 s against 5.6 / 5.7 s, medians of 3: results section 14.) Its box and
+    # gradient are the volume's (`NormalizedVolume.gate_cache`), computed once.
     gate = None
     # seeds: the gate's markers are the seeds, and outside the head is background
     markers = None if seeds.mode == "slices" else known | ~fg
     if refine and opt.gate == "watershed" and not needs_probabilities(opt) and not keep_probabilities:
         report("gating", 0.3)
-        gate = gate_mask("watershed", images, seeded, zs_ann, fg, opt, known=markers)
+        gate = gate_mask("watershed", images, seeded, zs_ann, fg, opt, known=markers, cache=volume.gate_cache)
         timings["gate"] = time.perf_counter() - t
         check_cancel()
         t = time.perf_counter()
@@ -238,7 +240,8 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         tumour = 1.0 - probs[..., 0] if probs is not None else tumour
         tumour[known] = seeded[known] > 0
         gate = gate_mask("watershed-core", images, seeded, zs_ann, fg, opt,
-                         known=markers if markers is not None else known, labels=labels, tumour=tumour)
+                         known=markers if markers is not None else known, labels=labels, tumour=tumour,
+                         cache=volume.gate_cache)
         del tumour
         timings["gate"] = time.perf_counter() - t
     if refine:

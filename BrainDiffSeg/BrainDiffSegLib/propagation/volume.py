@@ -7,7 +7,7 @@ build every extractor through it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,12 @@ from .features import FeatureExtractor
 @dataclass
 class NormalizedVolume:
     """The images of one case ready for feature extraction: (R, X, Y, Z) stack in role order, presence (R,), head
-    mask (X, Y, Z)."""
+    mask (X, Y, Z); `gate_cache`: what the watershed gate computes once per volume (`refine.watershed_gate`)."""
 
     stack: np.ndarray
     present: np.ndarray
     foreground: np.ndarray
+    gate_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def check_images(images: dict[str, np.ndarray]) -> tuple:
