@@ -68,7 +68,7 @@ def main() -> int:
     a = p.parse_args()
     cases = a.data or [str(c) for c in data_split(data_root())["tuning"]]
     rows = [r for c in cases for r in compare(c)]
-    lines = [f"# The gate flooded gap by gap vs one watershed of the volume\n",
+    lines = ["# The gate flooded gap by gap vs one watershed of the volume\n",
              f"`python scripts/gate_parts.py{' --data ...' if a.data else ''} --out {a.out}`; machine: {machine()}\n",
              "| case | annotated slices | run | tumour side (voxels) | voxels differing | one watershed (s) | gap by gap (s) |",
              "|---|---|---|---|---|---|---|"]

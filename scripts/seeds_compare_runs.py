@@ -11,9 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
-from BrainDiffSegBench.stats import paired_differences
+from BrainDiffSegBench.report import paired_table_by_dataset
 
 
 def main() -> None:
@@ -28,16 +27,8 @@ def main() -> None:
         recs = [r for r in json.loads((folder / "results.json").read_text())["records"]
                 if r["method"] == a.method and r["k"] in a.k]
         runs[folder.name] = [dict(r, method=folder.name, backbone=None) for r in recs]
-    print(f"| dataset | k | region | n | {a.a.name} mean | {a.b.name} mean | {a.a.name} - {a.b.name} | 95 % interval |"
-          " wins / losses |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for dataset in ("BraTS", "LGG"):
-        recs = [r for rs in runs.values() for r in rs if r["case"].startswith("TCGA") == (dataset == "LGG")]
-        for d in paired_differences(recs, [(a.a.name, a.b.name)]):
-            means = [np.mean([r["dice"][d["region"]] for r in recs if r["method"] == m and r["k"] == d["k"]
-                              and d["region"] in r["dice"]]) for m in (a.a.name, a.b.name)]
-            print(f"| {dataset} | {d['k']} | {d['region']} | {d['n']} | {means[0]:.3f} | {means[1]:.3f} | {d['mean']:+.3f} | "
-                  f"[{d['lo']:+.3f}, {d['hi']:+.3f}] | {d['a_wins']} / {d['b_wins']} |")
+    print(paired_table_by_dataset([r for rs in runs.values() for r in rs], [(a.a.name, a.b.name)], digits=3, run="k"),
+          end="")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from BrainDiffSegBench.stats import paired_differences
+from BrainDiffSegBench.report import dataset_of, paired_table_by_dataset
 from BrainDiffSegLib.constants import BACKGROUND_LABEL
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
@@ -117,16 +117,10 @@ def evaluate(srcs: list[Path], out: Path, variants: list[str], workers: int) -> 
     if len(srcs) > 1:
         variants = [s.name for s in srcs]
     ref = variants[0]
-    lines = [f"| dataset | variant | run | region | n | mean diff to {ref} | 95 % interval | wins / losses |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [paired_table_by_dataset(records, [(v, ref) for v in variants[1:]])]
+    means = ["| dataset | variant | run | region | mean Dice |", "|---|---|---|---|---|"]
     for dataset in ("BraTS", "LGG"):
-        recs = [r for r in records if r["case"].startswith("TCGA") == (dataset == "LGG")]
-        for dd in paired_differences(recs, [(v, ref) for v in variants[1:]]):
-            lines.append(f"| {dataset} | {dd['a']} | {dd['k']} | {dd['region']} | {dd['n']} | {dd['mean']:+.4f} | "
-                         f"[{dd['lo']:+.4f}, {dd['hi']:+.4f}] | {dd['a_wins']} / {dd['b_wins']} |")
-    means = ["", "| dataset | variant | run | region | mean Dice |", "|---|---|---|---|---|"]
-    for dataset in ("BraTS", "LGG"):
-        recs = [r for r in records if r["case"].startswith("TCGA") == (dataset == "LGG")]
+        recs = [r for r in records if dataset_of(r["case"]) == dataset]
         for v in variants:
             for run in sorted({r["k"] for r in recs}):
                 rs = [r for r in recs if r["method"] == v and r["k"] == run]

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
-from BrainDiffSegBench.stats import paired_differences
+from BrainDiffSegBench.report import paired_table_by_dataset
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
 from BrainDiffSegLib.preprocess import foreground_mask
@@ -61,15 +61,9 @@ def main() -> None:
                        "dice": {r: round(v, 4) for r, v in region_dice(res.labels, case.label, []).items()}}
                 records.append(rec)
                 print(json.dumps(rec), flush=True)
-    lines = [f"| dataset | variant | run | region | n | mean diff to {a.reference} | 95 % interval | wins / losses |",
-             "|---|---|---|---|---|---|---|---|"]
-    for dataset in ("BraTS", "LGG"):
-        recs = [r for r in records if r["case"].startswith("TCGA") == (dataset == "LGG")]
-        for d in paired_differences(recs, [(v, a.reference) for v in a.variants if v != a.reference]):
-            lines.append(f"| {dataset} | {d['a']} | {d['k']} | {d['region']} | {d['n']} | {d['mean']:+.4f} | "
-                         f"[{d['lo']:+.4f}, {d['hi']:+.4f}] | {d['a_wins']} / {d['b_wins']} |")
+    table = paired_table_by_dataset(records, [(v, a.reference) for v in a.variants if v != a.reference])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text("\n".join(lines) + "\n\n```\n" + "\n".join(json.dumps(r) for r in records) + "\n```\n")
+    Path(a.out).write_text(table + "\n```\n" + "\n".join(json.dumps(r) for r in records) + "\n```\n")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from BrainDiffSegBench.stats import paired_differences
+from BrainDiffSegBench.report import dataset_of, paired_table_by_dataset
 from BrainDiffSegBench.update import painter, update_order
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
@@ -55,19 +55,12 @@ def run_case(path: Path, warm_epochs: list[int], mode: str) -> list[dict]:
 
 
 def table(records: list[dict], variants: list[str]) -> str:
-    lines = ["| dataset | slices | region | n | variant | mean Dice | minus warm-0 | 95 % interval | wins / losses |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for dataset in ("BraTS", "LGG"):
-        recs = [r for r in records if r["case"].startswith("TCGA") == (dataset == "LGG") and r["step"] > 0]
-        for d in paired_differences(recs, [(v, "warm-0") for v in variants if v != "warm-0"]):
-            mean = np.mean([r["dice"][d["region"]] for r in recs if r["method"] == d["a"] and r["k"] == d["k"]])
-            lines.append(f"| {dataset} | {d['k']} | {d['region']} | {d['n']} | {d['a']} | {mean:.3f} | "
-                         f"{d['mean']:+.4f} | [{d['lo']:+.4f}, {d['hi']:+.4f}] | {d['a_wins']} / {d['b_wins']} |")
-    lines += ["", "| dataset | variant | updates | mean training s | mean total s |", "|---|---|---|---|---|"]
+    updates = [r for r in records if r["step"] > 0]
+    lines = [paired_table_by_dataset(updates, [(v, "warm-0") for v in variants if v != "warm-0"], run="slices")]
+    lines += ["| dataset | variant | updates | mean training s | mean total s |", "|---|---|---|---|---|"]
     for dataset in ("BraTS", "LGG"):
         for v in variants:
-            ups = [r for r in records if r["method"] == v and r["step"] > 0
-                   and r["case"].startswith("TCGA") == (dataset == "LGG")]
+            ups = [r for r in updates if r["method"] == v and dataset_of(r["case"]) == dataset]
             if ups:
                 lines.append(f"| {dataset} | {v} | {len(ups)} | {np.mean([r['train'] for r in ups]):.2f} | "
                              f"{np.mean([r['seconds'] for r in ups]):.2f} |")

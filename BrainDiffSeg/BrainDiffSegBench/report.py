@@ -126,6 +126,28 @@ def paired_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_table_by_dataset(records: list[dict], pairs: list[tuple[str, str]], digits: int = 4,
+                            run: str = "run") -> str:
+    """Per dataset (BraTS, LGG: `dataset_of`), the paired per-case Dice differences A - B of `pairs`
+    (`stats.paired_differences`) as Markdown rows with both means; `run`: the name of the records' "k" column
+    (k slices, or a run such as "axial:1"). The one table of the experiment scripts (`scripts/seeds_variants.py`,
+    `seeds_gate_variants.py`, `seeds_compare_runs.py`, `warm_start_updates.py`)."""
+    lines = [f"| dataset | A | B | {run} | region | n | mean A | mean B | A - B | 95 % interval | wins A / B |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for dataset in ("BraTS", "LGG"):
+        recs = [r for r in records if dataset_of(r["case"]) == dataset]
+        means = {}
+        for r in seed_means(recs):
+            for region, value in r["dice"].items():
+                means.setdefault((variant(r), r["k"], region), []).append(value)
+        for d in paired_differences(recs, pairs):
+            ma, mb = (float(np.mean(means[(v, d["k"], d["region"])])) for v in (d["a"], d["b"]))
+            lines.append(f"| {dataset} | {d['a']} | {d['b']} | {d['k']} | {d['region']} | {d['n']} | {ma:.{digits}f} | "
+                         f"{mb:.{digits}f} | {d['mean']:+.{digits}f} | [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}] "
+                         f"| {d['a_wins']} / {d['b_wins']} |")
+    return "\n".join(lines) + "\n"
+
+
 def seed_table(records: list[dict]) -> str:
     """Mean Dice over cases per classifier seed, then mean ± sd across seeds (`stats.seed_spread`; '' if one
     seed)."""

@@ -59,11 +59,10 @@ def painter(case, options: PropagationOptions, planes: list[int]):
     if options.annotation_mode != "seeds":
         return lambda zs: _annotation(case.label, zs)
     from BrainDiffSegLib.preprocess import foreground_mask
-    from BrainDiffSegLib.strokes import StrokeStyle, paint_plane
+    from BrainDiffSegLib.strokes import axial_strokes
 
-    head = foreground_mask(case.images)
-    strokes = {z: paint_plane(case.label[..., z], head[..., z], StrokeStyle(),
-                              np.random.default_rng([options.seed, z]), options.background_label) for z in planes}
+    strokes = axial_strokes(case.label, foreground_mask(case.images), planes, options.seed,
+                            background_label=options.background_label)
 
     def paint(zs):
         ann = np.zeros(case.label.shape, np.int16)

@@ -16,6 +16,10 @@ axis: evenly spaced through the tumour's extent - the simulated user paints, wit
 axial, sagittal, ... in turn: k = 2 is one sagittal and one coronal slice). Every random draw comes from
 `numpy.random.default_rng(seed)`: the same arguments give the same seeds. Returned as a seeds-mode annotation
 (0 unknown, `background_label` background, tumour classes with the ground truth's values; `annotation`).
+
+`axial_strokes`: the same user painting axial slices one at a time (the interactive loop of `benchmark update`):
+each slice's strokes drawn once from a generator of its own, seeded by (`seed`, the slice), so a slice's strokes
+do not depend on which slices were painted before it.
 """
 from __future__ import annotations
 
@@ -118,6 +122,17 @@ def paint_plane(truth: np.ndarray, head: np.ndarray, style: StrokeStyle, rng: np
     background |= _strokes(far, style.strokes, style, rng)
     out[background & (out == 0)] = background_label
     return out
+
+
+def axial_strokes(label: np.ndarray, head: np.ndarray, slices: list[int], seed: int = 0,
+                  style: StrokeStyle | None = None, background_label: int = BACKGROUND_LABEL) -> dict[int, np.ndarray]:
+    """The strokes of each axial slice in `slices` (X, Y; see the module docstring), each drawn from
+    `numpy.random.default_rng([seed, z])`."""
+    if label.shape != head.shape:
+        raise InputError(f"The ground truth has shape {label.shape} but the head mask {head.shape}.")
+    style = style or StrokeStyle()
+    return {int(z): paint_plane(label[..., z], head[..., z], style, np.random.default_rng([seed, int(z)]),
+                                background_label) for z in slices}
 
 
 def simulate_strokes(label: np.ndarray, head: np.ndarray, k: int, orientation: str = "axial", seed: int = 0,

@@ -80,6 +80,26 @@ def _records():
     return out
 
 
+def test_paired_table_by_dataset_splits_brats_and_lgg_and_gives_both_means():
+    """`report.paired_table_by_dataset` (the experiment scripts' one table): a row per dataset, pair, run and
+    region; the LGG cases (TCGA names) apart from BraTS; each variant's mean over its seeds and cases."""
+    recs = []
+    for case, base in (("Brats18_A", 0.8), ("Brats18_B", 0.9), ("TCGA_X", 0.6), ("TCGA_Y", 0.7), ("TCGA_Z", 0.5)):
+        for method, shift in (("new", 0.02), ("old", 0.0)):
+            for seed in (0, 1):
+                d = base + shift + 0.01 * seed
+                dice = {"WT": d} if case.startswith("TCGA") else {"WT": d, "TC": d - 0.1, "ET": d - 0.2}
+                recs.append({"case": case, "k": "axial:1", "method": method, "backbone": None, "seed": seed,
+                             "seconds": 1.0, "dice": dice})
+    lines = report.paired_table_by_dataset(recs, [("new", "old")], digits=3).splitlines()
+    assert lines[0].startswith("| dataset | A | B | run | region | n | mean A | mean B | A - B |")
+    rows = [line.split(" | ") for line in lines[2:]]
+    assert [(r[0], r[4], r[5]) for r in rows] == [("| BraTS", "WT", "2"), ("| BraTS", "TC", "2"),
+                                                 ("| BraTS", "ET", "2"), ("| LGG", "WT", "3")]
+    assert rows[0][6:9] == ["0.875", "0.855", "+0.020"] and rows[0][-1] == "2 / 0 |"
+    assert rows[3][6:9] == ["0.625", "0.605", "+0.020"] and rows[3][9] == "[+0.020, +0.020]"
+
+
 def test_paired_differences_and_seed_spread():
     recs = _records()
     rows = stats.paired_differences(recs)

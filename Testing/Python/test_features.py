@@ -208,10 +208,9 @@ def test_raw_mode_gives_intensities_and_smoothed_intensities_only(case):
 
 
 @pytest.mark.parametrize("sigma", [1.0, 1.5, 4.0])
-def test_gaussian_blur_on_the_cpu_is_the_replicate_padded_gaussian(sigma):
-    """The CPU path (scipy's separable filter) computes the documented filter: the normalised Gaussian of radius
-    round(3 sigma) along each in-plane axis, the border replicated - checked against numpy on a random image, and
-    against torch's depthwise convolution (the path of other devices, taken here through autograd)."""
+def test_gaussian_blur_is_the_replicate_padded_gaussian(sigma):
+    """`gaussian_blur` computes the documented filter: the normalised Gaussian of radius round(3 sigma) along each
+    in-plane axis, the border replicated - checked against numpy on a random image."""
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.normal(size=(2, 3, 17, 23)).astype(np.float32))
     r = int(round(3 * sigma))
@@ -226,8 +225,6 @@ def test_gaussian_blur_on_the_cpu_is_the_replicate_padded_gaussian(sigma):
     got = gaussian_blur(x, sigma)
     assert got.dtype == torch.float32 and got.shape == x.shape
     np.testing.assert_allclose(got.numpy(), a, atol=1e-5)
-    torch.testing.assert_close(got, gaussian_blur(x.clone().requires_grad_(True), sigma).detach(), atol=1e-5,
-                               rtol=1e-5)
 
 
 def test_gaussian_blur_preserves_constants_and_mass():

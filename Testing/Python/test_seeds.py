@@ -17,7 +17,7 @@ from BrainDiffSegLib.propagation.annotation import (complete_slices_as_seeds, re
                                                     seeds_in_background_label)
 from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import region_dice, simulate_annotation
-from BrainDiffSegLib.strokes import StrokeStyle, planes, simulate_strokes
+from BrainDiffSegLib.strokes import StrokeStyle, axial_strokes, planes, simulate_strokes
 from conftest import synthetic_tumour_case
 
 FAST = ClassifierOptions(n_models=2, max_epochs=6, hidden=(32, 16), batch_size=1024)
@@ -113,6 +113,23 @@ def test_the_simulator_is_seeded_and_mixed_alternates_sagittal_and_coronal(synth
     assert sorted(a for a, _ in planes(label, 3, "mixed")) == [0, 1, 2]
     with pytest.raises(InputError, match="orientation"):
         planes(label, 1, "oblique")
+
+
+
+def test_axial_strokes_of_a_slice_do_not_depend_on_the_slices_painted_before(synth):
+    """`strokes.axial_strokes` (the update benchmark's user, one slice at a time): a slice's strokes are the same
+    whichever slices are asked with it, seeded by (seed, slice); they lie on their slice, inside the classes and
+    around the tumour as the simulator's."""
+    _, label, head = synth
+    zs = sorted(int(i) for _, i in planes(label, 3, "axial"))
+    together = axial_strokes(label, head, zs, seed=3)
+    for z in zs:
+        alone = axial_strokes(label, head, [z], seed=3)[z]
+        np.testing.assert_array_equal(together[z], alone)
+        tumour = (alone > 0) & (alone != BACKGROUND_LABEL)
+        assert tumour.any() and (alone == BACKGROUND_LABEL).any()
+        np.testing.assert_array_equal(alone[tumour], label[..., z][tumour])
+    assert not np.array_equal(axial_strokes(label, head, zs[:1], seed=4)[zs[0]], together[zs[0]])
 
 
 # ------------------------------------------------------------------------------------------ propagation

@@ -61,19 +61,13 @@ def feature_channels(unet: UNet2DModel, spec: FeatureSpec, n_sequences: int) -> 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Each channel of x (N, C, H, W) filtered in plane with a Gaussian of `sigma` pixels (radius round(3 sigma),
-    the border replicated). On the CPU by scipy's separable filter (`ndimage.correlate1d`, the same kernel and
-    border): torch's depthwise convolution took 3-4x longer there (16 slices x 4 sequences of 240 x 240: 0.10-0.13 s
-    against 0.02-0.05 s per width, 2 threads), a second of a BraTS first run's prediction."""
+    the border replicated), by torch's depthwise convolution. (scipy's separable filter, `ndimage.correlate1d`,
+    computed it 3x faster alone on the CPU, but the features then differ by float rounding, up to 2.4e-7, which
+    moved the demo's Dice in the third decimal, and the first run of `benchmark speed` was no faster: not kept;
+    results section 14.)"""
     r = max(1, int(round(3 * sigma)))
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
-    k = k / k.sum()
-    if x.device.type == "cpu" and not x.requires_grad:
-        from scipy import ndimage
-
-        w = k.double().numpy()
-        y = ndimage.correlate1d(np.ascontiguousarray(x.numpy()), w, axis=-2, mode="nearest")
-        return torch.from_numpy(ndimage.correlate1d(y, w, axis=-1, mode="nearest", output=y))
-    k = k.to(x.device)
+    k = (k / k.sum()).to(x.device)
     c = x.shape[1]
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
     return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
