@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -410,6 +411,7 @@ def run(a: argparse.Namespace) -> int:
                             ssl_certfile=a.certfile, ssl_keyfile=a.keyfile, lifespan="off", timeout_keep_alive=30)
     server = uvicorn.Server(config)
     app.state.server = server
+    stop_on_signals(server)
     scheme = "https" if a.certfile else "http"
     shown = f"[{a.host}]" if ":" in a.host else a.host
     print(f"BrainDiffSeg engine service on {scheme}://{shown}:{port}" + (f"  token: {token}" if generated else ""),
@@ -423,7 +425,26 @@ def run(a: argparse.Namespace) -> int:
         server.run(sockets=[sock])
     finally:
         manager.shutdown()
+    log.info("engine service stopped")
     return 0
+
+
+def stop_on_signals(server) -> None:
+    """Ctrl+C (SIGINT) or SIGTERM at any moment from here on stops the service cleanly (exit status 0): uvicorn
+    handles them only while it serves, and restores these handlers after, so a signal during the start-up (the
+    address just printed, the loop not yet running) or the one uvicorn raises again after its own shutdown ends
+    here too, instead of a KeyboardInterrupt in the middle of the start-up. A second Ctrl+C before the loop runs
+    stops at once. Main thread only (elsewhere Python allows no signal handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handle(sig, frame):
+        if server.should_exit and sig == signal.SIGINT and not server.started:
+            raise KeyboardInterrupt
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)
 
 
 def new_token() -> str:
