@@ -6,8 +6,8 @@ update does. Every mask must be identical (exit status 1 otherwise):
     python scripts/gate_parts.py --out docs/results/speed/gate_parts.md            # the tuning cases
     python scripts/gate_parts.py --data CASE ... --out docs/results/speed/gate_parts_test.md
 
-Both floods run on the gate's own gradient and box (`refine.gate_gradient`, `watershed_gate`'s box of the head
-grown by the margin), one after the other in this process.
+Both floods run on the gate's own gradient and box (`refine.gate_gradient`, `refine.gate_box` with the default
+margin), one after the other in this process.
 """
 from __future__ import annotations
 
@@ -20,25 +20,18 @@ import numpy as np
 from BrainDiffSegBench.report import machine
 from BrainDiffSegBench.update import update_order
 from BrainDiffSegLib.io import load_case
-from BrainDiffSegLib.propagation.refine import flood_between_slices, gate_gradient
+from BrainDiffSegLib.options import PropagationOptions
+from BrainDiffSegLib.propagation.refine import flood_between_slices, gate_box, gate_gradient
 from BrainDiffSegLib.propagation.volume import normalize_volume
 from BrainDiffSegLib.resources import data_root
 from BrainDiffSegLib.splits import data_split
-
-
-def head_box(foreground: np.ndarray, margin: float = 2.0) -> tuple[slice, ...]:
-    """The box `watershed_gate` floods: the head's bounding box grown by the margin and 2 voxels."""
-    pts = np.argwhere(foreground)
-    pad = int(np.ceil(margin)) + 2
-    lo, hi = np.maximum(pts.min(0) - pad, 0), np.minimum(pts.max(0) + pad + 1, foreground.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def compare(case_dir) -> list[dict]:
     from skimage.segmentation import watershed
 
     case = load_case(case_dir)
-    box = head_box(normalize_volume(case.images).foreground)
+    box = gate_box(normalize_volume(case.images).foreground, PropagationOptions().gate_margin, case.label.shape)
     grad = gate_gradient({r: v[box] for r, v in case.images.items()})
     label = case.label[box]
     z0 = box[2].start

@@ -2,8 +2,9 @@
 protocol slice), propagates, then paints one more slice (those of the k = 3 protocol, one at a time) and propagates
 again, with one per-volume feature cache (`BrainDiffSegLib.propagation.cache.VolumeCache`) kept across the runs. Reported per
 run: wall time, the engine's stage times, Dice on the non-annotated slices and the cache's memory; then, for the last
-annotation, a run without a cache (today's first run) and a run through a fresh cache (which an update from scratch,
-`--warm-epochs 0`, equals exactly; how far a warm-started update is from it is reported). ITK's Grow from seeds (`baselines.growcut_brats`) on the first run's and the last update's annotation is
+annotation, a run without a cache (today's first run) and a run through a fresh cache (which an update from
+scratch, `--warm-epochs 0`, equals exactly; how far a warm-started update is from it is reported). ITK's Grow from
+seeds (`baselines.growcut_brats`) on the first run's and the last update's annotation is
 timed in the same process, and each run's ratio to it reported (absolute times drift on shared machines); with
 `load` > 0 everything runs beside that many CPU-bound processes (`speed.busy_processes`).
 

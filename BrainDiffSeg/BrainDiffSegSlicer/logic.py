@@ -416,16 +416,14 @@ class BrainDiffSegLogic(ScriptedLoadableModuleLogic):
         if result is None:
             return None, []
         if self._suggested is None or self._suggested[0] is not result:
-            if result.suggestions is not None:
-                z = result.suggestions.get("next_slice")
-                worst = [(int(q), float(score)) for q, score in result.suggestions.get("least_certain", [])]
-                self._suggested = (result, None if z is None else int(z), worst)
-            else:
+            ranked = result.suggestions
+            if ranked is None:
                 from BrainDiffSegLib.propagation.suggest import suggestions_of
 
                 ranked = suggestions_of(result)
-                self._suggested = (result, ranked["next_slice"],
-                                   [(int(q), float(score)) for q, score in ranked["least_certain"]])
+            z = ranked.get("next_slice")
+            self._suggested = (result, None if z is None else int(z),
+                               [(int(q), float(score)) for q, score in ranked.get("least_certain", [])])
         return self._suggested[1], list(self._suggested[2])
 
     def jumpToAxialSlice(self, sliceNode, volumeNode, axialIndex: int) -> tuple[float, float, float]:

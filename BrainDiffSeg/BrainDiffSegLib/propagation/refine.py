@@ -143,8 +143,9 @@ def watershed_tumour(images: dict[str, np.ndarray], annotation: np.ndarray, anno
     """(X, Y, Z) bool: the tumour side of a seeded watershed on the 3D gradient magnitude of the first of
     `GATE_ROLES` in `images`, smoothed with a 1-voxel Gaussian; markers: the annotated slices' tumour (any nonzero
     label) and their background, flooded gap by gap (`flood_between_slices`, reusing the parts in `kept`;
-    `gradient`: `gate_gradient(images)` when the caller has it). (Computing it only in a box around the predicted tumour was faster but worse: with
-    fewer background markers the tumour side flooded the box on 2 of 10 LGG tuning cases.)
+    `gradient`: `gate_gradient(images)` when the caller has it). (Computing it only in a box around the predicted
+    tumour was faster but worse: with fewer background markers the tumour side flooded the box on 2 of 10 LGG
+    tuning cases.)
 
     `known` (seeds, `annotation.Seeds`): the markers are the known voxels instead (tumour where `annotation` > 0,
     background elsewhere; `annotated` is then unused).
@@ -155,14 +156,14 @@ def watershed_tumour(images: dict[str, np.ndarray], annotation: np.ndarray, anno
     from skimage.segmentation import watershed
 
     grad = gate_gradient(images) if gradient is None else gradient
+    if scale <= 1 and known is None and annotated:  # complete slices: each gap on its own, its markers built there
+        return flood_between_slices(grad, annotation, annotated, kept)
     markers = np.zeros(annotation.shape, np.int32)
     if known is None:
         markers[..., annotated] = np.where(annotation[..., annotated] > 0, 2, 1)
     else:
         markers[known] = np.where(annotation[known] > 0, 2, 1)
     if scale <= 1:
-        if known is None and annotated:
-            return flood_between_slices(grad, annotation, annotated, kept)
         return watershed(grad, markers) == 2
     coarse = markers[::scale, ::scale]
     tumour = ndimage.maximum_filter(markers == 2, size=(scale, scale, 1), origin=(-(scale // 2), -(scale // 2), 0))
@@ -170,6 +171,17 @@ def watershed_tumour(images: dict[str, np.ndarray], annotation: np.ndarray, anno
     inside = watershed(grad[::scale, ::scale], coarse) == 2
     full = np.repeat(np.repeat(inside, scale, axis=0), scale, axis=1)
     return full[:annotation.shape[0], :annotation.shape[1]]
+
+
+def gate_box(foreground: np.ndarray | None, margin: float, shape: tuple) -> tuple[slice, ...]:
+    """The box `watershed_gate` floods: the bounding box of `foreground` (the head) grown by the margin and 2
+    voxels, within `shape` (the whole volume without a head mask)."""
+    if foreground is None or not foreground.any():
+        return tuple(slice(None) for _ in shape)
+    pts = np.argwhere(foreground)
+    pad = int(np.ceil(margin)) + 2
+    lo, hi = np.maximum(pts.min(0) - pad, 0), np.minimum(pts.max(0) + pad + 1, shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def watershed_gate(images: dict[str, np.ndarray], annotation: np.ndarray, annotated: list[int], margin: float,
@@ -185,13 +197,7 @@ def watershed_gate(images: dict[str, np.ndarray], annotation: np.ndarray, annota
     cache = {} if cache is None else cache
     box = cache.get(("box", margin))
     if box is None:
-        box = tuple(slice(None) for _ in annotation.shape)
-        if foreground is not None and foreground.any():
-            pts = np.argwhere(foreground)
-            pad = int(np.ceil(margin)) + 2
-            lo, hi = np.maximum(pts.min(0) - pad, 0), np.minimum(pts.max(0) + pad + 1, annotation.shape)
-            box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        cache[("box", margin)] = box
+        box = cache[("box", margin)] = gate_box(foreground, margin, annotation.shape)
     region = {r: v[box] for r, v in images.items()}
     key = ("gradient", next((r for r in GATE_ROLES if r in images), None),
            tuple(b.indices(n) for b, n in zip(box, annotation.shape)))  # (slices are hashable from Python 3.12)
