@@ -30,7 +30,16 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: list[str]) -> str | None:
+    """The sub-command named in `argv` (its first word that is not an option), or None."""
+    return next((w for w in argv if not w.startswith("-")), None)
+
+
+def build_parser(command: str | None = "benchmark") -> argparse.ArgumentParser:
+    """The parser of every command. The benchmark's own flags are added only when `command` is "benchmark": they
+    name the benchmarks' methods, and BrainDiffSegBench, which defines them, imports torch and the engine (before,
+    every command, `--help` included, spent 4 s importing the benchmarks). For another command, "benchmark" is
+    listed with its help alone."""
     from . import benchmark, inpaint, propagate, serve, train, web
 
     ap = _Parser(prog="braindiffseg", description=__doc__.split("\n\n")[0])
@@ -39,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     propagate.add_parsers(sub)
     train.add_parser(sub)
     inpaint.add_parsers(sub)
-    benchmark.add_parser(sub)
+    if command == "benchmark":
+        benchmark.add_parser(sub)
+    else:
+        sub.add_parser("benchmark", help=benchmark.HELP, add_help=False)
     web.add_parser(sub)
     serve.add_parser(sub)
     return ap
@@ -48,11 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, propagator=None) -> int:
     """The command line. `propagator`: see `BrainDiffSegBench.propagation.benchmark_propagation` (the Slicer
     benchmark script injects one that runs the classifier methods through the module's Logic)."""
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv), propagator)
+    except Exception as exc:
+        if not _interrupted(exc):
+            raise
+    except KeyboardInterrupt:
+        pass
+    # Ctrl-C, also while the command is still importing: outputs are written atomically
+    log.error("Cancelled (Ctrl-C); no output was written or replaced by the step that was running.")
+    return 130
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether `exc` comes from a Ctrl-C: Python wraps a KeyboardInterrupt raised while a class is being created
+    (as happens during an import) in a RuntimeError ("Error calling __set_name__ ...")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _main(argv: list[str], propagator) -> int:
     from BrainDiffSegLib.errors import BrainDiffSegError
 
-    from . import benchmark, inpaint, propagate, serve, train, web
-
-    a = build_parser().parse_args(argv)
+    a = build_parser(command_of(argv)).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if a.command in ("propagate", "demo", "benchmark"):
@@ -65,6 +100,8 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
             # torch's choice on an idle machine, fewer while other work keeps the cores busy (results section 14)
             log.debug("%d torch thread(s)", set_threads(adaptive_threads()))
     try:
+        from . import benchmark, inpaint, propagate, serve, train, web
+
         if a.command in ("train-ddpm", "pack-slices"):
             return train.run(a)
         if a.command in ("inpaint", "train-inpaint", "pack-crops"):
@@ -79,10 +116,6 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
     except BrainDiffSegError as exc:
         log.error("%s", exc)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so none is left half-written
-        log.error("Cancelled (Ctrl-C); no output was written or replaced by the step that was running.")
-        return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,12 +8,13 @@ from pathlib import Path
 from BrainDiffSegLib.options import add_arguments, options_from_arguments
 
 log = logging.getLogger("braindiffseg")
+HELP = "benchmarks (results as JSON, Markdown and PNG)"
 
 
 def add_parser(sub) -> None:
     from BrainDiffSegBench.propagation import METHODS
 
-    p = sub.add_parser("benchmark", help="benchmarks (results as JSON, Markdown and PNG)")
+    p = sub.add_parser("benchmark", help=HELP)
     bsub = p.add_subparsers(dest="benchmark", required=True)
     b = bsub.add_parser("propagation", help="patient-level propagation under the protocol, several methods")
     b.add_argument("--data", nargs="+", default=None, help="case folders or folders above them "

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from BrainDiffSegCLI import main
+from conftest import LIB_PARENT
 from BrainDiffSegLib.protocol import protocol_slices, region_dice
 
 CASE = "BraTS2021_90001"
@@ -70,6 +71,75 @@ def test_console_script_is_installed():
     assert res.returncode == 0, res.stderr
     for command in ("propagate", "demo", "train-ddpm", "benchmark", "serve"):
         assert command in res.stdout
+
+
+def test_product_commands_do_not_load_the_benchmarks():
+    """`propagate`, `serve`, `web` and `inpaint` build their parsers without importing BrainDiffSegBench (before,
+    every command imported it, and torch with it, to name the benchmark's methods); `benchmark` lists them."""
+    code = """
+import sys
+from BrainDiffSegCLI import main
+for argv in (["propagate", "--help"], ["serve", "--help"], ["web", "--help"], ["inpaint", "--help"], ["--help"]):
+    try:
+        main(argv)
+    except SystemExit as done:
+        assert done.code == 0, (argv, done.code)
+print("BENCH", sorted(m for m in sys.modules if m.startswith("BrainDiffSegBench")))
+main(["benchmark", "propagation", "--help"])
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "BENCH []" in res.stdout, res.stdout[-2000:]
+    assert "hybrid-mlp" in res.stdout.split("BENCH")[1] and "growcut" in res.stdout.split("BENCH")[1]
+
+
+def test_ctrl_c_while_the_command_is_importing_is_one_line(tmp_path):
+    """Ctrl+C in the first second of `braindiffseg serve` (still importing torch and the service): the one-line
+    "Cancelled" message and status 130, no traceback. (Should the address line already be out, the service's own
+    clean stop: status 0.)"""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "BrainDiffSegCLI", "serve", "--port", "0", "--token", "t"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(LIB_PARENT)))
+    try:
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(20)
+    assert "Traceback" not in out, out
+    if "engine service on" in out:
+        assert proc.returncode == 0 and "engine service stopped" in out, (proc.returncode, out)
+    else:
+        assert proc.returncode == 130 and "Cancelled (Ctrl-C)" in out, (proc.returncode, out)
+
+
+def test_an_interrupt_wrapped_by_python_is_still_a_cancel(monkeypatch, caplog):
+    """A Ctrl+C that lands while a class is being created reaches `main` as a RuntimeError caused by the
+    KeyboardInterrupt: still status 130 and the one line; any other RuntimeError is not swallowed."""
+    import BrainDiffSegCLI
+
+    def wrapped(argv, propagator):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance") from exc
+
+    monkeypatch.setattr(BrainDiffSegCLI, "_main", wrapped)
+    with caplog.at_level(logging.ERROR):
+        assert main(["serve"]) == 130
+    assert "Cancelled (Ctrl-C)" in caplog.text
+
+    def broken(argv, propagator):
+        raise RuntimeError("a real error")
+
+    monkeypatch.setattr(BrainDiffSegCLI, "_main", broken)
+    with pytest.raises(RuntimeError, match="a real error"):
+        main(["serve"])
 
 
 def test_no_command_is_a_usage_error(capsys):
