@@ -7,7 +7,8 @@ of the older commit, with `PYTHONPATH=<worktree>/BrainDiffSeg`), then `--compare
 
 Saved per case (default: BraTS2021_00006 and TCGA_CS_4942_19970222): the labels, entropy and disagreement of the
 update benchmark's runs (the k = 1 slice, then the k = 3 slices one at a time, through one feature cache), the
-labels and entropy of a run without a cache, and the class probabilities of a run that keeps them.
+labels and entropy of a run without a cache, the class probabilities of a run that keeps them, and the labels and
+entropy of the same runs in seeds mode (the update benchmark's simulated strokes on those slices).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 def save(cases: list[str], out: str) -> None:
     import torch
 
-    from BrainDiffSegBench.update import update_order
+    from BrainDiffSegBench.update import painter, update_order
     from BrainDiffSegLib.io import load_case
     from BrainDiffSegLib.options import PropagationOptions
     from BrainDiffSegLib.propagation.cache import VolumeCache
@@ -46,6 +47,12 @@ def save(cases: list[str], out: str) -> None:
         arrays[f"{case.name}/no_cache/labels"], arrays[f"{case.name}/no_cache/entropy"] = res.labels, res.entropy
         res = propagate(case.images, annotation(sorted(order)), PropagationOptions(), keep_probabilities=True)
         arrays[f"{case.name}/probabilities"] = res.probabilities
+        seeds = PropagationOptions(annotation_mode="seeds")
+        paint, cache = painter(case, seeds, order), VolumeCache()  # the update benchmark's strokes
+        for i in range(len(order)):
+            res = propagate(case.images, paint(sorted(order[:i + 1])), seeds, features=cache)
+            for name in ("labels", "entropy"):
+                arrays[f"{case.name}/seeds{i}/{name}"] = getattr(res, name)
         print(case.name, "saved", flush=True)
     np.savez_compressed(out, **arrays)
 

@@ -59,8 +59,13 @@ def images_digest(images: dict[str, np.ndarray]) -> str:
 
 def digest_steps(images: dict[str, np.ndarray], chunk: int = 1 << 22) -> Iterator[None]:
     """`images_digest` a `chunk` of bytes at a time: a generator that yields after each chunk and returns the digest
-    (a front end's event loop hashes a large volume over several ticks)."""
-    h = hashlib.blake2b(digest_size=16)
+    (a front end's event loop hashes a large volume over several ticks).
+
+    SHA-256: the CPUs' SHA extensions (AMD since 2017, Intel since 2019-2021) make it the fastest of hashlib's
+    digests there: a BraTS volume's 143 MB in 0.08 s against BLAKE2b's 0.25 s on the 2-core AMD EPYC (CPUs without
+    the extensions: about twice BLAKE2b's time). The digest is the volume's identity in one session (the service
+    checks an upload against it), never stored."""
+    h = hashlib.sha256()
     for role in sorted(images):
         a = np.ascontiguousarray(images[role])
         h.update(f"{role}:{a.dtype.str}:{a.shape}".encode())

@@ -78,6 +78,13 @@ def _member_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor)
     return nll.sum(1) / weights[y].sum(1)
 
 
+def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`t[index]` for an index tensor of any shape into t's first axis, by `index_select`: the same values, 6x faster
+    than advanced indexing on the training steps' (M, B) batches of bf16 features (1.5 -> 0.25 ms a step, 160
+    steps an update; the 2-core CPU)."""
+    return t.index_select(0, index.reshape(-1)).view(tuple(index.shape) + tuple(t.shape[1:]))
+
+
 def _column_groups(columns: list[int]) -> list[tuple[int, int, int]]:
     """(first member, end, columns read) of each run of consecutive members reading the same last columns."""
     groups: list[tuple[int, int, int]] = []
@@ -251,7 +258,7 @@ class PixelEnsemble:
         xs = self.standardise(x)  # (P, C), gathered per member and step
         y = y.to(self.device)
         tr, val = torch.stack(trs).to(self.device), torch.stack(vals).to(self.device)  # (M, n) each
-        xva, yva = xs[val], y[val]
+        xva, yva = _rows(xs, val), _rows(y, val)
         if self.bf16:  # the training steps read bf16 (autocast computes in it anyway): half the memory traffic
             xs = xs.to(torch.bfloat16)
         stacked = _StackedMLPs(nets, columns).to(self.device)
@@ -284,8 +291,8 @@ class PixelEnsemble:
                 if b.shape[1] < 2:
                     continue
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                    logits = stacked(xs[b])
-                loss = _member_losses(logits.float(), y[b], weights).sum()
+                    logits = stacked(_rows(xs, b))
+                loss = _member_losses(logits.float(), _rows(y, b), weights).sum()
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 optim.step()
@@ -397,6 +404,12 @@ class PixelEnsemble:
                 r.relu_()
         return self.combine(F.softmax(r, dim=2))
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype in which `classify` multiplies the features (the first layer, most of the work): bfloat16
+        with `self.bf16`, else float32. Features built in it are not converted again."""
+        return torch.bfloat16 if self.bf16 else torch.float32
+
     def classify(self, x: torch.Tensor, folded, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`head` of the folded first layer applied to features x (P, C), `chunk` pixels at a time: the temporaries
         (chunk x M*h floats, 10 MB by default) then stay below glibc's mmap threshold and are reused instead of
@@ -406,7 +419,7 @@ class PixelEnsemble:
         # members that read only the last columns (the hybrid's intensity members) multiply only those: their other
         # weights are zeros (half the first layer's work of the hybrid's prediction)
         rows = w0.shape[0] // len(self.members)  # first-layer units per member
-        dtype = torch.bfloat16 if self.bf16 else torch.float32  # the first layer (most of the work) in bf16
+        dtype = self.input_dtype
         parts = [(w0[a * rows:b * rows, -k:].T.to(dtype).contiguous(), b0[a * rows:b * rows].to(dtype), k)
                  for a, b, k in _column_groups(self.columns or [self.n_features] * len(self.members))]
 

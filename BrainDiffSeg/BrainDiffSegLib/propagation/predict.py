@@ -56,11 +56,22 @@ def _cell_of(grid, n_cells: int, coords: torch.Tensor, origin: int) -> torch.Ten
     return ((coords - origin) * n_cells // grid.side).clamp(0, n_cells - 1)
 
 
+def _columns(blocks: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """`torch.cat(blocks, dim=1).to(dtype)`, each block converted as it is copied into its columns (one pass
+    instead of two; the values are the same, each element being rounded once either way)."""
+    out = torch.empty((blocks[0].shape[0], sum(b.shape[1] for b in blocks)), dtype=dtype, device=blocks[0].device)
+    offset = 0
+    for b in blocks:
+        out[:, offset:offset + b.shape[1]].copy_(b)
+        offset += b.shape[1]
+    return out
+
+
 def _coarse_features(parts: list[torch.Tensor], coarse_intensities: torch.Tensor | None,
-                     cells: tuple[torch.Tensor, ...], c: int) -> torch.Tensor:
-    """Features (P, C) at the coarse cells (n, i, j) of a c x c grid over the model box: each decoder part gathered
-    there (a part at c x c) or resampled bilinearly there (a coarser part, as upsampling would), then the intensity
-    features at the cell centres (`FeatureExtractor.coarse_intensities`, (N, Ci, c, c))."""
+                     cells: tuple[torch.Tensor, ...], c: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Features (P, C) at the coarse cells (n, i, j) of a c x c grid over the model box, in `dtype`: each decoder
+    part gathered there (a part at c x c) or resampled bilinearly there (a coarser part, as upsampling would), then
+    the intensity features at the cell centres (`FeatureExtractor.coarse_intensities`, (N, Ci, c, c))."""
     n, i, j = cells
     x = []
     for part in parts:
@@ -70,7 +81,7 @@ def _coarse_features(parts: list[torch.Tensor], coarse_intensities: torch.Tensor
             x.append(bilinear_at(part, n, i, j, (c, c)))
     if coarse_intensities is not None:
         x.append(coarse_intensities.permute(0, 2, 3, 1)[n, i, j])
-    return torch.cat(x, dim=1)
+    return _columns(x, dtype)
 
 
 def _upsample_into(out: torch.Tensor, parts: list[torch.Tensor]) -> None:
@@ -111,7 +122,7 @@ def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int
     cells = F.adaptive_max_pool2d(grid.crop(fg[:, None].float(), 0.0), c)[:, 0] > 0
     at = torch.nonzero(cells, as_tuple=True)
     coarse_i = extractor.coarse_intensities(zs, c, inten) if inten is not None else None
-    x = _coarse_features(parts, coarse_i, tuple(t.to(device) for t in at), c)
+    x = _coarse_features(parts, coarse_i, tuple(t.to(device) for t in at), c, ens.input_dtype)
     del coarse_i
     p, ent, dis = ens.classify(x, folded)
     del x
@@ -154,7 +165,7 @@ def predict_slices(ens: PixelEnsemble, extractor: FeatureExtractor, zs: list[int
             x.append(grid.sample_native(maps, m))
         if inten is not None:
             x.append(inten[s:s + 1].permute(0, 2, 3, 1)[m].float())
-        pr, e, d = ens.classify(torch.cat(x, dim=1), folded)
+        pr, e, d = ens.classify(_columns(x, ens.input_dtype), folded)
         idx = rows[start:start + count]
         classes[idx], entropy[idx], disagreement[idx] = pr.argmax(1), e, d
         if probs is not None:
