@@ -125,6 +125,11 @@ class PropagationOptions:
                      "mode - else watershed-core)",
                      choices=("auto", "none", "watershed", "watershed-core"))
     gate_margin: float = _opt(2.0, "voxels around the watershed's tumour where predicted tumour may stay")
+    # results section 15: with strokes the core spilled into the edema; its border redrawn on the T1ce gradient
+    # gained TC on the tuning cases with 2 voxels (docs/results/seeds/tuning_core_band.md) but lost ET at 3 axial
+    # slices of strokes on the test split (-0.041 [-0.086, -0.012]): an option, off by default
+    core_band: int = _opt(0, "BraTS labels: redraw the border between the tumour core and the edema on the T1ce "
+                          "gradient within this many voxels of it (0: off)", low=0, high=10)
     # results section 14: 2 makes the gate 4x faster (1.3 -> 0.4 s on the tuning cases) but lost BraTS ET on the
     # tuning cases (-0.003, interval below zero) with the other new defaults: 1 stays the default
     gate_scale: int = _opt(1, "in-plane subsampling of the gate's watershed (1: every voxel; 2: every other voxel "

@@ -362,3 +362,93 @@ def test_refine_labels_computes_the_core_gate_from_the_probabilities_when_not_gi
     assert out[label > 0].astype(bool).mean() > 0.9
     with pytest.raises(InputError, match="probabilities"):
         refine_labels(None, seeded, [z], VALUES, head, opt, images, labels=labels, known=known | ~head)
+
+
+def _spheres(shape=(48, 48, 24), core_radius=8.0, tumour_radius=14.0):
+    """A T1ce with a bright core sphere in a tumour sphere (edema, darker), and the true labels (core 4, edema 2)."""
+    xx, yy, zz = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+    r = np.sqrt((xx - 24) ** 2 + (yy - 24) ** 2 + ((zz - 12) * 1.5) ** 2)
+    truth = np.where(r <= tumour_radius, 2, 0).astype(np.int16)
+    truth[r <= core_radius] = 4
+    t1ce = np.where(truth == 4, 1200.0, np.where(truth == 2, 500.0, 400.0)).astype(np.float32)
+    return r, truth, {"t1ce": t1ce}
+
+
+def test_core_boundary_moves_a_spilled_or_shrunk_core_to_the_t1ce_edge():
+    """`core_boundary`: a core predicted 2 voxels too wide (spilled into the edema) or 2 voxels too narrow is
+    redrawn on the T1ce edge within the band; the whole tumour and every known voxel keep their labels; gained
+    core takes the class of `core_choice`; band 0, no T1ce or no edema: unchanged."""
+    from BrainDiffSegLib.propagation.refine import core_boundary
+
+    r, truth, images = _spheres()
+    core_true = truth == 4
+    seeded = np.zeros(truth.shape, np.int16)
+    known = np.zeros(truth.shape, bool)
+    known[22:27, 24, 12] = True  # a core stroke
+    seeded[known] = 4
+    known[36, 20:29, 12], seeded[36, 20:29, 12] = True, 2  # an edema stroke
+    choice = np.full(truth.shape, 4, np.int16)
+
+    def dice(labels):
+        core = labels == 4
+        return 2 * (core & core_true).sum() / (core.sum() + core_true.sum())
+
+    for radius in (10.0, 6.0):  # spilled, shrunk
+        labels = np.where(truth > 0, 2, 0).astype(np.int16)
+        labels[r <= radius] = 4
+        labels[known] = seeded[known]
+        out = core_boundary(images, labels, seeded, known, choice, 2)
+        assert dice(out) > 0.93 and dice(out) > dice(labels) + 0.1, (radius, dice(labels), dice(out))
+        np.testing.assert_array_equal(out > 0, labels > 0)  # the whole tumour does not move
+        np.testing.assert_array_equal(out[known], labels[known])
+        assert set(np.unique(out)) <= {0, 2, 4}
+        np.testing.assert_array_equal(core_boundary(images, labels, seeded, known, choice, 0), labels)
+        np.testing.assert_array_equal(core_boundary({"flair": images["t1ce"]}, labels, seeded, known, choice, 2),
+                                      labels)
+        no_edema = np.where(labels == 2, 0, labels)
+        np.testing.assert_array_equal(core_boundary(images, no_edema, seeded, known, choice, 2), no_edema)
+    # gained core takes the chosen class
+    labels = np.where(truth > 0, 2, 0).astype(np.int16)
+    labels[r <= 6.0] = 1
+    out = core_boundary(images, labels, seeded, known, np.full(truth.shape, 1, np.int16), 2)
+    gained = (labels == 2) & (out != 2)
+    assert set(np.unique(out[gained])) == {1}
+    assert (gained & (r > 6.5) & (r <= 8.0)).sum() > 0.7 * ((r > 6.5) & (r <= 8.0)).sum()
+    assert not (gained & (r > 9.0)).any()
+
+
+def test_propagate_redraws_the_core_border_when_asked():
+    """In `propagate`, `core_band` N (off by default) gives `core_boundary` applied to the run without it (the same
+    classifier, its more probable core class: what `scripts/core_band_variants.py` evaluates), with strokes as with
+    complete slices; LGG-like 0/1 labels are untouched."""
+    from BrainDiffSegLib.constants import BACKGROUND_LABEL
+    from BrainDiffSegLib.propagation.refine import CORE_CLASSES, core_boundary
+    from BrainDiffSegLib.strokes import simulate_strokes
+
+    images, label, head = synthetic_tumour_case()
+    opt = replace(PropagationOptions(method="raw"), classifier=replace(ClassifierOptions(), n_models=2, max_epochs=4))
+    assert opt.core_band == 0
+    strokes, _ = simulate_strokes(label, head, 1, "axial")
+    slices, _ = simulate_annotation(label, 2)
+    for mode, ann in (("seeds", strokes), ("slices", slices)):
+        run = replace(opt, annotation_mode=mode)
+        banded = propagate(images, ann, replace(run, core_band=2))
+        off = propagate(images, ann, run, keep_probabilities=True)
+        values = off.label_values
+        cores = [values.index(v) for v in CORE_CLASSES]
+        choice = np.asarray(values)[np.array(cores)[np.argmax(off.probabilities[..., cores], axis=-1)]]
+        if mode == "seeds":
+            known, seeded = ann > 0, np.where(ann == BACKGROUND_LABEL, 0, ann).astype(off.labels.dtype)
+        else:
+            known = np.zeros(ann.shape, bool)
+            known[..., off.annotated_slices] = True
+            seeded = ann.astype(off.labels.dtype)
+        expected = core_boundary(images, off.labels, seeded, known, choice, 2)
+        np.testing.assert_array_equal(banded.labels, expected)
+        if mode == "seeds":
+            assert not np.array_equal(expected, off.labels)  # it did something here
+    mask = (label > 0).astype(np.uint8)
+    ann01, _ = simulate_strokes(mask, head, 1, "axial")
+    seeds = replace(opt, annotation_mode="seeds")
+    np.testing.assert_array_equal(propagate(images, ann01, replace(seeds, core_band=3)).labels,
+                                  propagate(images, ann01, seeds).labels)

@@ -27,7 +27,8 @@ from .cache import VolumeCache
 from .classifier import PixelEnsemble
 from .features import FeatureExtractor
 from .predict import predict_slices
-from .refine import check_refine, gate_mask, needs_probabilities, refine_labels, resolve_gate
+from .refine import (CORE_CLASSES, check_refine, core_boundary, gate_mask, needs_probabilities, refine_labels,
+                     resolve_gate)
 from .sources import FeatureSource, FreshFeatures
 from .volume import check_images, feature_spec_of
 
@@ -210,12 +211,16 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     core = refine and opt.gate == "watershed-core"  # its markers need P(tumour) of the whole prediction
     if core and probs is None:
         tumour = np.zeros(shape, dtype=np.float32)
+    # `refine.core_boundary`: which core class (necrotic or enhancing) each voxel would take, the more probable
+    cores = [values.index(v) for v in CORE_CLASSES if v in values]
+    choice = (np.zeros(shape, dtype=ldt) if opt.core_band > 0 and cores and 2 in values and probs is None
+              else None)
     native = head = 0
     for s in range(0, len(todo), step):
         check_cancel()
         zb = todo[s:s + step]
         pred = predict_slices(ens, extractor, zb, fg, opt.roi_threshold, opt.roi_margin, check_cancel,
-                              probabilities=probs is not None or tumour is not None, keep=gate)
+                              probabilities=probs is not None or tumour is not None or choice is not None, keep=gate)
         if not np.isfinite(pred.entropy).all():
             raise EngineError("The prediction is not finite (NaN or infinite probabilities): the features of the "
                               "predicted slices are damaged; nothing was segmented.")
@@ -224,6 +229,8 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
             probs[..., zb, :] = pred.probabilities
         elif tumour is not None:
             tumour[..., zb] = 1.0 - pred.probabilities[..., 0]
+        if choice is not None:
+            choice[..., zb] = values_arr[np.array(cores)[np.argmax(pred.probabilities[..., cores], axis=-1)]]
         entropy[..., zb], disagreement[..., zb] = pred.entropy, pred.disagreement
         native += pred.native_pixels
         head += pred.head_pixels
@@ -252,6 +259,12 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         timings["refine"] = time.perf_counter() - t
     if opt.postprocess:
         labels = keep_connected_to_annotation(labels, seeded)
+    if opt.core_band > 0 and cores and 2 in values:
+        t = time.perf_counter()
+        if choice is None:  # the probabilities were kept
+            choice = values_arr[np.array(cores)[np.argmax(probs[..., cores], axis=-1)]]
+        labels = core_boundary(images, labels, seeded, known, choice, opt.core_band)
+        timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     report("done", 1.0)
     log.info("propagated %s (%d slices touched) to %d slices in %.1f s on %s", seeds.mode, len(zs_ann), len(todo),
