@@ -718,7 +718,7 @@ def test_parameter_node_round_trip(mrml_scene, M):
         changed, annotation_mode="seeds", background_label=5, checkpoint=str(REPO), device="cuda", precision="bf16",
         batch_size=3, postprocess=False, seed=7,
         roi_threshold=0.05, roi_margin=3, smooth_xy=0.5, smooth_z=3.5, decision="regions",
-        gate="none", gate_margin=3.0, gate_scale=2, intensity_weight=0.25,
+        gate="none", gate_margin=3.0, gate_scale=2, core_band=2, intensity_weight=0.25,
         features=dataclasses.replace(changed.features, blocks=(0, 2), timesteps=(25, 250), noise_seed=4,
                                      intensities=False, smoothing=(0.5, 3.0)),
         classifier=dataclasses.replace(changed.classifier, patience=5, lr=0.01, weight_decay=0.5,
