@@ -24,14 +24,13 @@ from BrainDiffSegBench.report import paired_table_by_dataset
 from BrainDiffSegLib.constants import BACKGROUND_LABEL
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
-from BrainDiffSegLib.preprocess import foreground_mask, is_brats_labels, label_values
-from BrainDiffSegLib.propagation.cache import VolumeCache
+from BrainDiffSegLib.preprocess import is_brats_labels, label_values
 from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.propagation.refine import CORE_CLASSES, core_boundary
 from BrainDiffSegLib.protocol import region_dice
 from BrainDiffSegLib.resources import data_root
 from BrainDiffSegLib.splits import data_split
-from BrainDiffSegLib.strokes import simulate_strokes
+from seeds_gate_variants import stroke_runs  # scripts/: the strokes of each tuning case and run
 
 RUNS = ("axial:1", "axial:2", "axial:3", "mixed:2")
 BANDS = (1, 2, 3)
@@ -42,25 +41,15 @@ def brats_tuning_cases() -> list[Path]:
 
 
 def dump(out: Path, part: tuple[int, int]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for cdir in brats_tuning_cases()[part[0]::part[1]]:
-        case = load_case(cdir)
-        head = foreground_mask(case.images)
-        cache = VolumeCache()
-        for run in RUNS:
-            path = out / f"{case.name}__{run.replace(':', '_')}.npz"
-            if path.exists():
-                continue
-            orientation, k = run.split(":")
-            ann, _ = simulate_strokes(case.label, head, int(k), orientation)
-            t = time.perf_counter()
-            res = propagate(case.images, ann, PropagationOptions(annotation_mode="seeds", core_band=0),
-                            features=cache, keep_probabilities=True)
-            cores = [res.label_values.index(v) for v in CORE_CLASSES if v in res.label_values]
-            choice = np.asarray(res.label_values)[np.array(cores)[np.argmax(res.probabilities[..., cores], axis=-1)]]
-            np.savez_compressed(path, labels=res.labels.astype(np.int8), annotation=ann.astype(np.int16),
-                                choice=choice.astype(np.int8))
-            print(f"{case.name} {run} {time.perf_counter() - t:.1f} s", flush=True)
+    for case, run, path, ann, cache in stroke_runs(brats_tuning_cases()[part[0]::part[1]], list(RUNS), out):
+        t = time.perf_counter()
+        res = propagate(case.images, ann, PropagationOptions(annotation_mode="seeds", core_band=0),
+                        features=cache, keep_probabilities=True)
+        cores = [res.label_values.index(v) for v in CORE_CLASSES if v in res.label_values]
+        choice = np.asarray(res.label_values)[np.array(cores)[np.argmax(res.probabilities[..., cores], axis=-1)]]
+        np.savez_compressed(path, labels=res.labels.astype(np.int8), annotation=ann.astype(np.int16),
+                            choice=choice.astype(np.int8))
+        print(f"{case.name} {run} {time.perf_counter() - t:.1f} s", flush=True)
 
 
 def evaluate(src: Path, out: Path) -> None:

@@ -47,11 +47,11 @@ from BrainDiffSegLib.strokes import simulate_strokes
 log = logging.getLogger("seeds_gate_variants")
 
 
-def dump(out: Path, runs: list[str], part: tuple[int, int], changes: dict | None = None,
-         patch: dict | None = None) -> None:
+def stroke_runs(cases: list[Path], runs: list[str], out: Path):
+    """(case, run, path, strokes, cache) for each case folder and run ("orientation:k") whose `out` file
+    (CASE__orientation_k.npz) is not there yet: the simulator's strokes (seed 0), one feature cache per case."""
     out.mkdir(parents=True, exist_ok=True)
-    cases = data_split(data_root())["tuning"]
-    for cdir in cases[part[0]::part[1]]:
+    for cdir in cases:
         case = load_case(cdir)
         head = foreground_mask(case.images)
         cache = VolumeCache()
@@ -61,14 +61,20 @@ def dump(out: Path, runs: list[str], part: tuple[int, int], changes: dict | None
                 continue
             orientation, k = run.split(":")
             ann, _ = simulate_strokes(case.label, head, int(k), orientation)
-            opt = replace(PropagationOptions(annotation_mode="seeds"), gate="none", postprocess=False,
-                          **(changes or {}))
-            t = time.perf_counter()
-            with mock.patch.multiple(P, **(patch or {})) if patch else mock.patch.object(P, "log", P.log):
-                res = propagate(case.images, ann, opt, features=cache, keep_probabilities=True)
-            np.savez_compressed(path, labels=res.labels.astype(np.int8), annotation=ann.astype(np.int8),
-                                tumour=(1.0 - res.probabilities[..., 0]).astype(np.float16))
-            print(f"{case.name} {run} {time.perf_counter() - t:.1f} s", flush=True)
+            yield case, run, path, ann, cache
+
+
+def dump(out: Path, runs: list[str], part: tuple[int, int], changes: dict | None = None,
+         patch: dict | None = None) -> None:
+    cases = data_split(data_root())["tuning"]
+    for case, run, path, ann, cache in stroke_runs(cases[part[0]::part[1]], runs, out):
+        opt = replace(PropagationOptions(annotation_mode="seeds"), gate="none", postprocess=False, **(changes or {}))
+        t = time.perf_counter()
+        with mock.patch.multiple(P, **(patch or {})) if patch else mock.patch.object(P, "log", P.log):
+            res = propagate(case.images, ann, opt, features=cache, keep_probabilities=True)
+        np.savez_compressed(path, labels=res.labels.astype(np.int8), annotation=ann.astype(np.int8),
+                            tumour=(1.0 - res.probabilities[..., 0]).astype(np.float16))
+        print(f"{case.name} {run} {time.perf_counter() - t:.1f} s", flush=True)
 
 
 def _evaluate_case(cdir: Path, files: list[Path], names: list[str]) -> list[dict]:
