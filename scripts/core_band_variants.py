@@ -26,7 +26,7 @@ from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
 from BrainDiffSegLib.preprocess import is_brats_labels, label_values
 from BrainDiffSegLib.propagation.propagate import propagate
-from BrainDiffSegLib.propagation.refine import CORE_CLASSES, core_boundary
+from BrainDiffSegLib.propagation.refine import core_boundary, core_choice
 from BrainDiffSegLib.protocol import region_dice
 from BrainDiffSegLib.resources import data_root
 from BrainDiffSegLib.splits import data_split
@@ -45,8 +45,7 @@ def dump(out: Path, part: tuple[int, int]) -> None:
         t = time.perf_counter()
         res = propagate(case.images, ann, PropagationOptions(annotation_mode="seeds", core_band=0),
                         features=cache, keep_probabilities=True)
-        cores = [res.label_values.index(v) for v in CORE_CLASSES if v in res.label_values]
-        choice = np.asarray(res.label_values)[np.array(cores)[np.argmax(res.probabilities[..., cores], axis=-1)]]
+        choice = core_choice(res.probabilities, res.label_values)
         np.savez_compressed(path, labels=res.labels.astype(np.int8), annotation=ann.astype(np.int16),
                             choice=choice.astype(np.int8))
         print(f"{case.name} {run} {time.perf_counter() - t:.1f} s", flush=True)

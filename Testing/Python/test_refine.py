@@ -422,7 +422,7 @@ def test_propagate_redraws_the_core_border_when_asked():
     classifier, its more probable core class: what `scripts/core_band_variants.py` evaluates), with strokes as with
     complete slices; LGG-like 0/1 labels are untouched."""
     from BrainDiffSegLib.constants import BACKGROUND_LABEL
-    from BrainDiffSegLib.propagation.refine import CORE_CLASSES, core_boundary
+    from BrainDiffSegLib.propagation.refine import core_boundary, core_choice
     from BrainDiffSegLib.strokes import simulate_strokes
 
     images, label, head = synthetic_tumour_case()
@@ -434,9 +434,9 @@ def test_propagate_redraws_the_core_border_when_asked():
         run = replace(opt, annotation_mode=mode)
         banded = propagate(images, ann, replace(run, core_band=2))
         off = propagate(images, ann, run, keep_probabilities=True)
-        values = off.label_values
-        cores = [values.index(v) for v in CORE_CLASSES]
-        choice = np.asarray(values)[np.array(cores)[np.argmax(off.probabilities[..., cores], axis=-1)]]
+        choice = core_choice(off.probabilities, off.label_values)
+        p1, p4 = (off.probabilities[..., off.label_values.index(v)] for v in (1, 4))
+        np.testing.assert_array_equal(choice, np.where(p1 >= p4, 1, 4))
         if mode == "seeds":
             known, seeded = ann > 0, np.where(ann == BACKGROUND_LABEL, 0, ann).astype(off.labels.dtype)
         else:

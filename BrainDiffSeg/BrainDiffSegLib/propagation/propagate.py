@@ -27,8 +27,8 @@ from .cache import VolumeCache
 from .classifier import PixelEnsemble
 from .features import FeatureExtractor
 from .predict import predict_slices
-from .refine import (CORE_CLASSES, check_refine, core_boundary, gate_mask, needs_probabilities, refine_labels,
-                     resolve_gate)
+from .refine import (check_refine, core_boundary, core_choice, gate_mask, has_core_and_edema, needs_probabilities,
+                     refine_labels, resolve_gate)
 from .sources import FeatureSource, FreshFeatures
 from .volume import check_images, feature_spec_of
 
@@ -212,9 +212,8 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     if core and probs is None:
         tumour = np.zeros(shape, dtype=np.float32)
     # `refine.core_boundary`: which core class (necrotic or enhancing) each voxel would take, the more probable
-    cores = [values.index(v) for v in CORE_CLASSES if v in values]
-    choice = (np.zeros(shape, dtype=ldt) if opt.core_band > 0 and cores and 2 in values and probs is None
-              else None)
+    banded = opt.core_band > 0 and has_core_and_edema(values)
+    choice = np.zeros(shape, dtype=ldt) if banded and probs is None else None
     native = head = 0
     for s in range(0, len(todo), step):
         check_cancel()
@@ -230,7 +229,7 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         elif tumour is not None:
             tumour[..., zb] = 1.0 - pred.probabilities[..., 0]
         if choice is not None:
-            choice[..., zb] = values_arr[np.array(cores)[np.argmax(pred.probabilities[..., cores], axis=-1)]]
+            choice[..., zb] = core_choice(pred.probabilities, values)
         entropy[..., zb], disagreement[..., zb] = pred.entropy, pred.disagreement
         native += pred.native_pixels
         head += pred.head_pixels
@@ -259,10 +258,10 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         timings["refine"] = time.perf_counter() - t
     if opt.postprocess:
         labels = keep_connected_to_annotation(labels, seeded)
-    if opt.core_band > 0 and cores and 2 in values:
+    if banded:
         t = time.perf_counter()
         if choice is None:  # the probabilities were kept
-            choice = values_arr[np.array(cores)[np.argmax(probs[..., cores], axis=-1)]]
+            choice = core_choice(probs, values)
         labels = core_boundary(images, labels, seeded, known, choice, opt.core_band)
         timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0

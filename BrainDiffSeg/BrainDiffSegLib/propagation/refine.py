@@ -55,6 +55,19 @@ def resolve_gate(gate: str, complete: bool = True) -> str:
     return gate
 
 
+def has_core_and_edema(values) -> bool:
+    """Whether the label values hold edema and a core class (what `core_boundary` works on)."""
+    return EDEMA in values and any(v in values for v in CORE_CLASSES)
+
+
+def core_choice(probabilities: np.ndarray, values) -> np.ndarray:
+    """`core_boundary`'s `core_choice`: the core class (a label value) each voxel would take, the more probable
+    of the core classes in `values`; `probabilities` (..., len(values)) in the order of `values`."""
+    values = list(values)
+    cores = [values.index(v) for v in CORE_CLASSES if v in values]
+    return np.asarray(values)[np.array(cores)[np.argmax(probabilities[..., cores], axis=-1)]]
+
+
 def core_boundary(images: dict[str, np.ndarray], labels: np.ndarray, seeded: np.ndarray, known: np.ndarray,
                   core_choice: np.ndarray, band: int) -> np.ndarray:
     """BraTS labels with the border between the core (1, 4) and the edema (2) redrawn within `band` voxels of it:
@@ -70,7 +83,8 @@ def core_boundary(images: dict[str, np.ndarray], labels: np.ndarray, seeded: np.
         return labels
     from skimage.segmentation import watershed
 
-    box = tuple(slice(max(0, s.start - band - 3), s.stop + band + 3) for s in ndimage.find_objects(tumour.astype(np.uint8))[0])
+    box = tuple(slice(max(0, s.start - band - 3), s.stop + band + 3)
+                for s in ndimage.find_objects(tumour.astype(np.uint8))[0])
     c, w, lab = core[box], tumour[box], labels[box]
     k, sd = known[box], seeded[box]
     smooth = ndimage.gaussian_filter(np.asarray(images["t1ce"][box], dtype=np.float32), 1.0)
