@@ -193,6 +193,22 @@ def test_keep_connected_to_annotation_removes_islands_not_connected_to_the_annot
     np.testing.assert_array_equal(keep_connected_to_annotation(empty, ann), empty)
 
 
+def test_keep_connected_to_annotation_in_the_tumours_box_equals_the_whole_volume():
+    """The islands are found in the tumour's bounding box: the same labels as labelling the whole volume, with
+    islands on the volume's faces and corners and annotated tumour outside the predicted tumour."""
+    from scipy import ndimage
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        shape = tuple(int(n) for n in rng.integers(6, 24, 3))
+        pred = (ndimage.uniform_filter(rng.random(shape), 3) > 0.55) * rng.choice([1, 2, 4], shape)
+        pred = pred.astype(np.int16)
+        ann = np.where(rng.random(shape) > 0.97, rng.choice([0, 1, 2, 4], shape), 0).astype(np.int16)
+        comp, _ = ndimage.label(pred > 0, structure=ndimage.generate_binary_structure(3, 1))
+        ids = np.unique(comp[(ann > 0) & (pred > 0)])
+        expected = np.where(np.isin(comp, ids[ids > 0]), pred, 0)
+        np.testing.assert_array_equal(keep_connected_to_annotation(pred, ann), expected, err_msg=f"trial {trial}")
+
+
 def test_keep_connected_to_annotation_in_propagation(synth):
     """A bright tumour-like blob far from the annotated tumour is predicted as tumour without post-processing and
     removed with it."""

@@ -57,14 +57,21 @@ def check_annotation(annotation: np.ndarray, shape: tuple, foreground: np.ndarra
 
 
 def keep_connected_to_annotation(labels: np.ndarray, annotation: np.ndarray) -> np.ndarray:
-    """Drop predicted tumour islands that are not connected in 3D to any annotated tumour voxel."""
+    """Drop predicted tumour islands that are not connected in 3D to any annotated tumour voxel. Computed in the
+    tumour's bounding box, which holds every island (the same result as over the volume; 0.14 -> 0.08 s on
+    BraTS2021_00006, ad hoc)."""
     tumour = labels > 0
-    comp, n = ndimage.label(tumour, structure=ndimage.generate_binary_structure(3, 1))
-    if n == 0:
+    if not tumour.any():
         return labels
-    keep_ids = np.unique(comp[(annotation > 0) & tumour])
-    keep = np.isin(comp, keep_ids[keep_ids > 0])
-    return np.where(keep, labels, 0).astype(labels.dtype)
+    box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in
+                (np.flatnonzero(tumour.any(axis=tuple(a for a in range(tumour.ndim) if a != axis)))
+                 for axis in range(tumour.ndim)))
+    inside = tumour[box]
+    comp, _ = ndimage.label(inside, structure=ndimage.generate_binary_structure(tumour.ndim, 1))
+    keep_ids = np.unique(comp[(annotation[box] > 0) & inside])
+    out = np.zeros_like(labels)
+    out[box] = np.where(np.isin(comp, keep_ids[keep_ids > 0]), labels[box], 0)
+    return out
 
 
 def intensity_columns(extractor: FeatureExtractor, opt: PropagationOptions) -> int:
