@@ -96,14 +96,18 @@ main(["benchmark", "propagation", "--help"])
 def test_ctrl_c_while_the_command_is_importing_is_one_line(tmp_path):
     """Ctrl+C in the first second of `braindiffseg serve` (still importing torch and the service): the one-line
     "Cancelled" message and status 130, no traceback. (Should the address line already be out, the service's own
-    clean stop: status 0.)"""
+    clean stop: status 0.) The command starts with Ctrl+C's default meaning, as from a terminal, even where the
+    suite itself runs with SIGINT ignored (launched in the background without job control, e.g. `nohup ... &`):
+    a process started with SIGINT ignored keeps ignoring it until the service installs its own handlers, so the
+    signal of this test would be lost and the service would run on."""
     import os
     import signal
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "BrainDiffSegCLI", "serve", "--port", "0", "--token", "t"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-                            env=dict(os.environ, PYTHONPATH=str(LIB_PARENT)))
+                            env=dict(os.environ, PYTHONPATH=str(LIB_PARENT)),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
