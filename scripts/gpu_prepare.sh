@@ -17,12 +17,16 @@
 #      crops): 5.26 MiB. It has its own folder because the two runs are separate device sessions, each carrying
 #      only what it reads: the backbone run .whl + .gpu (18.3 MiB), the inpainting run .whl + .gpu-inpaint
 #      (11.4 MiB); a few hundred crops at batch 512 for minutes would only be memorised;
-#   4. prints the device commands for scripts/train_gpu.sh and scripts/train_inpaint_gpu.sh (the `run` tool).
+#   4. with PACK=case (not in the default), copies the case of issue 25's GPU targets ($CASE, BraTS2021_00006, 9.4 MiB)
+#      into .gpu-case/ with the wheel of nibabel (which reads it; the device lacks it) for scripts/gpu_propagation.sh;
+#   5. prints the device commands for scripts/train_gpu.sh, scripts/train_inpaint_gpu.sh and scripts/gpu_propagation.sh
+#      (the `run` tool).
 # Both folders are listed in .git/info/exclude (the device tool carries only excluded folders). Environment:
 # BRAINDIFFSEG_DATA (../shared/data), EVERY (8), OFFSET (0), LIMIT_MIB (20: what each run carries), CACHE
 # (runs/slice-cache: the float16 slice-set cache, ~0.6 GB; rebuilt in ~1 min when absent), MASKS_PER_CASE (16), CROP_CACHE
 # (runs/inpaint-crop-cache: build_crops' float16 cache; ~25 s to rebuild), PACK ("slices crops": what to (re)pack;
-# e.g. PACK=crops keeps the present .gpu/slices.npz).
+# e.g. PACK=crops keeps the present .gpu/slices.npz; PACK=case for the propagation benchmarks only), CASE
+# ($DATA/brats2021/BraTS2021_00006).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f .venv/bin/activate ] && . .venv/bin/activate
@@ -34,10 +38,11 @@ CACHE=${CACHE:-runs/slice-cache}
 MASKS_PER_CASE=${MASKS_PER_CASE:-16}
 CROP_CACHE=${CROP_CACHE:-runs/inpaint-crop-cache}
 PACK=${PACK:-slices crops}
+CASE=${CASE:-$DATA/brats2021/BraTS2021_00006}
 
 exclude=.git/info/exclude
 mkdir -p "$(dirname "$exclude")"
-for p in /.whl/ /.gpu/ /.gpu-inpaint/; do
+for p in /.whl/ /.gpu/ /.gpu-inpaint/ /.gpu-case/; do
   grep -qxF "$p" "$exclude" 2>/dev/null || echo "$p" >>"$exclude"
 done
 
@@ -63,11 +68,22 @@ if [[ " $PACK " == *" crops "* ]]; then
     --masks-per-case "$MASKS_PER_CASE" --like Resources/Models/inpaint --cache "$CROP_CACHE"
 fi
 
-du -sh .whl/* .gpu/* .gpu-inpaint/* 2>/dev/null || true
+# 4. the case of the propagation benchmarks, and nibabel to read it
+if [[ " $PACK " == *" case "* ]]; then
+  [ -d "$CASE" ] || { echo "gpu_prepare: no case folder at $CASE" >&2; exit 1; }
+  rm -rf .gpu-case && mkdir -p .gpu-case
+  cp -r "$CASE" .gpu-case/
+  chmod -R u+w .gpu-case
+  nibabel=$(sed -n 's/.*"nibabel==\([^"]*\)".*/\1/p' pyproject.toml)
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform any -d .gpu-case "nibabel==$nibabel"
+fi
+
+du -sh .whl/* .gpu/* .gpu-inpaint/* .gpu-case/* 2>/dev/null || true
 tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 du -cb 2>/dev/null |
   tail -1 | cut -f1)
 status=0
-for run in .gpu .gpu-inpaint; do  # each device run carries .whl and its own folder
+for run in .gpu .gpu-inpaint .gpu-case; do  # each device run carries .whl and its own folder
   [ -d "$run" ] || continue
   total=$(du -cb .whl "$run" | tail -1 | cut -f1)
   python3 -c "print(f'.whl + $run: {$total / 2**20:.1f} MiB; with the working tree: \
@@ -77,10 +93,15 @@ for run in .gpu .gpu-inpaint; do  # each device run carries .whl and its own fol
       "(MASKS_PER_CASE)" >&2
     status=1
   fi
+  if [ $((total + tree)) -gt $((63 * 1048576)) ]; then  # a MiB of margin for what the session adds before the call
+    echo "gpu_prepare: .whl + $run with the working tree is more than the device's 64 MiB (less a MiB of margin):" \
+      "the device would refuse the call; pack less, or make the working tree smaller" >&2
+    status=1
+  fi
 done
 [ "$status" = 0 ] || exit 1
 
-# 4. the device commands
+# 5. the device commands
 cat <<'EOF'
 
 Device command for the backbone (the `run` tool, from the repository root; MINUTES of training, ~1 min more for
@@ -103,4 +124,12 @@ Returns model.safetensors (the EMA weights, 2.8 MiB), config.json, masks.json, l
 (ends with the weights' sha256) and speed.txt. To keep them, copy model.safetensors, config.json, loss.csv,
 loss_curve.png and masks.json over Resources/Models/inpaint (after checking them: docs/results/inpainting); a later
 GPU run starts from them (INIT, --init-from). PSEUDO3D=1 trains the pseudo-3D variant from the 2D model.
+
+Device command for issue 25's GPU targets (after PACK=case; on the machine the training left warm, or alone):
+  command:   bash scripts/gpu_propagation.sh
+  carry:     [".whl", ".gpu-case"]
+  timeout_s: 300
+Returns propagation.log, update_warm/ and update_cold/ (`benchmark update --device cuda --no-growcut`, with and
+without an untimed warm-up run) and speed/ (`benchmark speed --modes first --devices cuda`): copy them under
+docs/results/speed/gpu/ with the device's name from the log.
 EOF

@@ -83,10 +83,13 @@ def _run(case, zs, options, cache, paint) -> tuple[dict, object]:
 
 
 def benchmark_update(case_dir: str | Path, out: Path, options: PropagationOptions, service: str | None = None,
-                     load: int = 0) -> dict:
-
+                     load: int = 0, growcut: bool = True, warm_up: bool = False) -> dict:
+    """`growcut` False: ITK Grow from seeds is not run (no ratios; e.g. on a GPU machine without ITK, where it would
+    time the CPU anyway). `warm_up`: one propagation of the first annotation through a cache of its own before the
+    timed runs, so that one-time costs of the process (loading the backbone, CUDA's context and kernels) fall outside
+    the first run, as in a running engine service; its seconds are reported."""
     with busy_processes(load):
-        result = _benchmark_update(case_dir, options, service)
+        result = _benchmark_update(case_dir, options, service, growcut, warm_up)
     result["load"] = load
     out.mkdir(parents=True, exist_ok=True)
     (out / "update.json").write_text(json.dumps(result, indent=2))
@@ -94,7 +97,8 @@ def benchmark_update(case_dir: str | Path, out: Path, options: PropagationOption
     return result
 
 
-def _benchmark_update(case_dir, options: PropagationOptions, service: str | None) -> dict:
+def _benchmark_update(case_dir, options: PropagationOptions, service: str | None, with_growcut: bool = True,
+                      warm_up: bool = False) -> dict:
     case = load_case(case_dir)
     if case.label is None:
         raise ValueError(f"{case_dir}: the benchmark needs the ground truth (*_seg.nii.gz)")
@@ -103,7 +107,11 @@ def _benchmark_update(case_dir, options: PropagationOptions, service: str | None
     paint = painter(case, options, order)
     background = options.background_label if options.annotation_mode == "seeds" else None
     growcut = [dict(annotated=zs, **timed_growcut(case, paint(zs), zs, background))
-               for zs in (sorted(first), sorted(order))]
+               for zs in (sorted(first), sorted(order))] if with_growcut else []
+    warm_up_seconds = None
+    if warm_up:
+        warm_up_seconds = _run(case, sorted(first), options, VolumeCache(), paint)[0]["seconds"]
+        log.info("warm-up run: %.1f s", warm_up_seconds)
     cache = VolumeCache()
     runs, last = [], None
     for i in range(len(order)):
@@ -123,8 +131,8 @@ def _benchmark_update(case_dir, options: PropagationOptions, service: str | None
               "warm_epochs": int(options.classifier.warm_epochs),
               "update_voxels_differing_from_fresh": round(float(np.mean(last.labels != fresh.labels)), 6),
               "peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2),
-              "growcut": growcut}
-    for row in runs:  # growcut of the same number of slices (1 for the first run, 3 for the last update)
+              "growcut": growcut, "warm_up_seconds": warm_up_seconds}
+    for row in runs if growcut else []:  # growcut of the same number of slices (1 for the first run, 3 for the last)
         row["ratio_to_growcut"] = round(row["seconds"] / growcut[0 if row["run"] == "first" else 1]["seconds"], 2)
     if service:
         result["service"] = benchmark_service_path(case, order, options, service)
@@ -224,6 +232,11 @@ def write_update_table(result: dict, path: Path) -> None:
         same = ("Last update equals a from-scratch run through a fresh cache: "
                 f"{'yes' if result['update_equals_fresh_cache'] else 'NO'}.")
     lines += ["", f"{same} Peak memory {result['peak_memory_gb']} GB."]
+    if result.get("warm_up_seconds") is not None:
+        lines += ["", f"A warm-up run (the first annotation, a cache of its own) took {result['warm_up_seconds']} s "
+                  "before the timed runs: the first run above does not include the process's one-time costs."]
+    if not result.get("growcut"):
+        lines += ["", "ITK Grow from seeds was not run (`--no-growcut`): no ratios."]
     if result.get("growcut"):
         g1, g3 = result["growcut"]
         ratios = ", ".join(f"{r['run']} {r['ratio_to_growcut']}x" for r in result["runs"])

@@ -60,6 +60,10 @@ def add_parser(sub) -> None:
                    "started here, with this process's torch threads) or a running one's URL (token: "
                    "$BRAINDIFFSEG_TOKEN), against the same requests in process; overhead per call")
     b.add_argument("--load", type=int, default=0, help="run beside this many CPU-bound processes")
+    b.add_argument("--no-growcut", dest="growcut", action="store_false",
+                   help="do not run ITK Grow from seeds (no ratios; e.g. on a GPU machine without ITK)")
+    b.add_argument("--warm-up", action="store_true", help="one untimed propagation first, so that the process's "
+                   "one-time costs (backbone loading, CUDA's start) are outside the first run, as in a running service")
     add_arguments(b)
 
     b = bsub.add_parser("suggest", help="'paint this slice next': simulated users adding the suggested slice each "
@@ -252,7 +256,8 @@ def run_update(a) -> int:
     case = a.case or str(data_root() / "brats2021" / "BraTS2021_00006")
     if not Path(case).is_dir():
         raise InputError(f"case folder not found: {case}")
-    benchmark_update(case, Path(a.out), options_from_arguments(a), service=a.service, load=a.load)
+    benchmark_update(case, Path(a.out), options_from_arguments(a), service=a.service, load=a.load,
+                     growcut=a.growcut, warm_up=a.warm_up)
     print((Path(a.out) / "update.md").read_text())
     return 0
 

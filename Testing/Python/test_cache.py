@@ -151,6 +151,36 @@ def test_benchmark_update_command(tmp_path, tiny_checkpoint, warm):
     assert "fresh cache" in text and "Ratio ours / Grow from seeds" in text
 
 
+def test_benchmark_update_without_growcut_after_a_warm_up(tmp_path, tiny_checkpoint, monkeypatch):
+    """`--no-growcut --warm-up` (the GPU machine's run, scripts/gpu_propagation.sh): ITK is never called, so no
+    ratios; an untimed propagation runs first and its seconds are reported; the timed runs are those of a plain
+    run (the same labels: the warm-up has a cache of its own)."""
+    import json
+
+    import BrainDiffSegBench.update as update
+    from BrainDiffSegCLI import main
+    from conftest import write_tumour_case
+
+    def no_itk(*args, **kwargs):
+        raise AssertionError("Grow from seeds was run")
+
+    folder, _, _ = write_tumour_case(tmp_path / "case")
+    common = ["benchmark", "update", "--case", str(folder), "--preset", "quick", "--method", "diffusion",
+              "--checkpoint", str(tiny_checkpoint), "--blocks", "1,2", "--device", "cpu"]
+    with monkeypatch.context() as m:
+        m.setattr(update, "timed_growcut", no_itk)
+        assert main(common + ["--out", str(tmp_path / "a"), "--no-growcut", "--warm-up"]) == 0
+    result = json.loads((tmp_path / "a" / "update.json").read_text())
+    assert result["growcut"] == [] and result["warm_up_seconds"] > 0
+    assert all("ratio_to_growcut" not in r for r in result["runs"])
+    text = (tmp_path / "a" / "update.md").read_text()
+    assert "was not run" in text and "warm-up run" in text and "Ratio ours" not in text
+    assert main(common + ["--out", str(tmp_path / "b")]) == 0
+    plain = json.loads((tmp_path / "b" / "update.json").read_text())
+    assert plain["warm_up_seconds"] is None and len(plain["growcut"]) == 2
+    assert [r["dice"] for r in result["runs"]] == [r["dice"] for r in plain["runs"]]
+
+
 def test_benchmark_update_through_the_service(tmp_path, tiny_checkpoint):
     """`benchmark update --service local`: the first run and the updates also through a private engine service
     (started and stopped by the benchmark) and the same requests in process; the overhead per call is reported and
