@@ -61,16 +61,28 @@ def feature_channels(unet: UNet2DModel, spec: FeatureSpec, n_sequences: int) -> 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Each channel of x (N, C, H, W) filtered in plane with a Gaussian of `sigma` pixels (radius round(3 sigma),
-    the border replicated), by torch's depthwise convolution. (scipy's separable filter, `ndimage.correlate1d`,
-    computed it 3x faster alone on the CPU, but the features then differ by float rounding, up to 2.4e-7, which
-    moved the demo's Dice in the third decimal, and the first run of `benchmark speed` was no faster: not kept;
-    results section 14.)"""
+    the border replicated), separably: along H, then along W (`_correlate`). (scipy's separable filter,
+    `ndimage.correlate1d`, computed it 3x faster than torch's depthwise convolution, but the features then differ by
+    float rounding, up to 2.4e-7, which moved the demo's Dice in the third decimal: not kept; results section 14.)"""
     r = max(1, int(round(3 * sigma)))
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
     k = (k / k.sum()).to(x.device)
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    x = _correlate(F.pad(x, (0, 0, r, r), mode="replicate"), k, 2)
+    return _correlate(F.pad(x, (r, r, 0, 0), mode="replicate"), k, 3)
+
+
+def _correlate(padded: torch.Tensor, k: torch.Tensor, dim: int) -> torch.Tensor:
+    """The valid correlation of `padded` with the taps `k` along `dim`: k[0] x[i] + k[1] x[i + 1] + ..., accumulated
+    tap by tap in that order. That is what torch's depthwise convolution (`F.conv2d(..., groups=C)` with a (len(k), 1)
+    or (1, len(k)) kernel, which this replaced) computes on the CPU, to the bit: the same features on BraTS2021_00006
+    and an LGG case, every sigma, 1 and 2 threads, and the same propagation outputs (`scripts/same_outputs.py`), in
+    a fifth of its time (16 BraTS slices, 4 sequences, sigmas 1, 2, 4: 384 -> 72 ms, 2 threads; the convolution's
+    CPU kernel for one channel per group is slow). Issue 25, docs/results/speed/README.md."""
+    n = padded.shape[dim] - (len(k) - 1)
+    out = padded.narrow(dim, 0, n) * k[0]
+    for t in range(1, len(k)):
+        out.add_(padded.narrow(dim, t, n), alpha=float(k[t]))
+    return out
 
 
 def channels_last(unet: UNet2DModel) -> UNet2DModel:
