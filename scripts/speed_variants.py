@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from BrainDiffSegBench.report import machine
+from BrainDiffSegBench.report import machine, paired_table_by_dataset
 from BrainDiffSegBench.stats import bootstrap_ci
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
@@ -139,35 +139,16 @@ def table(records: list[dict], a) -> str:
                      f"{np.mean([r['timings']['predict'] for r in rs]):.2f} | {np.mean([r['seconds'] for r in rs]):.2f} | "
                      f"{mean_dice('BraTS', 'WT')} | {mean_dice('BraTS', 'TC')} | {mean_dice('BraTS', 'ET')} | "
                      f"{mean_dice('LGG', 'WT')} | {w} |")
-    return "\n".join(lines) + "\n\n" + by_k_table(records, by)
+    return "\n".join(lines) + "\n\n" + by_k_table(records)
 
 
-def by_k_table(records: list[dict], by: dict) -> str:
-    """Each variant minus the default per dataset, k and region: mean [bootstrap 95 % interval] over the cases,
-    and the cases where the variant is lower."""
-    ks = sorted({r["k"] for r in records})
-    cells = [(d, k, g) for d, regions in (("BraTS", ("WT", "TC", "ET")), ("LGG", ("WT",))) for k in ks
-             for g in regions]
-    lines = ["Paired differences from the default per dataset, k and region: mean [95 % interval] (cases lower / "
-             "cases); **bold**: the interval lies below zero.\n",
-             "| variant | " + " | ".join(f"{d} {g} k={k}" for d, k, g in cells) + " |",
-             "|---|" + "---|" * len(cells)]
-    for name in dict.fromkeys(r["variant"] for r in records):
-        if name == "default":
-            continue
-        row = []
-        for dataset, k, region in cells:
-            diffs = [r["dice"][region] - by[(r["case"], k, "default")]["dice"][region] for r in records
-                     if r["variant"] == name and r["dataset"] == dataset and r["k"] == k and region in r["dice"]
-                     and (r["case"], k, "default") in by]
-            if not diffs:
-                row.append("–")
-                continue
-            m, lo, hi = bootstrap_ci(diffs)
-            text = f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}] ({sum(d < 0 for d in diffs)}/{len(diffs)})"
-            row.append(f"**{text}**" if hi < 0 else text)
-        lines.append(f"| {name} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+def by_k_table(records: list[dict]) -> str:
+    """Each variant minus the default per dataset, k and region (the experiment scripts' one paired table,
+    `report.paired_table_by_dataset`)."""
+    names = [v for v in dict.fromkeys(r["variant"] for r in records) if v != "default"]
+    return ("Paired differences from the default per dataset, k and region:\n\n"
+            + paired_table_by_dataset([dict(r, method=r["variant"]) for r in records],
+                                      [(v, "default") for v in names], run="k"))
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ def write_update_table(result: dict, path: Path) -> None:
                   "before the timed runs: the first run above does not include the process's one-time costs."]
     if not result.get("growcut"):
         lines += ["", "ITK Grow from seeds was not run (`--no-growcut`): no ratios."]
-    if result.get("growcut"):
+    else:
         g1, g3 = result["growcut"]
         ratios = ", ".join(f"{r['run']} {r['ratio_to_growcut']}x" for r in result["runs"])
         lines += ["", f"ITK Grow from seeds (FLAIR + T1ce) on the same volume in the same run: {g1['seconds']} s from "

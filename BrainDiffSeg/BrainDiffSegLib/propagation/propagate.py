@@ -63,9 +63,7 @@ def keep_connected_to_annotation(labels: np.ndarray, annotation: np.ndarray) -> 
     tumour = labels > 0
     if not tumour.any():
         return labels
-    box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in
-                (np.flatnonzero(tumour.any(axis=tuple(a for a in range(tumour.ndim) if a != axis)))
-                 for axis in range(tumour.ndim)))
+    box = ndimage.find_objects(tumour.astype(np.uint8))[0]
     inside = tumour[box]
     comp, _ = ndimage.label(inside, structure=ndimage.generate_binary_structure(tumour.ndim, 1))
     keep_ids = np.unique(comp[(annotation[box] > 0) & inside])
