@@ -9,14 +9,18 @@ propagation flags (`--preset`, `--method`, `--blocks`, `--ensemble`, ...) are ge
 by `BrainDiffSegLib.options.add_arguments`; given flags override the chosen preset.
 
 Exit status: 0 on success, 2 for bad input (a message, no traceback), 1 when a benchmark produced nothing, 130 when
-cancelled with Ctrl-C (no half-written output: every output is written atomically).
+cancelled with Ctrl-C (no half-written output: every output is written atomically; see `command` for the one case
+where CPython ends the process by SIGINT instead, which a shell also reports as 130).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 log = logging.getLogger("braindiffseg")
 
@@ -57,6 +61,48 @@ def build_parser(command: str | None = "benchmark") -> argparse.ArgumentParser:
     return ap
 
 
+CANCELLED = "Cancelled (Ctrl-C); no output was written or replaced by the step that was running."
+
+
+def command() -> int:
+    """The process's entry point (`braindiffseg`, `python -m BrainDiffSegCLI`): `main`, after importing torch with
+    Ctrl-C held back until the import is over. A KeyboardInterrupt raised inside torch's import (C++ code calling
+    Python) could abort the process ("terminate called after throwing ... KeyboardInterrupt", status -6; seen once in
+    12 tries with Ctrl-C in the first 1.5 s). Held back, a Ctrl-C during the import cancels right after it (about
+    1 s): the one line and status 130. Only here, in a process of its own: `main` called inside a host (the Slicer
+    benchmark script) never touches the host's signal handlers.
+
+    A Ctrl-C that lands in Python 3.11's `exec` of a string (as `dataclasses` does while a module is being imported)
+    marks the interpreter even though `main` catches it, and CPython then ends the process by SIGINT after `main`
+    has printed its line and returned 130, as it does for any uncaught Ctrl-C. A shell reports both as status 130;
+    a parent process sees 130 or -SIGINT."""
+    try:
+        with _ctrl_c_held_back():
+            import torch  # noqa: F401
+    except KeyboardInterrupt:
+        log.error(CANCELLED)
+        return 130
+    return main()
+
+
+@contextlib.contextmanager
+def _ctrl_c_held_back():
+    """SIGINT only noted while the block runs, then raised as KeyboardInterrupt once the block is over. Left as it is
+    where SIGINT does not have Python's default handler (ignored, or a host's own)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    noted = []
+    signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if noted:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None, propagator=None) -> int:
     """The command line. `propagator`: see `BrainDiffSegBench.propagation.benchmark_propagation` (the Slicer
     benchmark script injects one that runs the classifier methods through the module's Logic)."""
@@ -68,7 +114,7 @@ def main(argv: list[str] | None = None, propagator=None) -> int:
     except KeyboardInterrupt:
         pass
     # Ctrl-C, also while the command is still importing: outputs are written atomically
-    log.error("Cancelled (Ctrl-C); no output was written or replaced by the step that was running.")
+    log.error(CANCELLED)
     return 130
 
 

@@ -1,6 +1,6 @@
 """`python -m BrainDiffSegCLI ...` (= `braindiffseg ...`; e.g. `torchrun -m BrainDiffSegCLI train-ddpm ...`)."""
 import sys
 
-from BrainDiffSegCLI import main
+from BrainDiffSegCLI import command
 
-sys.exit(main())
+sys.exit(command())
