@@ -105,6 +105,20 @@ def test_extractor_belongs_to_the_cached_volume(real):
         cache.extractor(C.normalize_volume(images), OPTIONS, torch.device("cpu"))
 
 
+def test_kept_float16_slices_are_stacked_as_float32_unchanged():
+    """`_stacked_float32` (the cache's decoder activations into a prediction batch) gives exactly
+    `torch.stack(slices).float()`, whatever the values (normal, subnormal, infinite, the extremes of float16), and a
+    new tensor: the kept slices are not changed."""
+    gen = torch.Generator().manual_seed(0)
+    slices = [(torch.randn(3, 5, 4, generator=gen) * 10 ** k).half() for k in (-6, 0, 4)]
+    slices[1][0, 0, :4] = torch.tensor([float("inf"), -65504.0, 6e-8, 0.0]).half()
+    kept = [s.clone() for s in slices]
+    out = C._stacked_float32(slices, torch.device("cpu"))
+    assert out.dtype == torch.float32 and out.shape == (3, 3, 5, 4)
+    assert torch.equal(out, torch.stack(slices).float())
+    assert all(torch.equal(a, b) for a, b in zip(slices, kept))
+
+
 def test_images_digest_sees_values_dtype_and_roles():
     a = {"t1": np.zeros((4, 4, 2), np.float32)}
     assert C.images_digest(a) == C.images_digest({"t1": np.zeros((4, 4, 2), np.float32)})

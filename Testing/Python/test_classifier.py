@@ -369,3 +369,20 @@ def test_a_warm_start_refuses_an_ensemble_of_other_classes_or_members(trained, d
         PixelEnsemble(DIM, 4, ClassifierOptions(n_models=2, max_epochs=1)).fit(x, y, warm=ens)
     with pytest.raises(ValueError, match="warm-start"):  # other classes
         PixelEnsemble(DIM, 3, ClassifierOptions(n_models=3, max_epochs=1)).fit(x, y.clamp_max(2), warm=ens)
+
+
+def test_standardise_is_the_formula_and_leaves_the_features_alone():
+    """`standardise` (computed in place on its own copy): exactly (x - mean) / std in float32, for float32 and
+    float16 features, and the caller's features are not changed (float32 on the same device would otherwise be
+    the very tensor)."""
+    gen = torch.Generator().manual_seed(1)
+    ens = PixelEnsemble(6, 3, ClassifierOptions(), torch.device("cpu"))
+    ens.mean = torch.randn(6, generator=gen)
+    ens.std = torch.rand(6, generator=gen) + 0.1
+    for dtype in (torch.float32, torch.float16):
+        x = (torch.randn(50, 6, generator=gen) * 3).to(dtype)
+        before = x.clone()
+        out = ens.standardise(x)
+        assert out.dtype == torch.float32
+        assert torch.equal(out, (x.float() - ens.mean) / ens.std)
+        assert torch.equal(x, before)

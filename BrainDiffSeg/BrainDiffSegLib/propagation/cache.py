@@ -81,8 +81,7 @@ class CachingFeatureExtractor(FeatureExtractor):
                 computed[g] = [a[j].to("cpu", torch.float16) for a in acts]
                 self._keep(("a", g), computed[g])
         per_slice = [self.store.get(("a", z)) or computed[z] for z in zs]
-        return [torch.stack([s[i] for s in per_slice]).to(self.device, torch.float32)
-                for i in range(len(per_slice[0]))]
+        return [_stacked_float32([s[i] for s in per_slice], self.device) for i in range(len(per_slice[0]))]
 
     def intensity_maps(self, zs: list[int], as_kept: bool = False) -> torch.Tensor | None:
         """As FeatureExtractor.intensity_maps, kept per slice in float16 (the smoothing is a large part of an
@@ -113,6 +112,16 @@ class CachingFeatureExtractor(FeatureExtractor):
                 computed[zs[s]] = [m.to("cpu").contiguous()]
                 self._keep(("c", zs[s], cells), computed[zs[s]])
         return torch.stack([(self.store.get(("c", z, cells)) or computed[z])[0] for z in zs]).to(self.device)
+
+
+def _stacked_float32(slices: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """`torch.stack(slices).to(device, torch.float32)` in one pass: each kept float16 slice converted as it is
+    copied into its place (the same values: float16 -> float32 is exact), not stacked in float16 first (measured,
+    ad hoc: 27 against 38 ms for 16 slices of three decoder blocks)."""
+    out = torch.empty((len(slices),) + tuple(slices[0].shape), dtype=torch.float32, device=device)
+    for k, piece in enumerate(slices):
+        out[k].copy_(piece)
+    return out
 
 
 class VolumeCache:

@@ -185,7 +185,9 @@ class PixelEnsemble:
         self.columns: list[int] | None = None  # per member: how many of the last feature columns it reads
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.to(self.device, torch.float32) - self.mean) / self.std
+        """(x - mean) / std in float32 on the ensemble's device, as a new tensor (x is not changed): one copy, then
+        the two operations in place (the same values as `(x - mean) / std`, without two more temporaries)."""
+        return x.to(self.device, torch.float32, copy=True).sub_(self.mean).div_(self.std)
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, progress: Callable[[float], None] | None = None,
             cancelled: Callable[[], bool] | None = None, intensity_columns: int = 0,
