@@ -1,12 +1,13 @@
 """Issue 25: does warm-starting the classifier on an update keep the Dice of a from-scratch update? On the tuning
 cases (or --data), each case is propagated as a user would update it: the k = 1 protocol slice, then the k = 3
 protocol slices added one at a time (complete slices, or with `--annotation-mode seeds` the seed simulator's strokes
-on them, as `benchmark update`), through one `VolumeCache` per variant (`--warm-epochs 0` is the default: every
-update trains from scratch). Records (case, k = slices annotated, variant, Dice, seconds, training seconds) go to
+on them, as `benchmark update`), through one `VolumeCache` per variant (`--warm-epochs 0` always runs: every
+update from scratch, the variant every other is paired with; `--against N` pairs them with warm-N too). Records (case, k = slices annotated, variant, Dice, seconds, training seconds) go to
 OUT/results.json; OUT/table.md pairs every variant with `warm-0` per dataset, k and region (bootstrap 95 % intervals
 of the per-case differences) and gives the mean training and total seconds per update:
 
     python scripts/warm_start_updates.py --warm-epochs 0 2 4 --out docs/results/speed/warm_start
+    python scripts/warm_start_updates.py --warm-epochs 0 3 4 --against 4 --out docs/results/speed/warm3_tuning
 """
 from __future__ import annotations
 
@@ -54,9 +55,13 @@ def run_case(path: Path, warm_epochs: list[int], mode: str) -> list[dict]:
     return records
 
 
-def table(records: list[dict], variants: list[str]) -> str:
+def table(records: list[dict], variants: list[str], against: str = "warm-0") -> str:
+    """Every variant paired with warm-0 (from scratch), and, with `against` another variant (e.g. the default
+    warm-4), with that one too."""
     updates = [r for r in records if r["step"] > 0]
-    lines = [paired_table_by_dataset(updates, [(v, "warm-0") for v in variants if v != "warm-0"], run="slices")]
+    pairs = [(v, "warm-0") for v in variants if v != "warm-0"]
+    pairs += [(v, against) for v in variants if against != "warm-0" and v not in ("warm-0", against)]
+    lines = [paired_table_by_dataset(updates, pairs, run="slices")]
     lines += ["| dataset | variant | updates | mean training s | mean total s |", "|---|---|---|---|---|"]
     for dataset in ("BraTS", "LGG"):
         for v in variants:
@@ -74,21 +79,24 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--annotation-mode", choices=("slices", "seeds"), default="slices",
                    help="complete slices, or the seed simulator's strokes on the same slices (`benchmark update`)")
+    p.add_argument("--against", type=int, default=0,
+                   help="also pair every variant with this one (e.g. 4, the default warm start)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)  # a script of its own: its process is ours
     cases = a.data or data_split(data_root())["tuning"]
-    warm = sorted(set(a.warm_epochs) | {0})
+    warm = sorted(set(a.warm_epochs) | {0, a.against})
     records = [r for c in cases for r in run_case(Path(c), warm, a.annotation_mode)]
     a.out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     (a.out / "results.json").write_text(json.dumps({"machine": machine, "records": records}, indent=1))
     text = (f"# Warm-started updates against from-scratch updates ({len(cases)} cases)\n\n"
             f"`python scripts/warm_start_updates.py --warm-epochs {' '.join(map(str, warm))} "
-            f"--annotation-mode {a.annotation_mode} --out {a.out}`; "
-            f"machine: {machine}. Updates only (slices 2, 3, ...); warm-0 is the default (every update from scratch)."
-            "\n\n" + table(records, [f"warm-{n}" for n in warm]))
+            f"--annotation-mode {a.annotation_mode} --against {a.against} --out {a.out}`; "
+            f"machine: {machine}. Updates only (slices 2, 3, ...); warm-0: every update from scratch; the product's "
+            f"default for complete slices is warm-{PropagationOptions().classifier.warm_epochs}."
+            "\n\n" + table(records, [f"warm-{n}" for n in warm], f"warm-{a.against}"))
     (a.out / "table.md").write_text(text)
     print(text)
 

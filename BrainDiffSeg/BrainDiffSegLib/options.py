@@ -77,8 +77,9 @@ class ClassifierOptions:
     seed: int = _opt(0, "classifier seed (the command line's --seed sets it)", flag="classifier-seed", cli=False)
     # issue 25: an update's time was mostly the classifier's training. 4 against 0 and 2 on the tuning cases (results
     # section 14, docs/results/speed/warm_start_tuning): training 5.5 -> 1.6 s an update, no Dice interval below zero;
-    # 0 makes an update equal a from-scratch run, voxel for voxel
-    warm_epochs: int = _opt(4, "an update on a cached volume (complete slices) starts the ensemble from the "
+    # then 3 against 4 and 0 (sixth stop, docs/results/speed/warm3_tuning): training 1.08 -> 0.80 s a BraTS update,
+    # no interval below zero against either; 0 makes an update equal a from-scratch run, voxel for voxel
+    warm_epochs: int = _opt(3, "an update on a cached volume (complete slices) starts the ensemble from the "
                             "previous run's members and trains at most this many epochs (0: from scratch, the same "
                             "result as a first run)", low=0)
 

@@ -238,7 +238,7 @@ def test_predicting_only_inside_the_gate_gives_the_labels_of_predicting_everythi
 
 
 def test_an_update_with_warm_epochs_starts_from_the_last_runs_members(real, caplog):
-    """`classifier.warm_epochs` > 0 (the default 4): the cache keeps the run's ensemble and the next run on the
+    """`classifier.warm_epochs` > 0 (the default 3): the cache keeps the run's ensemble and the next run on the
     volume (same options and classes) trains from it for at most that many epochs; 0 keeps nothing, so an update
     equals a from-scratch run (above)."""
     import logging

@@ -15,7 +15,7 @@ computed in the same batch of slices, so with `classifier.warm_epochs` 0 an upda
 from-scratch run through a fresh cache with the same seeds (while the cache has room). A run without a cache keeps
 the features in float32: the two differ by the float16 rounding of the features.
 
-The cache also keeps the last run's classifier (`keep_ensemble`): by default (`warm_epochs` 4) an update with
+The cache also keeps the last run's classifier (`keep_ensemble`): by default (`warm_epochs` 3) an update with
 complete slices starts its ensemble from it and trains a few epochs instead of up to twelve (results section 14).
 """
 from __future__ import annotations
