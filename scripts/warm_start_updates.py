@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from BrainDiffSegBench.report import dataset_of, paired_table_by_dataset
+from BrainDiffSegBench.report import dataset_of, machine as report_machine, paired_table_by_dataset
 from BrainDiffSegBench.update import painter, update_order
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
@@ -89,7 +88,7 @@ def main() -> None:
     warm = sorted(set(a.warm_epochs) | {0, a.against})
     records = [r for c in cases for r in run_case(Path(c), warm, a.annotation_mode)]
     a.out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    machine = report_machine()
     (a.out / "results.json").write_text(json.dumps({"machine": machine, "records": records}, indent=1))
     text = (f"# Warm-started updates against from-scratch updates ({len(cases)} cases)\n\n"
             f"`python scripts/warm_start_updates.py --warm-epochs {' '.join(map(str, warm))} "

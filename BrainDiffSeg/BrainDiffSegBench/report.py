@@ -31,8 +31,23 @@ def machine() -> str:
     import torch
 
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+    return (f"{platform.machine()} {cpu_name()} {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
             f", {torch.get_num_threads()} torch thread(s)")
+
+
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo's "model name"; elsewhere `platform.processor()`), or "". The
+    shared machines change CPU between sessions (an AMD EPYC, an Intel Xeon with AMX), and with it the speed and the
+    last bits of bfloat16 results, so a result names it."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
 
 
 def nan_stats(values: list[float]) -> tuple[float, float, int, int]:

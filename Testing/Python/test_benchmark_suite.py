@@ -81,6 +81,21 @@ def bench_unet(tmp_path_factory):
     return records, out
 
 
+def test_the_machine_line_names_the_cpu(tmp_path):
+    """Results name the CPU model (the shared machines change CPU between sessions): read from /proc/cpuinfo's
+    "model name" (the first), with `platform.processor()` where there is no such file or line."""
+    import platform
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n\n"
+                    "processor\t: 1\nmodel name\t: Other\n")
+    assert report.cpu_name(str(info)) == "Intel(R) Xeon(R) Processor"
+    assert report.cpu_name(str(tmp_path / "missing")) == (platform.processor() or "")
+    info.write_text("processor\t: 0\n")
+    assert report.cpu_name(str(info)) == (platform.processor() or "")
+    assert report.cpu_name() in report.machine()
+
+
 def test_propagation_records_hd95_and_unet_patient(bench_unet):
     records, out = bench_unet
     assert [r["method"] for r in records] == ["raw-mlp", "unet-patient"]
