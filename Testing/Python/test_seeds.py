@@ -309,3 +309,37 @@ def test_suggest_benchmark_in_seeds_mode_lets_the_user_answer_no_tumour_here(cas
     assert not r["labels"][..., empty].any()
     slices = CaseRunner(case, RAW, ["tumour-uncertainty"], depth=3).run([with_tumour, empty])
     assert slices["labelled"] == [with_tumour]  # the complete-slice mode cannot take it
+
+
+def test_a_tumour_spread_over_the_head_is_flagged_and_left_as_it_is():
+    """`spread_warning`: one sentence when the segmented tumour covers more than a quarter of the head (only head
+    voxels count), naming what to paint in each mode; nothing at or below it or without a head."""
+    from BrainDiffSegLib.propagation.propagate import SPREAD_WARNING_SHARE, spread_warning
+
+    head = np.zeros((10, 10, 4), bool)
+    head[1:9, 1:9] = True  # 256 head voxels
+    labels = np.zeros(head.shape, np.int16)
+    labels[~head] = 2  # outside the head: not counted
+    labels[1:9, 1:9, 0] = 1  # 64 voxels: exactly a quarter
+    assert SPREAD_WARNING_SHARE == 0.25 and spread_warning(labels, head, "seeds") is None
+    labels[1, 1, 1] = 4
+    before = labels.copy()
+    said = spread_warning(labels, head, "seeds")
+    assert said.startswith("The segmented tumour covers 25 % of the head") and "paint Background" in said
+    assert "annotate a slice" in spread_warning(labels, head, "slices")
+    np.testing.assert_array_equal(labels, before)
+    assert spread_warning(labels, np.zeros_like(head), "seeds") is None
+
+
+def test_propagation_passes_the_spread_warning_on(synth, monkeypatch):
+    """The warning reaches the result's warnings (which the command line, the service and both front ends show)
+    when the tumour covers more of the head than the threshold, here lowered below the synthetic tumour's share;
+    at the default threshold the same run has none."""
+    from BrainDiffSegLib.propagation import propagate as P
+
+    images, label, head = synth
+    ann, _ = simulate_strokes(label, head, 2, "axial")
+    assert not propagate(images, ann, SEEDS).warnings
+    monkeypatch.setattr(P, "SPREAD_WARNING_SHARE", 0.01)
+    res = propagate(images, ann, SEEDS)
+    assert len(res.warnings) == 1 and "of the head" in res.warnings[0]

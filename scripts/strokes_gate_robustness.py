@@ -1,0 +1,93 @@
+"""Issue 23, a diagnosis: how often does the gate for strokes (`--gate auto` -> watershed-core) let the classifier's
+false positives flood the head, with strokes on 1 axial slice? On the tuning cases (or --data), both seed
+simulators (`BrainDiffSegLib.strokes`: `simulate_strokes`, the propagation benchmark's, and `axial_strokes`, the
+interactive user of `benchmark update`) paint the k = 1 protocol slice; each annotation is propagated with the
+default gate and with the plain watershed (`--gate watershed`, the seeds as markers). Per run: Dice, the false
+positive voxels (predicted tumour where the ground truth has none) and their axial extent. Records to
+OUT/results.json, a table to OUT/table.md:
+
+    python scripts/strokes_gate_robustness.py --out docs/results/seeds/gate_robustness
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from BrainDiffSegBench.report import machine
+from BrainDiffSegLib.io import load_case
+from BrainDiffSegLib.options import PropagationOptions
+from BrainDiffSegLib.preprocess import foreground_mask
+from BrainDiffSegLib.propagation.propagate import propagate
+from BrainDiffSegLib.protocol import protocol_slices, region_dice
+from BrainDiffSegLib.resources import data_root
+from BrainDiffSegLib.splits import data_split
+from BrainDiffSegLib.strokes import axial_strokes, simulate_strokes
+
+
+def annotations(case, opt: PropagationOptions) -> dict[str, np.ndarray]:
+    head = foreground_mask(case.images)
+    bench, _ = simulate_strokes(case.label, head, 1, "axial", opt.seed, background_label=opt.background_label)
+    zs = protocol_slices(case.label, 1)
+    strokes = axial_strokes(case.label, head, zs, opt.seed, background_label=opt.background_label)
+    user = np.zeros(case.label.shape, np.int16)
+    for z in zs:
+        user[..., z] = strokes[z]
+    return {"simulate_strokes": bench, "axial_strokes": user}
+
+
+def run_case(path: Path) -> list[dict]:
+    case = load_case(path)
+    opt = PropagationOptions(annotation_mode="seeds")
+    records = []
+    for simulator, ann in annotations(case, opt).items():
+        for gate in ("auto", "watershed"):
+            res = propagate(case.images, ann, replace(opt, gate=gate))
+            fp = (res.labels > 0) & (case.label == 0)
+            zs = np.nonzero(fp.any(axis=(0, 1)))[0]
+            records.append({"case": case.name, "simulator": simulator, "gate": gate,
+                            "seed_voxels": int((ann > 0).sum()),
+                            "dice": {r: round(v, 4) for r, v in region_dice(res.labels, case.label, []).items()},
+                            "false_positive_voxels": int(fp.sum()),
+                            "false_positive_slices": int(len(zs)), "tumour_voxels": int((case.label > 0).sum())})
+            print(json.dumps(records[-1]), flush=True)
+    return records
+
+
+def table(records: list[dict]) -> str:
+    lines = ["| case | simulator | gate | seed voxels | WT | TC | ET | false positive voxels (slices) | tumour voxels |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        d = r["dice"]
+        lines.append(f"| {r['case']} | {r['simulator']} | {r['gate']} | {r['seed_voxels']} | {d.get('WT', float('nan')):.3f} | "
+                     f"{d.get('TC', float('nan')):.3f} | {d.get('ET', float('nan')):.3f} | "
+                     f"{r['false_positive_voxels']:,} ({r['false_positive_slices']}) | {r['tumour_voxels']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, nargs="*", default=None, help="case folders (default: the tuning cases)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(a.threads)  # a script of its own: its process is ours
+    cases = a.data or data_split(data_root())["tuning"]
+    records = [r for c in cases for r in run_case(Path(c))]
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "results.json").write_text(json.dumps({"machine": machine(), "records": records}, indent=1))
+    text = (f"# The gate for strokes with 1 axial slice of strokes, two seed simulators ({len(cases)} cases)\n\n"
+            f"`python scripts/strokes_gate_robustness.py --out {a.out}`; machine: {machine()}. Dice over the whole "
+            "volume (the stroked slice included).\n\n" + table(records))
+    (a.out / "table.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
