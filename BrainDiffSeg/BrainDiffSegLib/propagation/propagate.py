@@ -255,15 +255,28 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
                          cache=volume.gate_cache)
         del tumour
         timings["gate"] = time.perf_counter() - t
-    if refine:
-        t = time.perf_counter()
-        report("refining", 0.95)
-        labels = refine_labels(probs, seeded, zs_ann, values, fg, opt, images, labels=labels, gate=gate,
-                               known=markers)  # (seeds outside the head are background: labels there are 0)
-        timings["refine"] = time.perf_counter() - t
-    if opt.postprocess:
-        labels = keep_connected_to_annotation(labels, seeded)
+    predicted = labels
+
+    def finish(gate_mask_: np.ndarray | None) -> np.ndarray:
+        out = predicted
+        if refine:  # (seeds outside the head are background: labels there are 0)
+            out = refine_labels(probs, seeded, zs_ann, values, fg, opt, images, labels=predicted, gate=gate_mask_,
+                                known=markers)
+        return keep_connected_to_annotation(out, seeded) if opt.postprocess else out
+
+    t = time.perf_counter()
+    report("refining", 0.95)
+    labels = finish(gate)
     warnings = list(seeds.warnings)
+    if core and spread_share(labels, fg) > SPREAD_WARNING_SHARE:
+        # the classifier's confident tumour, one of this gate's markers, took healthy tissue: the plain watershed
+        # (the seeds alone as markers) on the same prediction (docs/results/seeds/gate_robustness)
+        plain = gate_mask("watershed", images, seeded, zs_ann, fg, opt, known=markers, cache=volume.gate_cache)
+        labels = finish(plain)
+        log.info("the tumour covered more than %.0f %% of the head: gated by the seeds' watershed instead",
+                 100 * SPREAD_WARNING_SHARE)
+    if refine:
+        timings["refine"] = time.perf_counter() - t
     spread = spread_warning(labels, fg, seeds.mode)
     if spread:
         warnings.append(spread)
@@ -283,20 +296,24 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
                              seeded_slices=list(zs_ann), annotation_mode=seeds.mode)
 
 
-# the share of the head above which the result is flagged: the whole tumour of the BraTS cases outside the test split
-# covers at most 10.3 % of the head (11 cases); with strokes on 1 axial slice of Brats18_2013_11_1 the classifier's
-# tumour flooded 28 % of it (docs/results/seeds/gate_robustness)
+# the share of the head above which a tumour is implausible: the gate for strokes falls back to the seeds' watershed,
+# and a result still above it is flagged. The whole tumour of the BraTS cases outside the test split covers at most
+# 10.3 % of the head (11 cases); with strokes on 1 axial slice of Brats18_2013_11_1 the classifier's tumour flooded
+# 28 % of it through the gate for strokes (docs/results/seeds/gate_robustness)
 SPREAD_WARNING_SHARE = 0.25
+
+
+def spread_share(labels: np.ndarray, head: np.ndarray) -> float:
+    """The share of the head's voxels that `labels` calls tumour (0 without a head)."""
+    n_head = int(np.count_nonzero(head))
+    return np.count_nonzero((labels > 0) & head) / n_head if n_head else 0.0
 
 
 def spread_warning(labels: np.ndarray, head: np.ndarray, mode: str) -> str | None:
     """A sentence for the user when the segmented tumour covers more than `SPREAD_WARNING_SHARE` of the head (a
     classifier that took healthy tissue for tumour, as too little Background painted can make it), else None. The
     labels are not changed."""
-    n_head = int(np.count_nonzero(head))
-    if n_head == 0:
-        return None
-    share = np.count_nonzero((labels > 0) & head) / n_head
+    share = spread_share(labels, head)
     if share <= SPREAD_WARNING_SHARE:
         return None
     fix = ("paint Background where healthy tissue was segmented (strokes in the result count as seeds of the next "
