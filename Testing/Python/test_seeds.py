@@ -341,6 +341,10 @@ def test_a_tumour_spread_over_the_head_is_flagged_and_left_as_it_is():
     assert "annotate a slice" in spread_warning(labels, head, "slices")
     np.testing.assert_array_equal(labels, before)
     assert spread_warning(labels, np.zeros_like(head), "seeds") is None
+    for edge in ((0, slice(None)), (-1, slice(None)), (slice(None), 0), (slice(None), -1)):
+        cropped = head.copy()
+        cropped[edge] = True  # the head reaches an in-plane edge: a crop, where the share says nothing
+        assert spread_warning(labels, cropped, "seeds") is None
 
 
 def test_propagation_passes_the_spread_warning_on(synth, monkeypatch):
