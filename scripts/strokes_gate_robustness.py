@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from BrainDiffSegBench.report import machine
+from BrainDiffSegBench.update import painter
 from BrainDiffSegLib.io import load_case
 from BrainDiffSegLib.options import PropagationOptions
 from BrainDiffSegLib.preprocess import foreground_mask
@@ -30,19 +31,15 @@ from BrainDiffSegLib.propagation.propagate import propagate
 from BrainDiffSegLib.protocol import protocol_slices, region_dice
 from BrainDiffSegLib.resources import data_root
 from BrainDiffSegLib.splits import data_split
-from BrainDiffSegLib.strokes import axial_strokes, simulate_strokes
+from BrainDiffSegLib.strokes import simulate_strokes
 
 
 def annotation(case, opt: PropagationOptions, simulator: str, seed: int) -> np.ndarray:
-    head = foreground_mask(case.images)
     if simulator == "simulate_strokes":
-        return simulate_strokes(case.label, head, 1, "axial", seed, background_label=opt.background_label)[0]
+        return simulate_strokes(case.label, foreground_mask(case.images), 1, "axial", seed,
+                                background_label=opt.background_label)[0]
     zs = protocol_slices(case.label, 1)
-    strokes = axial_strokes(case.label, head, zs, seed, background_label=opt.background_label)
-    user = np.zeros(case.label.shape, np.int16)
-    for z in zs:
-        user[..., z] = strokes[z]
-    return user
+    return painter(case, replace(opt, seed=seed), zs)(zs)  # `benchmark update`'s user: its seed draws the strokes
 
 
 class _FellBack(logging.Handler):

@@ -198,9 +198,13 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
     gate = None
     # seeds: the gate's markers are the seeds, and outside the head is background
     markers = None if seeds.mode == "slices" else known | ~fg
+
+    def seeds_watershed() -> np.ndarray:  # the plain watershed gate, the annotation (or the seeds) as its markers
+        return gate_mask("watershed", images, seeded, zs_ann, fg, opt, known=markers, cache=volume.gate_cache)
+
     if refine and opt.gate == "watershed" and not needs_probabilities(opt) and not keep_probabilities:
         report("gating", 0.3)
-        gate = gate_mask("watershed", images, seeded, zs_ann, fg, opt, known=markers, cache=volume.gate_cache)
+        gate = seeds_watershed()
         timings["gate"] = time.perf_counter() - t
         check_cancel()
         t = time.perf_counter()
@@ -265,14 +269,14 @@ def propagate(images: dict[str, np.ndarray], annotation: np.ndarray, options: Pr
         return keep_connected_to_annotation(out, seeded) if opt.postprocess else out
 
     t = time.perf_counter()
-    report("refining", 0.95)
+    if refine:
+        report("refining", 0.95)
     labels = finish(gate)
     warnings = list(seeds.warnings)
     if core and spread_share(labels, fg) > SPREAD_WARNING_SHARE:
         # the classifier's confident tumour, one of this gate's markers, took healthy tissue: the plain watershed
         # (the seeds alone as markers) on the same prediction (docs/results/seeds/gate_robustness)
-        plain = gate_mask("watershed", images, seeded, zs_ann, fg, opt, known=markers, cache=volume.gate_cache)
-        labels = finish(plain)
+        labels = finish(seeds_watershed())
         log.info("the tumour covered more than %.0f %% of the head: gated by the seeds' watershed instead",
                  100 * SPREAD_WARNING_SHARE)
     if refine:
